@@ -5,7 +5,20 @@
 
 pub mod boot;
 pub mod bus;
+pub mod cli;
+pub mod console;
+pub mod control;
 pub mod devices;
+pub mod host;
+pub mod images;
 pub mod interrupt;
+pub mod irq_routing;
+pub mod logger;
+pub mod memory;
+pub mod nested;
 pub mod pci;
+pub mod report;
+pub mod run;
+pub mod vcpu;
 pub mod virtio_pci;
+pub mod vm;

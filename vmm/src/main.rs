@@ -1,1 +1,144 @@
-fn main() {}
+//! The `vmm` command. All the work is in the library; this file turns the command line into
+//! calls and results into an exit status: 0 pass, 1 the guest's verdict was fail, 2 the run
+//! could not be done (bad input, missing tools, VMM errors).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use vmm::cli::{Cli, Command, ImageAction, ImageArgs, RunArgs};
+use vmm::host::{self, HostKind};
+use vmm::images::{self, GuestImage, ImageOptions};
+use vmm::report::Report;
+use vmm::run::{self, RunSpec};
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
+    init_logging(verbose);
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args, start),
+        Command::Image {
+            action: ImageAction::Build(args),
+        } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let level = match std::env::var("RUST_LOG").ok().as_deref() {
+        Some("trace") => log::LevelFilter::Trace,
+        Some("debug") => log::LevelFilter::Debug,
+        Some("info") => log::LevelFilter::Info,
+        _ if verbose => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    vmm::logger::init(level);
+}
+
+fn image_options(images_dir: Option<PathBuf>, force: bool) -> Result<ImageOptions, String> {
+    let workspace = images::default_workspace();
+    Ok(ImageOptions {
+        out_dir: images_dir.unwrap_or_else(|| workspace.join("build/images")),
+        workspace,
+        vmm_binary: std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?,
+        force,
+    })
+}
+
+fn cmd_image_build(args: ImageArgs) -> Result<(), String> {
+    let opts = image_options(args.images_dir, args.force)?;
+    let guest = images::build_guest_image(&opts).map_err(|e| e.to_string())?;
+    println!("guest image: {} {}", guest.kernel.display(), guest.initrd.display());
+    if !args.guest_only {
+        let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
+        println!("virtual-host image: {} {}", host.kernel.display(), host.initrd.display());
+    }
+    Ok(())
+}
+
+fn check_file(what: &str, p: &Path) -> Result<(), String> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("{what} {} is not a file", p.display())),
+        Err(e) => Err(format!("{what} {}: {e}", p.display())),
+    }
+}
+
+fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
+    let mem_size = run::parse_size(&args.mem).map_err(|e| format!("--mem: {e}"))?;
+    let kind = host::resolve(args.host).map_err(|e| format!("--host kvm cannot work here: {e}"))?;
+    let spec = RunSpec {
+        cpus: args.cpus,
+        mem_size,
+        programs: if args.programs.is_empty() {
+            run::DEFAULT_PROGRAMS.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.programs.clone()
+        },
+        timeout: Duration::from_secs(args.timeout),
+        verbose: args.verbose,
+        extra_cmdline: args.cmdline_extra.clone(),
+    };
+    run::validate(&spec).map_err(|e| e.to_string())?;
+    if kind == HostKind::Nested && spec.extra_cmdline.is_some() {
+        return Err("--cmdline-extra is only supported with --host kvm".into());
+    }
+
+    // An explicit kernel is checked before anything slow happens.
+    let opts = image_options(args.images_dir.clone(), false)?;
+    let guest = match (&args.kernel, &args.initrd) {
+        (Some(kernel), initrd) => {
+            check_file("kernel", kernel)?;
+            vmm::boot::check_bzimage(kernel).map_err(|e| e.to_string())?;
+            if let Some(i) = initrd {
+                check_file("initrd", i)?;
+            }
+            GuestImage {
+                kernel: kernel.clone(),
+                initrd: initrd.clone().unwrap_or_default(),
+                kernel_release: "custom".into(),
+            }
+        }
+        (None, Some(_)) => return Err("--initrd needs --kernel".into()),
+        (None, None) => images::build_guest_image(&opts).map_err(|e| e.to_string())?,
+    };
+
+    let report = match kind {
+        HostKind::Kvm => {
+            let initrd = (!guest.initrd.as_os_str().is_empty()).then(|| guest.initrd.clone());
+            run::run_direct(&spec, guest.kernel.clone(), initrd, start)
+                .map_err(|e| e.to_string())?
+        }
+        HostKind::Nested => {
+            let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
+            vmm::nested::run_nested(&spec, &host.kernel, &host.initrd, start)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    finish(&report, args.report.as_deref())
+}
+
+fn finish(report: &Report, path: Option<&Path>) -> Result<ExitCode, String> {
+    eprint!("{}", report.summary());
+    if let Some(p) = path {
+        report
+            .write_json(p)
+            .map_err(|e| format!("cannot write report {}: {e}", p.display()))?;
+        eprintln!("   report: {}", p.display());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,89 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::host::HostChoice;
+
+/// A rust-vmm VMM with a virtual GPU: boot a guest, run device-fault workloads, count ATS
+/// invalidations, with a correctness verdict for every run.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest, run its programs and report (builds the images first if needed).
+    Run(RunArgs),
+    /// Build or inspect the guest and virtual-host images.
+    Image {
+        /// What to do with the images.
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+}
+
+/// `vmm image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Build the guest image and the virtual-host image (cached by content hash).
+    Build(ImageArgs),
+}
+
+/// Options of `vmm image build`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Rebuild even if the cached images are up to date.
+    #[arg(long)]
+    pub force: bool,
+    /// Where images are kept (default: <workspace>/build/images).
+    #[arg(long, env = "VGPU_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+    /// Build only the guest image.
+    #[arg(long)]
+    pub guest_only: bool,
+}
+
+/// Options of `vmm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to run: `kvm` needs hardware virtualization; `nested` boots the virtual host.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub host: HostChoice,
+    /// Number of guest vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u8,
+    /// Guest RAM (e.g. 512M, 2G; a bare number is MiB).
+    #[arg(long, default_value = "512M")]
+    pub mem: String,
+    /// Guest kernel (bzImage); default: the guest image's.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs; default: the guest image's.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Guest programs to run, in order (repeat or comma-separate).
+    #[arg(long = "run", value_delimiter = ',')]
+    pub programs: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Show the kernel's boot messages and debug logs.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Appended to the guest kernel command line (direct KVM runs only).
+    #[arg(long)]
+    pub cmdline_extra: Option<String>,
+    /// Where images are kept (default: <workspace>/build/images).
+    #[arg(long, env = "VGPU_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+}

@@ -1,0 +1,255 @@
+//! The guest console, read as a protocol.
+//!
+//! Everything the guest writes to COM1 is echoed (when asked) and split into lines. The guest
+//! init marks its progress with lines that start with `VGPU-` (see `images/README.md`): the
+//! VMM timestamps `VGPU-INIT` for `boot_ms`, collects program results, and keeps the last
+//! [`TAIL_LINES`] lines to show when a guest fails. The virtual host's init uses the same
+//! framing with `VGPU-HOST-` lines, so the outer VMM parses the inner one's output with
+//! this same code.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Lines kept for the failure report.
+pub const TAIL_LINES: usize = 40;
+/// Longest line kept; a guest that never sends a newline cannot grow our memory.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One guest program's result as the guest init reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramResult {
+    /// Program name (the `vgpu-` prefix dropped).
+    pub name: String,
+    /// Its exit status.
+    pub exit: i32,
+}
+
+/// What the console has told us so far.
+#[derive(Debug, Default)]
+pub struct ConsoleState {
+    /// When the guest init announced itself.
+    pub init_at: Option<Instant>,
+    /// The guest kernel release.
+    pub kernel: Option<String>,
+    /// Results of the programs the guest ran.
+    pub results: Vec<ProgramResult>,
+    /// Workload reports (JSON objects) from the guest programs.
+    pub workloads: Vec<serde_json::Value>,
+    /// The failure count of the final `VGPU-DONE` line, once seen.
+    pub done_failed: Option<u32>,
+    /// `VGPU-ERROR` messages.
+    pub errors: Vec<String>,
+    /// True once the kernel printed a panic.
+    pub panicked: bool,
+    /// The virtual host's init started.
+    pub host_init_at: Option<Instant>,
+    /// The inner VMM's report, relayed by the virtual host.
+    pub host_report: Option<serde_json::Value>,
+    /// The inner VMM's exit status, relayed by the virtual host.
+    pub host_exit: Option<i32>,
+    /// `VGPU-HOST-ERROR` messages.
+    pub host_errors: Vec<String>,
+    /// The last lines of output.
+    pub tail: VecDeque<String>,
+}
+
+impl ConsoleState {
+    /// Applies one complete line of console output.
+    pub fn handle_line(&mut self, line: &str, now: Instant) {
+        let line = line.trim_end_matches('\r');
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+        if line.contains("Kernel panic - not syncing") {
+            self.panicked = true;
+        }
+        let Some(rest) = line.strip_prefix("VGPU-") else {
+            return;
+        };
+        let (tag, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        let arg = arg.trim();
+        match tag {
+            "INIT" => {
+                self.init_at.get_or_insert(now);
+            }
+            "KERNEL" => self.kernel = Some(arg.to_string()),
+            "RESULT" => match serde_json::from_str(arg) {
+                Ok(r) => self.results.push(r),
+                Err(e) => self.errors.push(format!("bad result line {arg:?}: {e}")),
+            },
+            "WORKLOAD" => match serde_json::from_str(arg) {
+                Ok(w) => self.workloads.push(w),
+                Err(e) => self.errors.push(format!("bad workload line {arg:?}: {e}")),
+            },
+            "DONE" => {
+                let failed = serde_json::from_str::<serde_json::Value>(arg)
+                    .ok()
+                    .and_then(|v| v.get("failed")?.as_u64())
+                    .unwrap_or(u64::from(u32::MAX));
+                self.done_failed = Some(failed.min(u64::from(u32::MAX)) as u32);
+            }
+            "ERROR" => self.errors.push(arg.to_string()),
+            "HOST-INIT" => {
+                self.host_init_at.get_or_insert(now);
+            }
+            "HOST-REPORT" => match serde_json::from_str(arg) {
+                Ok(r) => self.host_report = Some(r),
+                Err(e) => self
+                    .host_errors
+                    .push(format!("bad report from the virtual host: {e}")),
+            },
+            "HOST-EXIT" => self.host_exit = arg.parse().ok(),
+            "HOST-ERROR" => self.host_errors.push(arg.to_string()),
+            _ => {}
+        }
+    }
+
+    /// True when the guest finished its programs and every one passed.
+    pub fn guest_passed(&self) -> bool {
+        self.done_failed == Some(0)
+            && !self.panicked
+            && self.errors.is_empty()
+            && self.results.iter().all(|r| r.exit == 0)
+    }
+}
+
+/// A `Write` sink for console bytes: echoes them and feeds [`ConsoleState`].
+#[derive(Clone)]
+pub struct ConsoleSink {
+    state: Arc<Mutex<ConsoleState>>,
+    partial: Arc<Mutex<Vec<u8>>>,
+    echo: Option<Arc<Mutex<dyn Write + Send>>>,
+}
+
+impl ConsoleSink {
+    /// A sink that echoes to `echo` (if any).
+    pub fn new(echo: Option<Arc<Mutex<dyn Write + Send>>>) -> Self {
+        ConsoleSink {
+            state: Arc::default(),
+            partial: Arc::default(),
+            echo,
+        }
+    }
+
+    /// The parsed state, shared with the sink.
+    pub fn state(&self) -> Arc<Mutex<ConsoleState>> {
+        self.state.clone()
+    }
+
+    /// Feeds the unterminated last line, if any (call at the end of the run).
+    pub fn finish(&self) {
+        let rest = std::mem::take(&mut *self.partial.lock().unwrap());
+        if !rest.is_empty() {
+            let line = String::from_utf8_lossy(&rest).into_owned();
+            self.state.lock().unwrap().handle_line(&line, Instant::now());
+        }
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(echo) = &self.echo {
+            let mut e = echo.lock().unwrap();
+            // The console must never stop the guest: a closed stdout loses the echo only.
+            let _ = e.write_all(buf);
+            if buf.contains(&b'\n') {
+                let _ = e.flush();
+            }
+        }
+        let now = Instant::now();
+        let mut partial = self.partial.lock().unwrap();
+        for &b in buf {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&partial).into_owned();
+                partial.clear();
+                self.state.lock().unwrap().handle_line(&line, now);
+            } else if partial.len() < MAX_LINE {
+                partial.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(echo) = &self.echo {
+            let _ = echo.lock().unwrap().flush();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(text: &str) -> ConsoleState {
+        let mut sink = ConsoleSink::new(None);
+        sink.write_all(text.as_bytes()).unwrap();
+        sink.finish();
+        let s = sink.state();
+        let mut g = s.lock().unwrap();
+        std::mem::take(&mut *g)
+    }
+
+    #[test]
+    fn parses_a_passing_run() {
+        let s = feed(
+            "[    0.1] booting\nVGPU-INIT\r\nVGPU-KERNEL 6.1.0-56-cloud-amd64\n\
+             check rng: ok\nVGPU-RESULT {\"name\":\"selfcheck\",\"exit\":0}\n\
+             VGPU-DONE {\"failed\":0}\n",
+        );
+        assert!(s.init_at.is_some());
+        assert_eq!(s.kernel.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(
+            s.results,
+            vec![ProgramResult {
+                name: "selfcheck".into(),
+                exit: 0
+            }]
+        );
+        assert_eq!(s.done_failed, Some(0));
+        assert!(s.guest_passed());
+    }
+
+    #[test]
+    fn failures_are_not_passes() {
+        let s = feed("VGPU-RESULT {\"name\":\"x\",\"exit\":3}\nVGPU-DONE {\"failed\":1}\n");
+        assert!(!s.guest_passed());
+        // No DONE line at all: the guest never finished.
+        let s = feed("VGPU-INIT\n");
+        assert!(!s.guest_passed());
+        // A malformed result line is an error, not a silent pass.
+        let s = feed("VGPU-RESULT {oops\nVGPU-DONE {\"failed\":0}\n");
+        assert_eq!(s.errors.len(), 1);
+        assert!(!s.guest_passed());
+        let s = feed("Kernel panic - not syncing: Attempted to kill init!\nVGPU-DONE {\"failed\":0}\n");
+        assert!(s.panicked);
+        assert!(!s.guest_passed());
+    }
+
+    #[test]
+    fn keeps_the_last_lines_and_bounds_line_length() {
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str(&"x".repeat(MAX_LINE * 2));
+        let s = feed(&text);
+        assert_eq!(s.tail.len(), TAIL_LINES);
+        assert_eq!(s.tail[0], "line 61");
+        assert_eq!(s.tail.back().unwrap().len(), MAX_LINE);
+    }
+
+    #[test]
+    fn host_lines() {
+        let s = feed("VGPU-HOST-INIT\nVGPU-HOST-REPORT {\"host\":\"kvm\",\"boot_ms\":12}\nVGPU-HOST-EXIT 0\n");
+        assert!(s.host_init_at.is_some());
+        assert_eq!(s.host_report.unwrap()["boot_ms"], 12);
+        assert_eq!(s.host_exit, Some(0));
+    }
+}

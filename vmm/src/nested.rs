@@ -1,0 +1,217 @@
+//! The virtual host: where this machine has no hardware virtualization, QEMU (TCG, with an
+//! emulated AMD CPU that has SVM and nested paging) boots a small Linux with kvm_amd, and this
+//! same `vmm` binary runs inside it on a working `/dev/kvm`.
+//!
+//! QEMU is only the virtual host's hardware: the guest, its devices and the virtual GPU live in
+//! the inner VMM. The virtual host's init (`images/host-init.sh`) starts the inner `vmm run
+//! --host kvm` with the arguments passed here on the kernel command line, relays its console,
+//! then prints the inner report on a `VGPU-HOST-REPORT` line and powers off.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::console::{ConsoleState, TAIL_LINES};
+use crate::host::HostKind;
+use crate::report::Report;
+use crate::run::RunSpec;
+
+/// The QEMU binary of the virtual host.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Errors of the virtual host.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// QEMU is not installed.
+    #[error(
+        "{QEMU} not found: the virtual host needs QEMU. Install it with \
+         `apt-get install qemu-system-x86` (QEMU 10 from bookworm-backports is preferred; \
+         `bash ci/install-deps.sh` does both)"
+    )]
+    QemuMissing,
+    /// QEMU could not be started.
+    #[error("cannot start {QEMU}: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Finds `name` on PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The arguments of the inner `vmm run`, comma-joined for the kernel command line.
+pub fn inner_args(spec: &RunSpec) -> String {
+    let mut a = vec![
+        "--cpus".to_string(),
+        spec.cpus.to_string(),
+        "--mem".into(),
+        format!("{}M", spec.mem_size >> 20),
+        "--timeout".into(),
+        spec.timeout.as_secs().to_string(),
+    ];
+    for p in &spec.programs {
+        a.push("--run".into());
+        a.push(p.clone());
+    }
+    if spec.verbose {
+        a.push("--verbose".into());
+    }
+    a.join(",")
+}
+
+/// Virtual-host RAM: the guest's plus room for the host kernel, its initramfs (which holds
+/// the guest image) and the inner VMM.
+pub fn host_mem_mib(spec: &RunSpec) -> u64 {
+    (spec.mem_size >> 20) + 1024
+}
+
+/// Boots the virtual host from `kernel` and `initrd` and runs the inner VMM with `spec`.
+pub fn run_nested(
+    spec: &RunSpec,
+    kernel: &Path,
+    initrd: &Path,
+    start: Instant,
+) -> Result<Report, NestedError> {
+    let qemu = find_in_path(QEMU).ok_or(NestedError::QemuMissing)?;
+    let append = format!(
+        "console=ttyS0 panic=-1 loglevel={} vgpu.args={}",
+        if spec.verbose { 7 } else { 4 },
+        inner_args(spec)
+    );
+    let host_cpus = spec.cpus.clamp(1, 2).max(2);
+    let mut child = Command::new(qemu)
+        .args(["-M", "q35", "-cpu", "EPYC,+svm,+npt"])
+        .args(["-accel", "tcg,thread=multi"])
+        .args(["-smp", &host_cpus.to_string()])
+        .args(["-m", &host_mem_mib(spec).to_string()])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args(["-nodefaults", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NestedError::Spawn)?;
+    log::info!("virtual host started (QEMU pid {})", child.id());
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = child.stderr.take().expect("piped stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if text.len() < 16 * 1024 {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    });
+
+    let deadline = start + spec.timeout + Duration::from_secs(60);
+    let mut console = ConsoleState::default();
+    let mut timed_out = false;
+    let out = std::io::stdout();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let mut o = out.lock();
+                let _ = writeln!(o, "{}", line.trim_end_matches('\r'));
+                drop(o);
+                console.handle_line(&line, Instant::now());
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait();
+    let _ = reader.join();
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+
+    let mut report = match console.host_report.clone().map(serde_json::from_value::<Report>) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Report {
+            errors: vec![format!("unreadable report from the inner VMM: {e}")],
+            ..Default::default()
+        },
+        None => Report {
+            errors: vec!["the virtual host returned no report".into()],
+            ..Default::default()
+        },
+    };
+    report.host = HostKind::Nested.name().into();
+    report.cpus = spec.cpus;
+    report.mem_mib = spec.mem_size >> 20;
+    report.virtual_host_boot_ms = console
+        .host_init_at
+        .map(|t| t.duration_since(start).as_millis() as u64);
+    report.virtual_host_run_ms = Some(start.elapsed().as_millis() as u64);
+    report.errors.extend(console.host_errors.iter().cloned());
+    if timed_out {
+        report
+            .errors
+            .push(format!("virtual host timed out after {:?}", spec.timeout));
+        report.exit_reason = "timed out".into();
+    }
+    match status {
+        Ok(s) if !s.success() && !timed_out => report.errors.push(format!(
+            "QEMU exited with {s}: {}",
+            qemu_stderr.trim()
+        )),
+        Err(e) => report.errors.push(format!("waiting for QEMU: {e}")),
+        _ => {}
+    }
+    let inner_ok = console.host_exit == Some(0) && report.verdict == "pass";
+    if !inner_ok || !report.errors.is_empty() {
+        report.verdict = "fail".into();
+        if report.console_tail.is_empty() {
+            report.console_tail = console.tail.iter().rev().take(TAIL_LINES).rev().cloned().collect();
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_args_round_trip_through_commas() {
+        let spec = RunSpec {
+            cpus: 2,
+            mem_size: 512 << 20,
+            programs: vec!["selfcheck".into(), "touch".into()],
+            timeout: Duration::from_secs(300),
+            verbose: true,
+            extra_cmdline: None,
+        };
+        let a = inner_args(&spec);
+        assert_eq!(
+            a,
+            "--cpus,2,--mem,512M,--timeout,300,--run,selfcheck,--run,touch,--verbose"
+        );
+        assert!(!a.contains(' '));
+        assert_eq!(host_mem_mib(&spec), 1536);
+    }
+}

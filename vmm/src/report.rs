@@ -1,0 +1,161 @@
+//! The run report: a human summary and a JSON file whose keys later tools read.
+//!
+//! Stable keys (do not rename): `host`, `kernel`, `boot_ms`, `workloads`. The others describe
+//! the run and may grow.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::console::{ConsoleState, ProgramResult};
+
+/// One run of a guest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Where the VMM ran: "kvm" (directly) or "nested" (inside the virtual host).
+    pub host: String,
+    /// The guest's `uname -r`.
+    pub kernel: Option<String>,
+    /// Milliseconds from VMM start to the guest init's first line.
+    pub boot_ms: Option<u64>,
+    /// Device-fault workload reports, one object each.
+    pub workloads: Vec<serde_json::Value>,
+    /// "pass" or "fail".
+    pub verdict: String,
+    /// Why the VM ended.
+    pub exit_reason: String,
+    /// The guest programs and their exit status.
+    pub programs: Vec<ProgramResult>,
+    /// Errors the guest reported, and why a run failed.
+    pub errors: Vec<String>,
+    /// vCPUs of the guest.
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Milliseconds from VMM start to the end of the guest.
+    pub run_ms: u64,
+    /// For nested runs: milliseconds from starting the virtual host until its init ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_host_boot_ms: Option<u64>,
+    /// For nested runs: wall milliseconds of the whole virtual-host run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_host_run_ms: Option<u64>,
+    /// The last console lines, kept when the run failed.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub console_tail: Vec<String>,
+}
+
+impl Report {
+    /// Fills the guest-side fields from what the console said.
+    pub fn absorb_console(&mut self, c: &ConsoleState) {
+        self.kernel = c.kernel.clone();
+        self.programs = c.results.clone();
+        self.workloads = c.workloads.clone();
+        self.errors.extend(c.errors.iter().cloned());
+        if c.panicked {
+            self.errors.push("guest kernel panic".into());
+        }
+        if c.done_failed.is_none() {
+            self.errors
+                .push("guest did not finish its programs (no VGPU-DONE line)".into());
+        }
+        for r in c.results.iter().filter(|r| r.exit != 0) {
+            self.errors
+                .push(format!("guest program {} exited with {}", r.name, r.exit));
+        }
+    }
+
+    /// True if the run passed.
+    pub fn passed(&self) -> bool {
+        self.verdict == "pass"
+    }
+
+    /// Writes the JSON report.
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        text.push('\n');
+        std::fs::write(path, text)
+    }
+
+    /// The human summary, a few lines.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        s.push_str(&format!(
+            "== vmm run: {} ({})\n",
+            self.verdict.to_uppercase(),
+            self.exit_reason
+        ));
+        s.push_str(&format!(
+            "   host {}  kernel {}  cpus {}  mem {} MiB\n",
+            self.host,
+            self.kernel.as_deref().unwrap_or("?"),
+            self.cpus,
+            self.mem_mib
+        ));
+        s.push_str(&format!(
+            "   boot {}  run {} ms",
+            ms(self.boot_ms),
+            self.run_ms
+        ));
+        if let Some(v) = self.virtual_host_boot_ms {
+            s.push_str(&format!(
+                "  virtual host: boot {v} ms, total {}",
+                ms(self.virtual_host_run_ms)
+            ));
+        }
+        s.push('\n');
+        for p in &self.programs {
+            let v = if p.exit == 0 { "ok" } else { "FAIL" };
+            s.push_str(&format!("   program {:<16} {v} (exit {})\n", p.name, p.exit));
+        }
+        s.push_str(&format!("   workloads {}\n", self.workloads.len()));
+        for e in &self.errors {
+            s.push_str(&format!("   error: {e}\n"));
+        }
+        if !self.passed() && !self.console_tail.is_empty() {
+            s.push_str(&format!(
+                "   last {} console lines:\n",
+                self.console_tail.len()
+            ));
+            for l in &self.console_tail {
+                s.push_str(&format!("   | {l}\n"));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_keys_are_present() {
+        let r = Report {
+            host: "nested".into(),
+            verdict: "pass".into(),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for key in ["host", "kernel", "boot_ms", "workloads"] {
+            assert!(v.get(key).is_some(), "missing key {key}");
+        }
+        assert!(v["workloads"].as_array().unwrap().is_empty());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn console_failures_become_errors() {
+        let mut c = ConsoleState::default();
+        c.results.push(ProgramResult {
+            name: "selfcheck".into(),
+            exit: 1,
+        });
+        let mut r = Report::default();
+        r.absorb_console(&c);
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        assert!(r.summary().contains("FAIL"));
+    }
+}

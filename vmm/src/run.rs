@@ -1,0 +1,225 @@
+//! `vmm run`: boot the guest on the chosen host, run its programs, report.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::console::{ConsoleSink, TAIL_LINES};
+use crate::control::ExitReason;
+use crate::host::HostKind;
+use crate::report::Report;
+use crate::vm::{Vm, VmConfig};
+
+/// The default guest programs.
+pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck"];
+
+/// What `vmm run` does, after host and images are resolved.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Guest programs to run, in order.
+    pub programs: Vec<String>,
+    /// The whole run's time limit.
+    pub timeout: Duration,
+    /// Show the kernel's boot messages.
+    pub verbose: bool,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: Option<String>,
+}
+
+/// The kernel command line for a run.
+pub fn kernel_cmdline(spec: &RunSpec) -> String {
+    let mut c = vec![
+        "console=ttyS0".to_string(),
+        // Without a keyboard controller `reboot=k` makes a reboot a port write we catch.
+        "reboot=k".into(),
+        "panic=-1".into(),
+        // No PCI host bridge in ACPI: probe bus 0 directly through configuration mechanism #1.
+        "pci=conf1,noacpi".into(),
+        "i8042.noaux".into(),
+        "i8042.nomux".into(),
+        "i8042.nopnp".into(),
+        "io_delay=none".into(),
+        "no_timer_check".into(),
+        // Each console byte is a VM exit (very costly nested): keep the boot quiet by default.
+        if spec.verbose { "loglevel=7" } else { "loglevel=4" }.into(),
+        format!("vgpu.run={}", spec.programs.join(",")),
+        format!("vgpu.expect_cpus={}", spec.cpus),
+        format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
+    ];
+    if let Some(extra) = &spec.extra_cmdline {
+        c.push(extra.clone());
+    }
+    c.join(" ")
+}
+
+/// Parses a memory size: a number with an optional K, M or G suffix (binary units); a bare
+/// number is MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 20),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 512M, 2G, 1024)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Errors in a run's parameters.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The vCPU count is out of range.
+    #[error("--cpus {0}: must be between 1 and {max}", max = crate::boot::MAX_CPUS)]
+    Cpus(u8),
+    /// Less RAM than a guest can boot in.
+    #[error("--mem {got} MiB is too little: the guest needs at least {min} MiB")]
+    TooLittleMemory {
+        /// Requested MiB.
+        got: u64,
+        /// Minimum MiB.
+        min: u64,
+    },
+    /// A program name the guest cannot run.
+    #[error("--run {0:?}: program names are letters, digits, '-' and '_'")]
+    BadProgram(String),
+}
+
+/// Least RAM a run accepts; the guest image unpacks into RAM.
+pub const MIN_MEM_SIZE: u64 = 128 << 20;
+
+/// Checks a spec before anything slow happens.
+pub fn validate(spec: &RunSpec) -> Result<(), SpecError> {
+    if spec.cpus == 0 || spec.cpus > crate::boot::MAX_CPUS {
+        return Err(SpecError::Cpus(spec.cpus));
+    }
+    if spec.mem_size < MIN_MEM_SIZE {
+        return Err(SpecError::TooLittleMemory {
+            got: spec.mem_size >> 20,
+            min: MIN_MEM_SIZE >> 20,
+        });
+    }
+    for p in &spec.programs {
+        if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(SpecError::BadProgram(p.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Boots the guest directly on this machine's KVM and waits for it to end.
+pub fn run_direct(
+    spec: &RunSpec,
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    start: Instant,
+) -> Result<Report, crate::vm::VmError> {
+    let echo: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+    let sink = ConsoleSink::new(Some(echo));
+    let cfg = VmConfig {
+        cpus: spec.cpus,
+        mem_size: spec.mem_size,
+        kernel,
+        initrd,
+        cmdline: kernel_cmdline(spec),
+    };
+    let vm = Vm::new(&cfg, sink.clone())?;
+    let control = vm.control();
+    let running = vm.start().map_err(|source| crate::vm::VmError::Device {
+        name: "vcpu threads",
+        source,
+    })?;
+    let remaining = spec.timeout.saturating_sub(start.elapsed());
+    let reason = control.wait(remaining);
+    running.stop();
+    sink.finish();
+
+    let state = sink.state();
+    let console = state.lock().unwrap();
+    let mut report = Report {
+        host: HostKind::Kvm.name().into(),
+        boot_ms: console
+            .init_at
+            .map(|t| t.duration_since(start).as_millis() as u64),
+        exit_reason: reason.to_string(),
+        cpus: spec.cpus,
+        mem_mib: spec.mem_size >> 20,
+        run_ms: start.elapsed().as_millis() as u64,
+        ..Default::default()
+    };
+    report.absorb_console(&console);
+    let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
+    if !clean_end {
+        report.errors.push(format!("VM ended abnormally: {reason}"));
+    }
+    let passed = clean_end && console.guest_passed() && report.errors.is_empty();
+    report.verdict = if passed { "pass" } else { "fail" }.into();
+    if !passed {
+        report.console_tail = console.tail.iter().rev().take(TAIL_LINES).rev().cloned().collect();
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            cpus: 2,
+            mem_size: 512 << 20,
+            programs: vec!["selfcheck".into()],
+            timeout: Duration::from_secs(1),
+            verbose: false,
+            extra_cmdline: None,
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(validate(&spec()), Ok(()));
+        let s = RunSpec { mem_size: 64 << 20, ..spec() };
+        assert!(matches!(validate(&s), Err(SpecError::TooLittleMemory { got: 64, .. })));
+        let s = RunSpec { cpus: 0, ..spec() };
+        assert_eq!(validate(&s), Err(SpecError::Cpus(0)));
+        let s = RunSpec { programs: vec!["a b".into()], ..spec() };
+        assert!(validate(&s).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1024"), Ok(1024 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn cmdline_carries_the_programs_and_expectations() {
+        let spec = RunSpec {
+            cpus: 2,
+            mem_size: 512 << 20,
+            programs: vec!["selfcheck".into(), "touch".into()],
+            timeout: Duration::from_secs(1),
+            verbose: false,
+            extra_cmdline: Some("foo=bar".into()),
+        };
+        let c = kernel_cmdline(&spec);
+        assert!(c.contains("console=ttyS0"));
+        assert!(c.contains("vgpu.run=selfcheck,touch"));
+        assert!(c.contains("vgpu.expect_cpus=2"));
+        assert!(c.contains("vgpu.expect_mem_mib=512"));
+        assert!(c.ends_with("foo=bar"));
+        assert!(c.len() < 2048, "x86 COMMAND_LINE_SIZE");
+    }
+}
