@@ -1,1 +1,5 @@
 //! (under construction)
+
+pub mod gdt;
+pub mod layout;
+pub mod paging;
