@@ -3,3 +3,4 @@
 pub mod gdt;
 pub mod layout;
 pub mod paging;
+pub mod zero_page;
