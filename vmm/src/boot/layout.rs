@@ -113,6 +113,10 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 /// RAM beyond what fits below the gap continues here.
 pub const HIGH_RAM_START: GuestAddress = GuestAddress(MMIO_GAP_END);
 
+/// Maximum number of vCPUs the boot tables describe: xAPIC ids 0..=253 for the CPUs, the next
+/// id (`num_cpus`) for the IOAPIC, and 0xff is the broadcast id.
+pub const MAX_VCPUS: u8 = 254;
+
 /// I/O port of the ACPI sleep control / sleep status / reset registers (see `acpi.rs`).
 pub const ACPI_SHUTDOWN_PORT: u16 = 0x600;
 

@@ -2,5 +2,6 @@
 
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod paging;
 pub mod zero_page;
