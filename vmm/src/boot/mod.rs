@@ -1,5 +1,6 @@
 //! (under construction)
 
+pub mod acpi;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
