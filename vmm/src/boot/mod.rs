@@ -5,4 +5,5 @@ pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod paging;
+pub mod regs;
 pub mod zero_page;
