@@ -149,6 +149,22 @@ pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     regions
 }
 
+// The structures above must not overlap each other.
+const _: () = {
+    assert!(BOOT_GDT_START.0 + (BOOT_GDT_MAX_ENTRIES as u64) * 8 <= BOOT_IDT_START.0);
+    assert!(BOOT_IDT_START.0 + 16 <= ZERO_PAGE_START.0);
+    assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER.0 - 0x800);
+    assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
+    assert!(PDPTE_START.0 == PML4_START.0 + 0x1000);
+    assert!(PDE_START.0 == PDPTE_START.0 + 0x1000);
+    assert!(PDE_START.0 + 4 * 0x1000 <= CMDLINE_START.0);
+    assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
+    assert!(MPTABLE_END.0 <= RSDP_START.0);
+    assert!(PCI_MMIO_START + PCI_MMIO_SIZE == IOAPIC_START);
+    assert!(IOAPIC_START < LAPIC_START && LAPIC_START < MMIO_GAP_END);
+    assert!(MIN_MEM_SIZE <= MMIO_GAP_START);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,22 +214,5 @@ mod tests {
             validate_mem_size(u64::MAX),
             Err(Error::MemoryTooLarge(u64::MAX))
         );
-    }
-
-    #[test]
-    fn layout_is_consistent() {
-        // Structures must not overlap each other.
-        assert!(BOOT_GDT_START.0 + (BOOT_GDT_MAX_ENTRIES as u64) * 8 <= BOOT_IDT_START.0);
-        assert!(BOOT_IDT_START.0 + 16 <= ZERO_PAGE_START.0);
-        assert!(ZERO_PAGE_START.0 + 0x1000 <= BOOT_STACK_POINTER.0 - 0x800);
-        assert!(BOOT_STACK_POINTER.0 < PML4_START.0);
-        assert_eq!(PDPTE_START.0, PML4_START.0 + 0x1000);
-        assert_eq!(PDE_START.0, PDPTE_START.0 + 0x1000);
-        assert!(PDE_START.0 + 4 * 0x1000 <= CMDLINE_START.0);
-        assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
-        assert!(MPTABLE_END.0 <= RSDP_START.0);
-        assert_eq!(PCI_MMIO_START + PCI_MMIO_SIZE, IOAPIC_START);
-        assert!(IOAPIC_START < LAPIC_START && LAPIC_START < MMIO_GAP_END);
-        assert!(MIN_MEM_SIZE <= MMIO_GAP_START);
     }
 }
