@@ -10,7 +10,9 @@
 //!   reset registers are one byte each at I/O port [`ACPI_SHUTDOWN_PORT`]. For S5 the kernel
 //!   writes `(SLP_TYP << 2) | SLP_EN` = `(5 << 2) | (1 << 5)` = [`SHUTDOWN_VALUE`] to the sleep
 //!   control register; to reboot it writes [`RESET_VALUE`] to the reset register. So a device on
-//!   that port powers the VM off on 0x34 and resets it on 0x01. `IAPC_BOOT_ARCH` says "no VGA"
+//!   that port powers the VM off on 0x34 and resets it on 0x01. Before the sleep command the
+//!   kernel writes 0x80 (clear `WAK_STS`) to the sleep status register, i.e. the same port, so the
+//!   device must ignore any other value. `IAPC_BOOT_ARCH` says "no VGA"
 //!   and "no CMOS RTC" and, by leaving the bits clear, "no legacy devices" and "no i8042", so the
 //!   kernel does not probe those. `X_DSDT` points at the DSDT;
 //! - **DSDT** holding only `Name (_S5_, Package (0x04) {0x05, 0x00, 0x00, 0x00})`, which the
