@@ -485,4 +485,95 @@ mod tests {
         assert_eq!(rig.used(0), (0, 64));
         assert_ne!(rig.bytes_at(0x10000, 64), vec![0; 64]);
     }
+
+    /// The whole path a guest takes: enumerate through 0xCF8/0xCFC on the PIO bus, drive
+    /// BAR 0 through the MMIO bus, and get random bytes plus an MSI-X interrupt.
+    #[test]
+    fn end_to_end_through_pci_bus() {
+        use crate::bus::Bus;
+        use crate::pci::{PciBus, PciDevice};
+        use crate::virtio_pci::common_config::offsets::*;
+        use crate::virtio_pci::transport::{MSIX_TABLE_OFFSET, NOTIFY_OFFSET};
+        use crate::virtio_pci::VirtioPciDevice;
+
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let irq = Arc::new(RecordingGroup::default());
+        let pio = Bus::new("pio");
+        let mmio = Bus::new("mmio");
+        let mut pci = PciBus::new(mmio.clone(), (0xc000_0000, 0x1000_0000)).unwrap();
+        let dev = VirtioPciDevice::new(
+            Box::new(VirtioRng::new(Box::new(Counting(7)))),
+            mem.clone(),
+            irq.clone(),
+        )
+        .unwrap();
+        let dev: Arc<Mutex<dyn PciDevice>> = Arc::new(Mutex::new(dev));
+        let slot = pci.add_device(dev).unwrap();
+        pio.insert(Arc::new(Mutex::new(pci)), 0xcf8, 8).unwrap();
+
+        let cfg_read = |reg: u32| {
+            pio.write(
+                0xcf8,
+                &(0x8000_0000 | u32::from(slot) << 11 | reg << 2).to_le_bytes(),
+            );
+            let mut d = [0u8; 4];
+            pio.read(0xcfc, &mut d);
+            u32::from_le_bytes(d)
+        };
+        assert_eq!(cfg_read(0), 0x1044_1af4);
+        let bar0 = u64::from(cfg_read(4) & !0xf) | (u64::from(cfg_read(5)) << 32);
+        // Enable memory decoding and MSI-X (the capability is the last one, at 0x80).
+        pio.write(
+            0xcf8,
+            &(0x8000_0000u32 | u32::from(slot) << 11 | 1 << 2).to_le_bytes(),
+        );
+        pio.write(0xcfc, &[0x06, 0x00]);
+        let mut cap = cfg_read(13) & 0xff;
+        while cfg_read(cap / 4) & 0xff != 0x11 {
+            cap = (cfg_read(cap / 4) >> 8) & 0xff;
+        }
+        pio.write(
+            0xcf8,
+            &(0x8000_0000 | u32::from(slot) << 11 | cap).to_le_bytes(),
+        );
+        pio.write(0xcfe, &0x8000u16.to_le_bytes());
+
+        let w = |off: u64, v: &[u8]| assert!(mmio.write(bar0 + off, v));
+        w(DEVICE_STATUS, &[1]);
+        w(DEVICE_STATUS, &[3]);
+        w(DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
+        w(DRIVER_FEATURE, &1u32.to_le_bytes());
+        w(DEVICE_STATUS, &[11]);
+        w(QUEUE_SELECT, &0u16.to_le_bytes());
+        w(QUEUE_SIZE, &QSIZE.to_le_bytes());
+        w(QUEUE_MSIX_VECTOR, &1u16.to_le_bytes());
+        w(QUEUE_DESC_LO, &(DESC as u32).to_le_bytes());
+        w(QUEUE_DRIVER_LO, &(AVAIL as u32).to_le_bytes());
+        w(QUEUE_DEVICE_LO, &(USED as u32).to_le_bytes());
+        w(QUEUE_ENABLE, &1u16.to_le_bytes());
+        w(MSIX_TABLE_OFFSET + 16, &0xfee0_0000u32.to_le_bytes());
+        w(MSIX_TABLE_OFFSET + 16 + 8, &0x31u32.to_le_bytes());
+        w(MSIX_TABLE_OFFSET + 16 + 12, &0u32.to_le_bytes());
+        w(DEVICE_STATUS, &[15]);
+        let mut st = [0u8];
+        mmio.read(bar0 + DEVICE_STATUS, &mut st);
+        assert_eq!(st, [15]);
+
+        let mut desc = [0u8; 16];
+        desc[..8].copy_from_slice(&0x10000u64.to_le_bytes());
+        desc[8..12].copy_from_slice(&4u32.to_le_bytes());
+        desc[12..14].copy_from_slice(&W.to_le_bytes());
+        mem.write_slice(&desc, GuestAddress(DESC)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
+        mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        w(NOTIFY_OFFSET, &0u16.to_le_bytes());
+
+        let mut got = [0u8; 4];
+        mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        assert_eq!(got, [7, 8, 9, 10]);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 1);
+        assert_eq!(irq.take_triggers(), vec![1]);
+        let (msg, masked) = irq.last_update(1).unwrap();
+        assert_eq!((msg.addr_lo, msg.data, masked), (0xfee0_0000, 0x31, false));
+    }
 }
