@@ -149,7 +149,10 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     let hash = step("guest", "hashing inputs", || {
         let mut h = Fnv64::new();
         h.field(b"builder", BUILDER_SOURCE);
-        h.field(b"kernel", format!("{} {}", kp.package, kp.version).as_bytes());
+        h.field(
+            b"kernel",
+            format!("{} {}", kp.package, kp.version).as_bytes(),
+        );
         h.file(Path::new(BUSYBOX))?;
         h.tree(&opts.workspace.join("images"), &opts.workspace)?;
         h.tree(&opts.workspace.join("guest-driver"), &opts.workspace)?;
@@ -187,7 +190,11 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     })?;
     let modules = step("guest", "resolving modules", || {
         let m = module_load_order(&tree.join("lib/modules").join(&kp.release), GUEST_MODULES)?;
-        let summary = m.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ");
+        let summary = m
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok((m, summary))
     })?;
     step("guest", "writing image", || {
@@ -200,9 +207,13 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         }
         let size = fsroot.write(&tmp.join("initrd.img"))?;
         write_file(&tmp.join("kernel_release"), kp.release.as_bytes())?;
-        publish(&tmp, &dir)?;
+        publish(&tmp, &dir, opts.force)?;
         set_latest(&opts.out_dir, "guest", &dir)?;
-        Ok(((), format!("initrd {} KiB in {}", size / 1024, dir.display())))
+        prune(&opts.out_dir, "guest", &dir);
+        Ok((
+            (),
+            format!("initrd {} KiB in {}", size / 1024, dir.display()),
+        ))
     })?;
     Ok(image)
 }
@@ -224,7 +235,10 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
     let hash = step("host", "hashing inputs", || {
         let mut h = Fnv64::new();
         h.field(b"builder", BUILDER_SOURCE);
-        h.field(b"kernel", format!("{} {}", kp.package, kp.version).as_bytes());
+        h.field(
+            b"kernel",
+            format!("{} {}", kp.package, kp.version).as_bytes(),
+        );
         h.file(Path::new(BUSYBOX))?;
         h.file(&init)?;
         h.file(vmm)?;
@@ -255,7 +269,11 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
     })?;
     let modules = step("host", "resolving modules", || {
         let m = module_load_order(&tree.join("lib/modules").join(&kp.release), HOST_MODULES)?;
-        let summary = m.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ");
+        let summary = m
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok((m, summary))
     })?;
     step("host", "writing image", || {
@@ -271,9 +289,13 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
         fsroot.file("guest/vmlinuz", &guest.kernel, 0o644);
         fsroot.file("guest/initrd.img", &guest.initrd, 0o644);
         let size = fsroot.write(&tmp.join("initrd.img"))?;
-        publish(&tmp, &dir)?;
+        publish(&tmp, &dir, opts.force)?;
         set_latest(&opts.out_dir, "host", &dir)?;
-        Ok(((), format!("initrd {} KiB in {}", size / 1024, dir.display())))
+        prune(&opts.out_dir, "host", &dir);
+        Ok((
+            (),
+            format!("initrd {} KiB in {}", size / 1024, dir.display()),
+        ))
     })?;
     Ok(image)
 }
@@ -394,7 +416,9 @@ fn kernel_package(release: &str) -> Result<KernelPackage> {
 /// The release `6.1.0-N-cloud-amd64` of a package name `linux-image-6.1.0-N-cloud-amd64`.
 fn kernel_release_of(package: &str) -> Option<&str> {
     let release = package.strip_prefix("linux-image-")?;
-    let abi = release.strip_prefix("6.1.0-")?.strip_suffix("-cloud-amd64")?;
+    let abi = release
+        .strip_prefix("6.1.0-")?
+        .strip_suffix("-cloud-amd64")?;
     (!abi.is_empty() && abi.bytes().all(|b| b.is_ascii_digit())).then_some(release)
 }
 
@@ -413,7 +437,12 @@ fn kernel_from_depends(depends: &str) -> Option<(String, Option<String>)> {
             let version = constraint
                 .and_then(|c| c.strip_prefix('='))
                 .map(|v| v.trim().to_string());
-            let abi: u64 = release.strip_prefix("6.1.0-")?.split('-').next()?.parse().ok()?;
+            let abi: u64 = release
+                .strip_prefix("6.1.0-")?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
             Some((abi, release.to_string(), version))
         })
         .max_by_key(|(abi, _, _)| *abi)
@@ -436,7 +465,11 @@ fn fetch_kernel(kp: &KernelPackage, cache: &Path) -> Result<PathBuf> {
     }
     let debs = cache.join("debs");
     fs::create_dir_all(&debs).map_err(io_err(&debs))?;
-    let deb_name = format!("{}_{}_amd64.deb", kp.package, kp.version.replace(':', "%3a"));
+    let deb_name = format!(
+        "{}_{}_amd64.deb",
+        kp.package,
+        kp.version.replace(':', "%3a")
+    );
     let deb = debs.join(&deb_name);
     if !deb.is_file() {
         run(Command::new("apt-get")
@@ -455,13 +488,17 @@ fn fetch_kernel(kp: &KernelPackage, cache: &Path) -> Result<PathBuf> {
     }
     let tmp = temp_dir(cache, "unpack")?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    if !tmp.join("boot").join(format!("vmlinuz-{}", kp.release)).is_file() {
+    if !tmp
+        .join("boot")
+        .join(format!("vmlinuz-{}", kp.release))
+        .is_file()
+    {
         return Err(ImageError::Apt {
             package: kp.package.clone(),
             message: format!("the package has no boot/vmlinuz-{}", kp.release),
         });
     }
-    publish(&tmp, &tree)?;
+    publish(&tmp, &tree, false)?;
     Ok(tree)
 }
 
@@ -482,7 +519,11 @@ fn index_modules(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             let path = entry.map_err(io_err(&d))?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(module_name) {
+            } else if let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(module_name)
+            {
                 index.insert(name, path);
             }
         }
@@ -536,7 +577,8 @@ fn visit_module(
         .get(name)
         .ok_or_else(|| err("not in the kernel package (built in, or not built?)".into()))?;
     let data = fs::read(file).map_err(io_err(file))?;
-    let deps = module_depends(&data).ok_or_else(|| err(format!("{} has no .modinfo", file.display())))?;
+    let deps =
+        module_depends(&data).ok_or_else(|| err(format!("{} has no .modinfo", file.display())))?;
     path.push(name.to_string());
     for dep in &deps {
         visit_module(dep, index, order, path)?;
@@ -584,8 +626,12 @@ fn elf_section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
     if !is_elf64le(d) {
         return None;
     }
-    let (shoff, shentsize, shnum, shstrndx) =
-        (le64(d, 0x28)?, le16(d, 0x3a)?, le16(d, 0x3c)?, le16(d, 0x3e)?);
+    let (shoff, shentsize, shnum, shstrndx) = (
+        le64(d, 0x28)?,
+        le16(d, 0x3a)?,
+        le16(d, 0x3c)?,
+        le16(d, 0x3e)?,
+    );
     let header = |i: u64| usize::try_from(shoff + i * shentsize).ok();
     let section = |i: u64| -> Option<&'a [u8]> {
         let h = header(i)?;
@@ -607,7 +653,14 @@ fn elf_section<'a>(d: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// Builds the guest programs statically; returns (file name, path) of each binary.
 fn build_guest_programs(workspace: &Path) -> Result<Vec<(String, PathBuf)>> {
     let out = Command::new("cargo")
-        .args(["build", "--release", "-p", "guest-programs", "--target", GUEST_TARGET])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-programs",
+            "--target",
+            GUEST_TARGET,
+        ])
         .args(["--message-format", "json-render-diagnostics"])
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", workspace.join("target").join("guest"))
@@ -635,12 +688,18 @@ fn build_guest_programs(workspace: &Path) -> Result<Vec<(String, PathBuf)>> {
             if elf_has_interp(&data) != Some(false) {
                 return Err(ImageError::NotStatic(exe));
             }
-            let name = exe.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = exe
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             programs.push((name, exe));
         }
     }
     if programs.is_empty() {
-        return Err(ImageError::GuestBuild("cargo reported no executables".into()));
+        return Err(ImageError::GuestBuild(
+            "cargo reported no executables".into(),
+        ));
     }
     programs.sort();
     Ok(programs)
@@ -698,7 +757,9 @@ fn parse_ldd(text: &str) -> std::result::Result<Vec<PathBuf>, String> {
 /// The parts both images share: busybox and its applets, device nodes, modules, /init.
 fn base_initramfs(init: &Path, modules: &[(String, PathBuf)]) -> Result<Initramfs> {
     let mut fs = Initramfs::default();
-    for d in ["dev", "proc", "sys", "tmp", "bin", "sbin", "usr/bin", "usr/sbin", "etc/vgpu"] {
+    for d in [
+        "dev", "proc", "sys", "tmp", "bin", "sbin", "usr/bin", "usr/sbin", "etc/vgpu",
+    ] {
         fs.dir(d);
     }
     fs.node("dev/console", 0o020600, Source::Device(5, 1));
@@ -715,7 +776,11 @@ fn base_initramfs(init: &Path, modules: &[(String, PathBuf)]) -> Result<Initramf
         fs.file(&format!("lib/modules/{name}.ko"), path, 0o644);
         let _ = writeln!(order, "{name}");
     }
-    fs.node("etc/vgpu/modules", 0o100644, Source::Bytes(order.into_bytes()));
+    fs.node(
+        "etc/vgpu/modules",
+        0o100644,
+        Source::Bytes(order.into_bytes()),
+    );
     if !init.is_file() {
         return Err(ImageError::Io {
             path: init.to_path_buf(),
@@ -771,8 +836,7 @@ impl Initramfs {
         let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
         let mut w = BufWriter::new(file);
         // BTreeMap order puts every directory before its contents.
-        let mut ino = 1;
-        for (path, (mode, source)) in &self.entries {
+        for (ino, (path, (mode, source))) in (1..).zip(&self.entries) {
             let (data, rdev) = match source {
                 Source::Dir => (Vec::new(), (0, 0)),
                 Source::File(src) => (fs::read(src).map_err(io_err(src))?, (0, 0)),
@@ -781,7 +845,6 @@ impl Initramfs {
                 Source::Device(maj, min) => (Vec::new(), (*maj, *min)),
             };
             write_cpio_entry(&mut w, ino, *mode, rdev, path, &data).map_err(io_err(&tmp))?;
-            ino += 1;
         }
         write_cpio_entry(&mut w, 0, 0, (0, 0), "TRAILER!!!", &[]).map_err(io_err(&tmp))?;
         let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
@@ -801,11 +864,18 @@ fn write_cpio_entry(
     name: &str,
     data: &[u8],
 ) -> io::Result<()> {
-    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, format!("{name} too large for cpio"));
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name} too large for cpio"),
+        )
+    };
     let size = u32::try_from(data.len()).map_err(|_| too_big())?;
     let namesize = u32::try_from(name.len() + 1).map_err(|_| too_big())?;
     let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-    let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0];
+    let fields = [
+        ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0,
+    ];
     let mut header = String::with_capacity(110);
     header.push_str("070701");
     for f in fields {
@@ -838,14 +908,48 @@ fn temp_dir(parent: &Path, name: &str) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-/// Moves a finished directory into place, replacing an older one of the same name.
-fn publish(tmp: &Path, dir: &Path) -> Result<()> {
+/// Moves a finished directory into place. An existing directory of the same name is
+/// replaced only with `replace` (`--force`); otherwise it won (a concurrent build of the
+/// same inputs) and `tmp` is dropped.
+fn publish(tmp: &Path, dir: &Path, replace: bool) -> Result<()> {
     if dir.exists() {
+        if !replace {
+            return fs::remove_dir_all(tmp).map_err(io_err(tmp));
+        }
         let old = dir.with_extension(format!("old-{}", std::process::id()));
         fs::rename(dir, &old).map_err(io_err(dir))?;
         fs::remove_dir_all(&old).map_err(io_err(&old))?;
     }
     fs::rename(tmp, dir).map_err(io_err(dir))
+}
+
+/// Keeps the newest `KEEP_IMAGES` images called `name` (never `current`) and removes
+/// temporary directories left by build processes that no longer exist. Best effort.
+fn prune(out_dir: &Path, name: &str, current: &Path) {
+    const KEEP_IMAGES: usize = 3;
+    let Ok(entries) = fs::read_dir(out_dir) else {
+        return;
+    };
+    let mut images = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(hash) = file_name.strip_prefix(&format!("{name}-")) {
+            let is_image = hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_image && path != current {
+                let mtime = entry.metadata().and_then(|m| m.modified()).ok();
+                images.push((mtime, path));
+            }
+        } else if let Some(pid) = file_name.strip_prefix(&format!(".tmp-{name}-")) {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+    }
+    images.sort_by_key(|(mtime, _)| std::cmp::Reverse(*mtime));
+    for (_, path) in images.into_iter().skip(KEEP_IMAGES - 1) {
+        let _ = fs::remove_dir_all(path);
+    }
 }
 
 /// Points `<out_dir>/<name>-latest` at `dir` (a relative symlink, replaced atomically).
@@ -915,7 +1019,9 @@ impl Fnv64 {
             if name.starts_with('.') || name == "target" || is_ignored(&name) {
                 continue;
             }
-            let ty = fs::symlink_metadata(&path).map_err(io_err(&path))?.file_type();
+            let ty = fs::symlink_metadata(&path)
+                .map_err(io_err(&path))?
+                .file_type();
             if ty.is_dir() {
                 self.tree(&path, base)?;
             } else if ty.is_file() {
@@ -935,7 +1041,9 @@ impl Fnv64 {
 
 /// Build outputs (Kbuild's `.o`, `.ko`, `.mod*`, ...) and documentation.
 fn is_ignored(name: &str) -> bool {
-    const SUFFIXES: &[&str] = &[".o", ".ko", ".mod", ".mod.c", ".symvers", ".order", ".cmd", ".md"];
+    const SUFFIXES: &[&str] = &[
+        ".o", ".ko", ".mod", ".mod.c", ".symvers", ".order", ".cmd", ".md",
+    ];
     SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
@@ -1004,9 +1112,16 @@ mod tests {
                 u32::from_str_radix(std::str::from_utf8(&d[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
                     .unwrap()
             };
-            let (mode, size, rmaj, rmin, namesize) =
-                (field(1), field(6) as usize, field(9), field(10), field(11) as usize);
-            let name = std::str::from_utf8(&d[110..110 + namesize - 1]).unwrap().to_string();
+            let (mode, size, rmaj, rmin, namesize) = (
+                field(1),
+                field(6) as usize,
+                field(9),
+                field(10),
+                field(11) as usize,
+            );
+            let name = std::str::from_utf8(&d[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(d[110 + namesize - 1], 0);
             let start = 110 + namesize + pad4(110 + namesize);
             let data = d[start..start + size].to_vec();
@@ -1037,7 +1152,18 @@ mod tests {
         assert_eq!(data.len() % 4, 0);
         let entries = read_cpio(&data);
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/prog", "bin/sh", "dev", "dev/console", "etc", "etc/x"]);
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/prog",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "etc",
+                "etc/x"
+            ]
+        );
         assert_eq!(entries[0].1, 0o040755);
         assert_eq!(entries[1].1, 0o100755);
         assert_eq!(entries[1].4, b"hello");
@@ -1065,11 +1191,14 @@ mod tests {
         );
         assert_eq!(kernel_from_depends("linux-image-6.1.0-56-amd64"), None);
         assert_eq!(
-            kernel_from_depends("linux-image-6.1.0-9-cloud-amd64 | linux-image-6.1.0-10-cloud-amd64 (>= 1)"),
+            kernel_from_depends(
+                "linux-image-6.1.0-9-cloud-amd64 | linux-image-6.1.0-10-cloud-amd64 (>= 1)"
+            ),
             Some(("6.1.0-10-cloud-amd64".into(), None))
         );
         assert_eq!(kernel_release_of("linux-image-6.1.0--cloud-amd64"), None);
-        let show = "Package: linux-image-6.1.0-56-cloud-amd64\nVersion: 6.1.192-2\nSection: kernel\n";
+        let show =
+            "Package: linux-image-6.1.0-56-cloud-amd64\nVersion: 6.1.192-2\nSection: kernel\n";
         assert_eq!(control_field(show, "Version"), Some("6.1.192-2"));
         assert_eq!(control_field(show, "Depends"), None);
     }
