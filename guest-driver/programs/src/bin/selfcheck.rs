@@ -79,7 +79,10 @@ fn check_cpus(expected: &str) -> Result<(), String> {
     if n == expected {
         Ok(())
     } else {
-        Err(format!("{n} CPUs online ({}), expected {expected}", online.trim()))
+        Err(format!(
+            "{n} CPUs online ({}), expected {expected}",
+            online.trim()
+        ))
     }
 }
 
@@ -99,15 +102,16 @@ fn check_mem(expected: &str) -> Result<(), String> {
     let expected: u64 = expected
         .parse()
         .map_err(|_| format!("bad vgpu.expect_mem_mib={expected}"))?;
-    let meminfo =
-        fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+    let meminfo = fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
     let kib = meminfo_kib(&meminfo, "MemTotal").ok_or("no MemTotal in /proc/meminfo")?;
     let mib = kib / 1024;
     // MemTotal excludes what the firmware and the kernel image reserve.
     if mib * 10 >= expected * 8 && mib <= expected {
         Ok(())
     } else {
-        Err(format!("MemTotal {mib} MiB not within [80%, 100%] of {expected} MiB"))
+        Err(format!(
+            "MemTotal {mib} MiB not within [80%, 100%] of {expected} MiB"
+        ))
     }
 }
 
