@@ -14,7 +14,7 @@ echo "VGPU-KERNEL $(uname -r)"
 while read -r m; do
 	[ -n "$m" ] || continue
 	if ! out=$(insmod "/lib/modules/$m.ko" 2>&1); then
-		echo "VGPU-ERROR module $m: $(echo "$out" | tr '\n' ' ')"
+		echo "VGPU-ERROR module $m: $(printf "%s" "$out" | tr "\n" " ")"
 	fi
 done </etc/vgpu/modules
 
