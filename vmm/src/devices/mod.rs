@@ -1,1 +1,5 @@
-//! (under construction)
+//! Virtio devices hosted by the virtio-pci transport ([`crate::virtio_pci`]).
+
+pub mod virtio_rng;
+
+pub use virtio_rng::{RngCounters, VirtioRng};

@@ -1,0 +1,51 @@
+#!/bin/sh
+# /init of the guest image (busybox sh). Prints the line protocol that the VMM
+# reads from the serial console; see images/README.md. Every marker starts a line.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+echo "VGPU-INIT"
+echo "VGPU-KERNEL $(uname -r)"
+
+# Modules, in dependency order (written by the image builder).
+while read -r m; do
+	[ -n "$m" ] || continue
+	if ! out=$(insmod "/lib/modules/$m.ko" 2>&1); then
+		echo "VGPU-ERROR module $m: $(printf "%s" "$out" | tr "\n" " ")"
+	fi
+done </etc/vgpu/modules
+
+# vgpu.run=a,b,c selects the programs; selfcheck when absent.
+run=selfcheck
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	vgpu.run=*) run="${arg#vgpu.run=}" ;;
+	esac
+done
+
+failed=0
+for name in $(echo "$run" | tr ',' ' '); do
+	case "$name" in
+	*[!A-Za-z0-9_.-]*)
+		echo "VGPU-ERROR bad program name $name"
+		failed=$((failed + 1))
+		continue
+		;;
+	esac
+	if [ -x "/bin/vgpu-$name" ]; then
+		"/bin/vgpu-$name"
+		code=$?
+	else
+		echo "VGPU-ERROR no program $name"
+		code=127
+	fi
+	[ "$code" -eq 0 ] || failed=$((failed + 1))
+	echo "VGPU-RESULT {\"name\":\"$name\",\"exit\":$code}"
+done
+
+echo "VGPU-DONE {\"failed\":$failed}"
+poweroff -f
+reboot -f
