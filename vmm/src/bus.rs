@@ -36,10 +36,13 @@ struct Range {
     len: u64,
 }
 
+/// A device as the bus holds it: shared with whoever created it.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
 /// A shared, range-indexed set of devices.
 #[derive(Clone, Default)]
 pub struct Bus {
-    devices: Arc<Mutex<BTreeMap<u64, (Range, Arc<Mutex<dyn BusDevice>>)>>>,
+    devices: Arc<Mutex<BTreeMap<u64, (Range, SharedDevice)>>>,
     name: &'static str,
 }
 
@@ -118,7 +121,11 @@ impl Bus {
             }
             None => {
                 data.fill(0xff);
-                log::debug!("{}: unclaimed read of {} bytes at {addr:#x}", self.name, data.len());
+                log::debug!(
+                    "{}: unclaimed read of {} bytes at {addr:#x}",
+                    self.name,
+                    data.len()
+                );
                 false
             }
         }
@@ -177,7 +184,10 @@ mod tests {
         bus.insert(dev.clone(), 0x100, 16).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0xf8, 9),

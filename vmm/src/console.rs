@@ -146,7 +146,10 @@ impl ConsoleSink {
         let rest = std::mem::take(&mut *self.partial.lock().unwrap());
         if !rest.is_empty() {
             let line = String::from_utf8_lossy(&rest).into_owned();
-            self.state.lock().unwrap().handle_line(&line, Instant::now());
+            self.state
+                .lock()
+                .unwrap()
+                .handle_line(&line, Instant::now());
         }
     }
 }
@@ -227,7 +230,8 @@ mod tests {
         let s = feed("VGPU-RESULT {oops\nVGPU-DONE {\"failed\":0}\n");
         assert_eq!(s.errors.len(), 1);
         assert!(!s.guest_passed());
-        let s = feed("Kernel panic - not syncing: Attempted to kill init!\nVGPU-DONE {\"failed\":0}\n");
+        let s =
+            feed("Kernel panic - not syncing: Attempted to kill init!\nVGPU-DONE {\"failed\":0}\n");
         assert!(s.panicked);
         assert!(!s.guest_passed());
     }

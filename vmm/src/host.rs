@@ -40,7 +40,10 @@ pub fn hardware_kvm_available(sys_module: &Path, dev_kvm: &Path) -> Result<(), S
         .find(|m| sys_module.join(m).exists());
     match (vendor, dev_kvm.exists()) {
         (Some(_), true) => Ok(()),
-        (Some(m), false) => Err(format!("{m} is loaded but {} is missing", dev_kvm.display())),
+        (Some(m), false) => Err(format!(
+            "{m} is loaded but {} is missing",
+            dev_kvm.display()
+        )),
         (None, true) => Err(format!(
             "{} exists but neither kvm_intel nor kvm_amd is loaded (a software hypervisor such \
              as kvm_pvm cannot run a Linux guest); use --host nested",

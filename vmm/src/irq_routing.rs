@@ -56,7 +56,7 @@ fn msi_entry(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
     };
     e.u.msi.address_lo = msg.addr_lo;
     e.u.msi.address_hi = msg.addr_hi;
-    e.u.msi.__bindgen_anon_1.data = msg.data;
+    e.u.msi.data = msg.data;
     e
 }
 

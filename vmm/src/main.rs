@@ -58,10 +58,18 @@ fn image_options(images_dir: Option<PathBuf>, force: bool) -> Result<ImageOption
 fn cmd_image_build(args: ImageArgs) -> Result<(), String> {
     let opts = image_options(args.images_dir, args.force)?;
     let guest = images::build_guest_image(&opts).map_err(|e| e.to_string())?;
-    println!("guest image: {} {}", guest.kernel.display(), guest.initrd.display());
+    println!(
+        "guest image: {} {}",
+        guest.kernel.display(),
+        guest.initrd.display()
+    );
     if !args.guest_only {
         let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
-        println!("virtual-host image: {} {}", host.kernel.display(), host.initrd.display());
+        println!(
+            "virtual-host image: {} {}",
+            host.kernel.display(),
+            host.initrd.display()
+        );
     }
     Ok(())
 }
@@ -81,7 +89,10 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         cpus: args.cpus,
         mem_size,
         programs: if args.programs.is_empty() {
-            run::DEFAULT_PROGRAMS.iter().map(|s| s.to_string()).collect()
+            run::DEFAULT_PROGRAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
         } else {
             args.programs.clone()
         },

@@ -2,7 +2,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Errors of guest memory setup.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,9 @@ pub enum MemoryError {
 }
 
 /// Maps anonymous guest RAM for the given `(start, size)` regions.
-pub fn create_guest_memory(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create_guest_memory(
+    regions: &[(GuestAddress, usize)],
+) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::from_ranges(regions).map_err(|source| MemoryError::Map {
         size: regions.iter().map(|r| r.1 as u64).sum(),
         source,

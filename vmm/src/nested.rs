@@ -107,7 +107,10 @@ pub fn run_nested(
     let stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
                 break;
             }
         }
@@ -149,7 +152,11 @@ pub fn run_nested(
     let _ = reader.join();
     let qemu_stderr = err_reader.join().unwrap_or_default();
 
-    let mut report = match console.host_report.clone().map(serde_json::from_value::<Report>) {
+    let mut report = match console
+        .host_report
+        .clone()
+        .map(serde_json::from_value::<Report>)
+    {
         Some(Ok(r)) => r,
         Some(Err(e)) => Report {
             errors: vec![format!("unreadable report from the inner VMM: {e}")],
@@ -175,10 +182,9 @@ pub fn run_nested(
         report.exit_reason = "timed out".into();
     }
     match status {
-        Ok(s) if !s.success() && !timed_out => report.errors.push(format!(
-            "QEMU exited with {s}: {}",
-            qemu_stderr.trim()
-        )),
+        Ok(s) if !s.success() && !timed_out => report
+            .errors
+            .push(format!("QEMU exited with {s}: {}", qemu_stderr.trim())),
         Err(e) => report.errors.push(format!("waiting for QEMU: {e}")),
         _ => {}
     }
@@ -186,7 +192,14 @@ pub fn run_nested(
     if !inner_ok || !report.errors.is_empty() {
         report.verdict = "fail".into();
         if report.console_tail.is_empty() {
-            report.console_tail = console.tail.iter().rev().take(TAIL_LINES).rev().cloned().collect();
+            report.console_tail = console
+                .tail
+                .iter()
+                .rev()
+                .take(TAIL_LINES)
+                .rev()
+                .cloned()
+                .collect();
         }
     }
     Ok(report)

@@ -107,7 +107,10 @@ impl Report {
         s.push('\n');
         for p in &self.programs {
             let v = if p.exit == 0 { "ok" } else { "FAIL" };
-            s.push_str(&format!("   program {:<16} {v} (exit {})\n", p.name, p.exit));
+            s.push_str(&format!(
+                "   program {:<16} {v} (exit {})\n",
+                p.name, p.exit
+            ));
         }
         s.push_str(&format!("   workloads {}\n", self.workloads.len()));
         for e in &self.errors {

@@ -45,7 +45,12 @@ pub fn kernel_cmdline(spec: &RunSpec) -> String {
         "io_delay=none".into(),
         "no_timer_check".into(),
         // Each console byte is a VM exit (very costly nested): keep the boot quiet by default.
-        if spec.verbose { "loglevel=7" } else { "loglevel=4" }.into(),
+        if spec.verbose {
+            "loglevel=7"
+        } else {
+            "loglevel=4"
+        }
+        .into(),
         format!("vgpu.run={}", spec.programs.join(",")),
         format!("vgpu.expect_cpus={}", spec.cpus),
         format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
@@ -77,7 +82,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     /// The vCPU count is out of range.
-    #[error("--cpus {0}: must be between 1 and {max}", max = crate::boot::MAX_CPUS)]
+    #[error("--cpus {0}: must be between 1 and {max}", max = crate::boot::MAX_VCPUS)]
     Cpus(u8),
     /// Less RAM than a guest can boot in.
     #[error("--mem {got} MiB is too little: the guest needs at least {min} MiB")]
@@ -97,7 +102,7 @@ pub const MIN_MEM_SIZE: u64 = 128 << 20;
 
 /// Checks a spec before anything slow happens.
 pub fn validate(spec: &RunSpec) -> Result<(), SpecError> {
-    if spec.cpus == 0 || spec.cpus > crate::boot::MAX_CPUS {
+    if spec.cpus == 0 || spec.cpus > crate::boot::MAX_VCPUS {
         return Err(SpecError::Cpus(spec.cpus));
     }
     if spec.mem_size < MIN_MEM_SIZE {
@@ -107,7 +112,11 @@ pub fn validate(spec: &RunSpec) -> Result<(), SpecError> {
         });
     }
     for p in &spec.programs {
-        if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(SpecError::BadProgram(p.clone()));
         }
     }
@@ -162,7 +171,14 @@ pub fn run_direct(
     let passed = clean_end && console.guest_passed() && report.errors.is_empty();
     report.verdict = if passed { "pass" } else { "fail" }.into();
     if !passed {
-        report.console_tail = console.tail.iter().rev().take(TAIL_LINES).rev().cloned().collect();
+        report.console_tail = console
+            .tail
+            .iter()
+            .rev()
+            .take(TAIL_LINES)
+            .rev()
+            .cloned()
+            .collect();
     }
     Ok(report)
 }
@@ -185,11 +201,20 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(validate(&spec()), Ok(()));
-        let s = RunSpec { mem_size: 64 << 20, ..spec() };
-        assert!(matches!(validate(&s), Err(SpecError::TooLittleMemory { got: 64, .. })));
+        let s = RunSpec {
+            mem_size: 64 << 20,
+            ..spec()
+        };
+        assert!(matches!(
+            validate(&s),
+            Err(SpecError::TooLittleMemory { got: 64, .. })
+        ));
         let s = RunSpec { cpus: 0, ..spec() };
         assert_eq!(validate(&s), Err(SpecError::Cpus(0)));
-        let s = RunSpec { programs: vec!["a b".into()], ..spec() };
+        let s = RunSpec {
+            programs: vec!["a b".into()],
+            ..spec()
+        };
         assert!(validate(&s).is_err());
     }
 

@@ -60,7 +60,7 @@ pub enum VmError {
         source: kvm_ioctls::Error,
     },
     /// Too many or too few vCPUs.
-    #[error("--cpus {0}: must be between 1 and {max}", max = boot::MAX_CPUS)]
+    #[error("--cpus {0}: must be between 1 and {max}", max = boot::MAX_VCPUS)]
     Cpus(u8),
     /// Guest memory could not be set up.
     #[error(transparent)]
@@ -97,7 +97,7 @@ fn dev_err(name: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
 pub struct Vm {
     _kvm: Kvm,
     fd: Arc<VmFd>,
-    mem: GuestMemoryMmap,
+    mem: Arc<GuestMemoryMmap>,
     vcpus: Vec<VcpuFd>,
     ctx: VcpuContext,
 }
@@ -109,19 +109,21 @@ impl Vm {
     where
         W: std::io::Write + Send + 'static,
     {
-        if cfg.cpus == 0 || cfg.cpus > boot::MAX_CPUS {
+        if cfg.cpus == 0 || cfg.cpus > boot::MAX_VCPUS {
             return Err(VmError::Cpus(cfg.cpus));
         }
-        let regions = boot::layout::ram_regions(cfg.mem_size)?;
+        boot::layout::validate_mem_size(cfg.mem_size).map_err(boot::Error::from)?;
+        let regions = boot::layout::ram_regions(cfg.mem_size);
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
-        let mem = memory::create_guest_memory(&regions)?;
+        let mem = Arc::new(memory::create_guest_memory(&regions)?);
         memory::register_with_kvm(&fd, &mem)?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -157,14 +159,17 @@ impl Vm {
         let pci = PciBus::new(
             ctx.mmio.clone(),
             (boot::layout::PCI_MMIO_START, boot::layout::PCI_MMIO_SIZE),
-        );
+        )
+        .map_err(|e| VmError::Pci(e.to_string()))?;
         let pci = Arc::new(Mutex::new(pci));
         ctx.pio
             .insert(pci.clone(), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
-        let rng = VirtioRng::new_urandom().map_err(dev_err("virtio-rng"))?;
+        let rng =
+            VirtioRng::from_urandom().map_err(|e| VmError::Pci(format!("virtio-rng: {e}")))?;
         let vectors = VirtioPciDevice::msix_vectors_for(&rng);
         let msi = KvmMsiGroup::new(routing, vectors).map_err(dev_err("virtio-rng MSI-X"))?;
-        let rng_pci = VirtioPciDevice::new(Box::new(rng), mem.clone(), Arc::new(msi));
+        let rng_pci = VirtioPciDevice::new(Box::new(rng), mem.clone(), Arc::new(msi))
+            .map_err(|e| VmError::Pci(e.to_string()))?;
         pci.lock()
             .unwrap()
             .add_device(Arc::new(Mutex::new(rng_pci)))
@@ -172,7 +177,7 @@ impl Vm {
 
         let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
         let initrd = match &cfg.initrd {
-            Some(p) => Some(boot::load_initrd(&mem, p)?),
+            Some(p) => Some(boot::load_initrd(&mem, p, &kernel)?),
             None => None,
         };
         boot::configure_system(&mem, &kernel, &cfg.cmdline, initrd, cfg.cpus)?;
@@ -182,7 +187,8 @@ impl Vm {
             let vcpu = fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            boot::setup_vcpu(&kvm, &vcpu, &mem, &kernel, id, cfg.cpus)?;
+            boot::configure_vcpu(&kvm, &mem, &vcpu, id, cfg.cpus, kernel.entry)
+                .map_err(boot::Error::from)?;
             vcpus.push(vcpu);
         }
         Ok(Vm {
@@ -214,7 +220,7 @@ impl Vm {
 pub struct RunningVm {
     threads: VcpuThreads,
     _fd: Arc<VmFd>,
-    _mem: GuestMemoryMmap,
+    _mem: Arc<GuestMemoryMmap>,
 }
 
 impl RunningVm {

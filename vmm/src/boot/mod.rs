@@ -167,6 +167,48 @@ fn open(path: &Path) -> std::result::Result<(File, u64), io::Error> {
     Ok((file, len))
 }
 
+/// Checks that `path` looks like a complete 64-bit bzImage without loading it: the boot
+/// sector and `HdrS` signatures, a boot protocol with a 64-bit entry, and a file at least as
+/// long as its setup sectors plus the protected-mode size the header declares (so a truncated
+/// image is caught here, before a virtual host is started).
+pub fn check_bzimage(path: &Path) -> Result<()> {
+    let open_err = |e: io::Error| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::KernelNotFound(path.to_path_buf())
+        } else {
+            Error::OpenKernel {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    };
+    let (mut file, len) = open(path).map_err(open_err)?;
+    let invalid = || {
+        Error::InvalidKernel(linux_loader::loader::Error::Bzimage(
+            linux_loader::loader::bzimage::Error::InvalidBzImage,
+        ))
+    };
+    let mut head = [0u8; 0x240];
+    io::Read::read_exact(&mut file, &mut head).map_err(|_| invalid())?;
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    if u16_at(0x1fe) != 0xaa55 || &head[0x202..0x206] != b"HdrS" {
+        return Err(invalid());
+    }
+    if u16_at(0x206) < 0x020c || u16_at(0x236) & XLF_KERNEL_64 == 0 {
+        return Err(Error::No64BitEntry);
+    }
+    let setup_sects = match head[0x1f1] {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let payload = u64::from(u32_at(0x1f4)) * 16;
+    if (setup_sects + 1) * 512 + payload > len {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
 /// Loads the bzImage at `kernel_path` into `mem` at 1 MiB.
 pub fn load_kernel(mem: &GuestMemoryMmap, kernel_path: &Path) -> Result<LoadedKernel> {
     let (mut file, file_len) = open(kernel_path).map_err(|e| {

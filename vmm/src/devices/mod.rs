@@ -1,5 +1,7 @@
 //! Virtio devices hosted by the virtio-pci transport ([`crate::virtio_pci`]).
 
+pub mod power;
+pub mod serial;
 pub mod virtio_rng;
 
 pub use virtio_rng::{RngCounters, VirtioRng};

@@ -120,6 +120,12 @@ pub struct VirtioPciDevice {
 }
 
 impl VirtioPciDevice {
+    /// The MSI-X vectors the transport gives `device`: one per queue and one for
+    /// configuration changes.
+    pub fn msix_vectors_for(device: &dyn VirtioDevice) -> u16 {
+        device.queue_max_sizes().len() as u16 + 1
+    }
+
     /// Wraps `device`; `mem` is the guest memory its queues live in, `msi` the interrupt
     /// sources of its MSI-X vectors (queues + 1).
     pub fn new(
@@ -175,7 +181,7 @@ impl VirtioPciDevice {
             REGION_SIZE,
             None,
         ))?;
-        let num_vectors = sizes.len() as u16 + 1;
+        let num_vectors = Self::msix_vectors_for(device.as_ref());
         let cap = MsixCap::new(
             num_vectors,
             0,
