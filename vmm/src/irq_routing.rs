@@ -1,8 +1,7 @@
 //! KVM's GSI routing table and the irqfd-backed MSI interrupt groups built on it.
 //!
 //! `KVM_SET_GSI_ROUTING` replaces the whole table, so this module keeps the one copy of it:
-//! the default ISA/IOAPIC routes that the in-kernel irqchip starts with (GSIs 0..23) plus one
-//! MSI route per vector that a device owns. Every MSI-X vector gets a GSI from
+//! the ISA/IOAPIC routes (GSIs 0..23) plus one MSI route per vector that a device owns. Every MSI-X vector gets a GSI from
 //! [`FIRST_MSI_GSI`] up and an eventfd registered as its irqfd.
 
 use std::collections::BTreeMap;
@@ -10,8 +9,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -32,7 +31,7 @@ pub struct GsiRouting {
 }
 
 struct RoutingState {
-    /// Entries by (gsi, irqchip or u32::MAX for MSI) so a GSI may have PIC and IOAPIC routes.
+    /// Entries by (gsi, irqchip, or u32::MAX for MSI).
     entries: BTreeMap<(u32, u32), kvm_irq_routing_entry>,
     next_gsi: u32,
 }
@@ -61,31 +60,29 @@ fn msi_entry(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
 }
 
 impl GsiRouting {
-    /// Starts from the routes KVM installs with its irqchip: ISA IRQs 0..15 on both PICs and
-    /// the IOAPIC, and IOAPIC pins 16..23.
-    pub fn new(vm: Arc<VmFd>) -> Self {
+    /// Installs the ISA/IOAPIC routes: GSI n to IOAPIC pin n, except that ISA IRQ 0 (the
+    /// in-kernel PIT) goes to pin 2 and pin 2 has no GSI of its own, as the MADT's interrupt
+    /// source override tells the guest (`boot/acpi.rs`). Nothing is routed to the 8259 PIC:
+    /// the FADT declares hardware-reduced ACPI, so Linux never programs the PIC, and an
+    /// uninitialised PIC would deliver ISA IRQ n as vector n (IRQ 4 as #OF).
+    pub fn new(vm: Arc<VmFd>) -> io::Result<Self> {
         let mut entries = BTreeMap::new();
-        for gsi in 0..IOAPIC_PINS {
-            if gsi < 16 {
-                let (chip, pin) = if gsi < 8 {
-                    (KVM_IRQCHIP_PIC_MASTER, gsi)
-                } else {
-                    (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
-                };
-                entries.insert((gsi, chip), irqchip_entry(gsi, chip, pin));
-            }
+        for gsi in (0..IOAPIC_PINS).filter(|&g| g != 2) {
+            let pin = if gsi == 0 { 2 } else { gsi };
             entries.insert(
                 (gsi, KVM_IRQCHIP_IOAPIC),
-                irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi),
+                irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, pin),
             );
         }
-        GsiRouting {
+        let routing = GsiRouting {
             vm,
             state: Mutex::new(RoutingState {
                 entries,
                 next_gsi: FIRST_MSI_GSI,
             }),
-        }
+        };
+        routing.commit(&routing.state.lock().unwrap())?;
+        Ok(routing)
     }
 
     fn commit(&self, state: &RoutingState) -> io::Result<()> {

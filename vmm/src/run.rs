@@ -37,8 +37,10 @@ pub fn kernel_cmdline(spec: &RunSpec) -> String {
         // Without a keyboard controller `reboot=k` makes a reboot a port write we catch.
         "reboot=k".into(),
         "panic=-1".into(),
-        // No PCI host bridge in ACPI: probe bus 0 directly through configuration mechanism #1.
-        "pci=conf1,noacpi".into(),
+        // The DSDT has no PCI host bridge, so ACPI finds no root bus; `lastbus=1` makes Linux
+        // scan buses 0..=1 through configuration mechanism #1 itself. (`pci=noacpi` would do
+        // it too, but on a kernel without MPPARSE it also turns the local APIC off.)
+        "pci=conf1,lastbus=1".into(),
         "i8042.noaux".into(),
         "i8042.nomux".into(),
         "i8042.nopnp".into(),

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot;
 use crate::bus::{Bus, BusError};
 use crate::control::VmControl;
-use crate::devices::power::{AcpiPowerPort, I8042, I8042_DATA_PORT, I8042_PORT_LEN};
+use crate::devices::power::{AcpiPmPorts, I8042, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
 use crate::devices::virtio_rng::VirtioRng;
 use crate::irq_routing::{GsiRouting, KvmMsiGroup};
@@ -150,12 +150,12 @@ impl Vm {
             I8042_PORT_LEN,
         )?;
         ctx.pio.insert(
-            Arc::new(Mutex::new(AcpiPowerPort::new(control))),
-            u64::from(boot::layout::ACPI_SHUTDOWN_PORT),
-            1,
+            Arc::new(Mutex::new(AcpiPmPorts::new(control))),
+            u64::from(boot::layout::ACPI_PM_BASE),
+            boot::acpi::PM_PORT_LEN,
         )?;
 
-        let routing = Arc::new(GsiRouting::new(fd.clone()));
+        let routing = Arc::new(GsiRouting::new(fd.clone()).map_err(dev_err("GSI routing"))?);
         let pci = PciBus::new(
             ctx.mmio.clone(),
             (boot::layout::PCI_MMIO_START, boot::layout::PCI_MMIO_SIZE),

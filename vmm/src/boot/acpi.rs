@@ -1,33 +1,34 @@
 //! Minimal ACPI tables: how the guest kernel finds its CPUs and IOAPIC, and how it powers off.
 //!
 //! The Debian kernel is built without `CONFIG_X86_MPPARSE`, so the MADT is its only source for
-//! SMP and IOAPIC information. We describe a *hardware-reduced* ACPI platform (no PM1 blocks, no
-//! SCI, no PM timer, no FACS) with:
+//! SMP and IOAPIC information. The platform is a classic (not hardware-reduced) ACPI one,
+//! because a hardware-reduced platform has no legacy IRQs: Linux would then map ISA IRQ 4
+//! (the COM1 UART, which is not described in the DSDT) to no IOAPIC pin at all. We write:
 //!
 //! - **RSDP** (revision 2) at [`RSDP_START`], pointing at the XSDT;
 //! - **XSDT** listing the FADT and the MADT;
-//! - **FADT** (revision 6): `HW_REDUCED_ACPI | RESET_REG_SUP`; the sleep control, sleep status and
-//!   reset registers are one byte each at I/O port [`ACPI_SHUTDOWN_PORT`]. For S5 the kernel
-//!   writes `(SLP_TYP << 2) | SLP_EN` = `(5 << 2) | (1 << 5)` = [`SHUTDOWN_VALUE`] to the sleep
-//!   control register; to reboot it writes [`RESET_VALUE`] to the reset register. So a device on
-//!   that port powers the VM off on 0x34 and resets it on 0x01. Before the sleep command the
-//!   kernel writes 0x80 (clear `WAK_STS`) to the sleep status register, i.e. the same port, so the
-//!   device must ignore any other value. `IAPC_BOOT_ARCH` says "no VGA"
-//!   and "no CMOS RTC" and, by leaving the bits clear, "no legacy devices" and "no i8042", so the
-//!   kernel does not probe those. `X_DSDT` points at the DSDT;
+//! - **FADT** (revision 6): `RESET_REG_SUP`, no SMI command port (the platform is always in
+//!   ACPI mode), SCI on IRQ 9, and the PM1a event (4 bytes) and control (2 bytes) blocks plus a
+//!   one-byte reset register in I/O space from [`ACPI_PM_BASE`] (offsets [`PM1_EVT_OFFSET`],
+//!   [`PM1_CNT_OFFSET`], [`RESET_OFFSET`]). To power off, Linux writes `SLP_TYP` (from the
+//!   DSDT's `_S5_`, 5) in bits 10..=12 with `SLP_EN` (bit 13) to PM1a control:
+//!   [`PM1_CNT_S5`]; to reboot it writes [`RESET_VALUE`] to the reset register.
+//!   `IAPC_BOOT_ARCH` says "no VGA" and "no CMOS RTC" and, by leaving the bits clear, "no
+//!   legacy devices" and "no i8042". `X_DSDT` and `X_FIRMWARE_CTRL` point at the DSDT and the
+//!   FACS;
+//! - **FACS**, empty (no waking vector, no global lock use);
 //! - **DSDT** holding only `Name (_S5_, Package (0x04) {0x05, 0x00, 0x00, 0x00})`, which the
 //!   kernel needs to consider S5 (and so `acpi_power_off`) supported;
 //! - **MADT**: local APIC address, `PCAT_COMPAT`, one enabled Processor Local APIC per vCPU
-//!   (ACPI processor uid = APIC id = vCPU index), one IOAPIC (id `num_cpus`, GSI base 0), an
-//!   Interrupt Source Override ISA IRQ 0 -> GSI 2 and a Local APIC NMI on LINT1 for all CPUs.
+//!   (ACPI processor uid = APIC id = vCPU index), one IOAPIC (id `num_cpus`, GSI base 0),
+//!   Interrupt Source Overrides ISA IRQ 0 -> GSI 2 and IRQ 9 (SCI) -> GSI 9 level/high, and a
+//!   Local APIC NMI on LINT1 for all CPUs.
 //!
 //! Tables follow the RSDP in the area up to 1 MiB, which the e820 map reports as reserved.
 
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{
-    ACPI_END, ACPI_SHUTDOWN_PORT, IOAPIC_START, LAPIC_START, MAX_VCPUS, RSDP_START,
-};
+use super::layout::{ACPI_END, ACPI_PM_BASE, IOAPIC_START, LAPIC_START, MAX_VCPUS, RSDP_START};
 
 /// Errors building or writing the ACPI tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,12 +47,30 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Value written to the sleep control register for S5 (soft off): `SLP_TYP` 5 in bits 2..=4 and
-/// `SLP_EN` (bit 5).
-pub const SHUTDOWN_VALUE: u8 = (5 << 2) | (1 << 5);
-/// Value written to the reset register to reboot. Distinct from any sleep request since it sets
-/// neither `SLP_EN` nor a sleep type.
+/// Offset of the PM1a event block (status and enable, 2 bytes each) from [`ACPI_PM_BASE`].
+pub const PM1_EVT_OFFSET: u64 = 0;
+/// Offset of the PM1a control block (2 bytes) from [`ACPI_PM_BASE`].
+pub const PM1_CNT_OFFSET: u64 = 4;
+/// Offset of the reset register (1 byte) from [`ACPI_PM_BASE`].
+pub const RESET_OFFSET: u64 = 8;
+/// Bytes of I/O space the PM registers take from [`ACPI_PM_BASE`].
+pub const PM_PORT_LEN: u64 = 9;
+/// PM1 control `SLP_EN`.
+pub const PM1_CNT_SLP_EN: u16 = 1 << 13;
+/// PM1 control `SLP_TYP` field shift.
+pub const PM1_CNT_SLP_TYP_SHIFT: u16 = 10;
+/// PM1 control `SLP_TYP` mask.
+pub const PM1_CNT_SLP_TYP_MASK: u16 = 7 << PM1_CNT_SLP_TYP_SHIFT;
+/// The sleep type of S5 in the DSDT's `_S5_` package.
+pub const S5_SLP_TYP: u16 = 5;
+/// What Linux writes to PM1a control to power off.
+pub const PM1_CNT_S5: u16 = (S5_SLP_TYP << PM1_CNT_SLP_TYP_SHIFT) | PM1_CNT_SLP_EN;
+/// PM1 control `SCI_EN`: reads as set, the platform is always in ACPI mode.
+pub const PM1_CNT_SCI_EN: u16 = 1;
+/// Value written to the reset register to reboot.
 pub const RESET_VALUE: u8 = 0x01;
+/// The SCI's ISA IRQ.
+pub const SCI_IRQ: u16 = 9;
 
 const OEM_ID: [u8; 6] = *b"RVMM  ";
 const OEM_TABLE_ID: [u8; 8] = *b"RVMMBOOT";
@@ -74,6 +93,14 @@ pub const MADT_PCAT_COMPAT: u32 = 1;
 const GAS_SYSTEM_IO: u8 = 1;
 /// GAS access size: byte.
 const GAS_ACCESS_BYTE: u8 = 1;
+/// GAS access size: word.
+const GAS_ACCESS_WORD: u8 = 2;
+/// GAS access size: dword.
+const GAS_ACCESS_DWORD: u8 = 3;
+/// MPS INTI flags: active high, level triggered.
+const MPS_INTI_ACTIVE_HIGH_LEVEL: u16 = 0x1 | (0x3 << 2);
+/// Size of the FACS.
+const FACS_LEN: usize = 64;
 
 const MADT_TYPE_LOCAL_APIC: u8 = 0;
 const MADT_TYPE_IOAPIC: u8 = 1;
@@ -148,13 +175,13 @@ struct Gas {
 unsafe impl ByteValued for Gas {}
 
 impl Gas {
-    /// A one-byte register at I/O `port`.
-    fn io_byte(port: u16) -> Self {
+    /// A register of `bits` bits at I/O `port`, accessed `access` at a time.
+    fn io(port: u32, bits: u8, access: u8) -> Self {
         Gas {
             address_space_id: GAS_SYSTEM_IO,
-            register_bit_width: 8,
+            register_bit_width: bits,
             register_bit_offset: 0,
-            access_size: GAS_ACCESS_BYTE,
+            access_size: access,
             address: u64::from(port),
         }
     }
@@ -334,16 +361,33 @@ fn build_dsdt() -> Vec<u8> {
     make_sdt(b"DSDT", 2, &DSDT_AML)
 }
 
-/// The FADT, pointing at the DSDT at `dsdt_addr`.
-fn build_fadt(dsdt_addr: GuestAddress) -> Vec<u8> {
+/// The FACS: only its signature, length and version; nothing in it is used.
+fn build_facs() -> Vec<u8> {
+    let mut facs = vec![0u8; FACS_LEN];
+    facs[..4].copy_from_slice(b"FACS");
+    facs[4..8].copy_from_slice(&(FACS_LEN as u32).to_le_bytes());
+    facs[32] = 2; // version
+    facs
+}
+
+/// The FADT, pointing at the DSDT at `dsdt_addr` and the FACS at `facs_addr`.
+fn build_fadt(dsdt_addr: GuestAddress, facs_addr: GuestAddress) -> Vec<u8> {
+    let pm = |offset: u64| u32::from(ACPI_PM_BASE) + offset as u32;
     let mut fadt = Fadt {
-        flags: FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP,
+        firmware_ctrl: facs_addr.raw_value() as u32,
+        sci_int: SCI_IRQ,
+        pm1a_evt_blk: pm(PM1_EVT_OFFSET),
+        pm1a_cnt_blk: pm(PM1_CNT_OFFSET),
+        pm1_evt_len: 4,
+        pm1_cnt_len: 2,
+        flags: FADT_RESET_REG_SUP,
         iapc_boot_arch: IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC,
-        reset_reg: Gas::io_byte(ACPI_SHUTDOWN_PORT),
+        reset_reg: Gas::io(pm(RESET_OFFSET), 8, GAS_ACCESS_BYTE),
         reset_value: RESET_VALUE,
+        x_firmware_ctrl: facs_addr.raw_value(),
         x_dsdt: dsdt_addr.raw_value(),
-        sleep_control_reg: Gas::io_byte(ACPI_SHUTDOWN_PORT),
-        sleep_status_reg: Gas::io_byte(ACPI_SHUTDOWN_PORT),
+        x_pm1a_evt_blk: Gas::io(pm(PM1_EVT_OFFSET), 32, GAS_ACCESS_DWORD),
+        x_pm1a_cnt_blk: Gas::io(pm(PM1_CNT_OFFSET), 16, GAS_ACCESS_WORD),
         hypervisor_vendor_id: u64::from_le_bytes(*b"RVMMHYPV"),
         ..Default::default()
     };
@@ -391,6 +435,13 @@ fn build_madt(num_cpus: u8) -> Vec<u8> {
         flags: 0, // conforms to the ISA bus: edge-triggered, active high
     };
     body.extend_from_slice(iso.as_slice());
+    let sci = MadtIntSrcOverride {
+        source: SCI_IRQ as u8,
+        gsi: u32::from(SCI_IRQ),
+        flags: MPS_INTI_ACTIVE_HIGH_LEVEL,
+        ..iso
+    };
+    body.extend_from_slice(sci.as_slice());
     let nmi = MadtLocalApicNmi {
         type_: MADT_TYPE_LOCAL_APIC_NMI,
         length: len8::<MadtLocalApicNmi>(),
@@ -462,7 +513,10 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAd
         next: RSDP_START.raw_value() + std::mem::size_of::<Rsdp>() as u64,
     };
     let dsdt = w.put("DSDT", &build_dsdt())?;
-    let fadt = w.put("FADT", &build_fadt(dsdt))?;
+    // The FACS must be 64-byte aligned.
+    w.next = w.next.next_multiple_of(64);
+    let facs = w.put("FACS", &build_facs())?;
+    let fadt = w.put("FADT", &build_fadt(dsdt, facs))?;
     let madt = w.put("MADT", &build_madt(num_cpus))?;
     let xsdt = w.put("XSDT", &build_xsdt(&[fadt, madt]))?;
     mem.write_obj(build_rsdp(xsdt), RSDP_START)
@@ -557,32 +611,44 @@ mod tests {
         let fadt = Fadt::from_slice(&bytes).copied().unwrap();
         assert_eq!(fadt.header.revision, 6);
         let flags = fadt.flags;
-        assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
+        // Not hardware-reduced: Linux keeps legacy IRQs (COM1 on IRQ 4) only then.
+        assert_eq!(flags & FADT_HW_REDUCED_ACPI, 0);
         assert_ne!(flags & FADT_RESET_REG_SUP, 0);
         // Flags live at offset 112 per the spec.
         assert_eq!(
             u32::from_le_bytes(bytes[112..116].try_into().unwrap()),
             flags
         );
-        let port = Gas::io_byte(ACPI_SHUTDOWN_PORT);
-        assert_eq!({ fadt.sleep_control_reg }, port);
-        assert_eq!({ fadt.sleep_status_reg }, port);
-        assert_eq!({ fadt.reset_reg }, port);
-        assert_eq!({ fadt.sleep_control_reg.address }, 0x600);
-        assert_eq!(fadt.sleep_control_reg.address_space_id, 1);
+        assert_eq!({ fadt.sci_int }, 9);
+        assert_eq!({ fadt.smi_cmd }, 0, "always in ACPI mode");
+        assert_eq!({ fadt.pm1a_evt_blk }, 0x600);
+        assert_eq!({ fadt.pm1a_cnt_blk }, 0x604);
+        assert_eq!((fadt.pm1_evt_len, fadt.pm1_cnt_len), (4, 2));
+        // PM1a_CNT_BLK at offset 64 and X_PM1a_CNT_BLK at 172 per the spec.
+        assert_eq!(u32::from_le_bytes(bytes[64..68].try_into().unwrap()), 0x604);
+        assert_eq!({ fadt.x_pm1a_cnt_blk.address }, 0x604);
+        assert_eq!(&bytes[172..184], fadt.x_pm1a_cnt_blk.as_slice());
+        assert_eq!({ fadt.reset_reg.address }, 0x608);
+        assert_eq!(fadt.reset_reg.address_space_id, 1);
         assert_eq!(fadt.reset_value, RESET_VALUE);
-        // Sleep control register at offset 244, X_DSDT at 140 per the spec.
-        assert_eq!(&bytes[244..256], port.as_slice());
         assert_eq!(u64::from_le_bytes(bytes[140..148].try_into().unwrap()), {
             fadt.x_dsdt
         });
         assert_eq!({ fadt.dsdt }, 0);
+        let facs = read_facs(&mem, fadt.x_firmware_ctrl);
+        assert_eq!(&facs[..4], b"FACS");
+        assert_eq!(fadt.x_firmware_ctrl % 64, 0, "FACS alignment");
         assert_eq!(
             { fadt.iapc_boot_arch },
             IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC
         );
-        assert_ne!(SHUTDOWN_VALUE, RESET_VALUE);
-        assert_eq!(SHUTDOWN_VALUE, 0x34);
+        assert_eq!(PM1_CNT_S5, 0x3400);
+    }
+
+    fn read_facs(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
+        let mut b = vec![0u8; FACS_LEN];
+        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+        b
     }
 
     #[test]
@@ -635,8 +701,12 @@ mod tests {
                 .filter(|e| e.0 == MADT_TYPE_INT_SRC_OVERRIDE)
                 .map(|e| MadtIntSrcOverride::from_slice(&e.1).copied().unwrap())
                 .collect();
-            assert_eq!(isos.len(), 1);
+            assert_eq!(isos.len(), 2);
             assert_eq!((isos[0].bus, isos[0].source, { isos[0].gsi }), (0, 0, 2));
+            assert_eq!(
+                (isos[1].source, { isos[1].gsi }, { isos[1].flags }),
+                (9, 9, 0xd)
+            );
             let nmis: Vec<&(u8, Vec<u8>)> = entries
                 .iter()
                 .filter(|e| e.0 == MADT_TYPE_LOCAL_APIC_NMI)

@@ -118,7 +118,7 @@ pub const HIGH_RAM_START: GuestAddress = GuestAddress(MMIO_GAP_END);
 pub const MAX_VCPUS: u8 = 254;
 
 /// I/O port of the ACPI sleep control / sleep status / reset registers (see `acpi.rs`).
-pub const ACPI_SHUTDOWN_PORT: u16 = 0x600;
+pub const ACPI_PM_BASE: u16 = 0x600;
 
 /// Checks that `mem_size` bytes of guest RAM are enough and representable.
 pub fn validate_mem_size(mem_size: u64) -> Result<()> {

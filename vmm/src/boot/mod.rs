@@ -6,7 +6,7 @@
 //! top of low RAM. [`configure_system`] writes everything the kernel looks at before it has its
 //! own: the command line, a boot GDT and IDT, identity page tables for the first 4 GiB, an MP
 //! table, the ACPI tables (the MADT is how this kernel finds CPUs and the IOAPIC; the FADT/DSDT
-//! give it power-off and reset through [`layout::ACPI_SHUTDOWN_PORT`]) and the zero page with
+//! give it power-off and reset through [`layout::ACPI_PM_BASE`]) and the zero page with
 //! the e820 map and the RSDP address. Finally [`regs::configure_vcpu`] gives every vCPU its
 //! CPUID, MSRs, FPU and LAPIC state, and puts vCPU 0 in long mode at the 64-bit entry point
 //! (load address + 0x200) with RSI pointing at the zero page. The other vCPUs wait for the
@@ -30,9 +30,9 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
-pub use acpi::{create_acpi_tables, RESET_VALUE, SHUTDOWN_VALUE};
+pub use acpi::{create_acpi_tables, RESET_VALUE};
 pub use layout::{
-    ram_regions, ACPI_SHUTDOWN_PORT, MAX_VCPUS, MIN_MEM_SIZE, PCI_MMIO_SIZE, PCI_MMIO_START,
+    ram_regions, ACPI_PM_BASE, MAX_VCPUS, MIN_MEM_SIZE, PCI_MMIO_SIZE, PCI_MMIO_START,
 };
 pub use regs::configure_vcpu;
 

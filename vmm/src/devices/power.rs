@@ -1,39 +1,60 @@
-//! The two ways a guest ends the VM: the ACPI sleep/reset register and the i8042 reset line.
+//! The two ways a guest ends the VM: the ACPI PM registers and the i8042 reset line.
 //!
-//! The FADT points its sleep-control and reset registers at [`layout::ACPI_SHUTDOWN_PORT`]
-//! (see `boot/acpi.rs`): Linux writes `SLP_TYP(5) << 2 | SLP_EN` there to power off and the
-//! reset value to reboot. With `reboot=k` Linux pulses the reset line through the keyboard
-//! controller instead (0xfe to port 0x64). Either ends the VM through [`VmControl`].
+//! The FADT places the PM1a event and control blocks and the reset register at
+//! [`ACPI_PM_BASE`] (see `boot/acpi.rs`): Linux writes `SLP_TYP(5) | SLP_EN` to PM1a control
+//! to power off and the reset value to the reset register to reboot. With `reboot=k` Linux
+//! pulses the reset line through the keyboard controller instead (0xfe to port 0x64). Either
+//! ends the VM through [`VmControl`].
 //!
-//! [`layout::ACPI_SHUTDOWN_PORT`]: crate::boot::layout::ACPI_SHUTDOWN_PORT
+//! [`ACPI_PM_BASE`]: crate::boot::layout::ACPI_PM_BASE
 
-use crate::boot::acpi::{RESET_VALUE, SHUTDOWN_VALUE};
+use crate::boot::acpi::{
+    PM1_CNT_OFFSET, PM1_CNT_S5, PM1_CNT_SCI_EN, PM1_CNT_SLP_EN, PM1_CNT_SLP_TYP_MASK, RESET_OFFSET,
+    RESET_VALUE,
+};
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
 
-/// The ACPI power-management port: S5 power-off and reset.
-pub struct AcpiPowerPort {
+/// The ACPI PM1a event/control blocks and the reset register.
+pub struct AcpiPmPorts {
     control: VmControl,
+    /// PM1a control as last written (only `SCI_EN` matters; it reads as set).
+    pm1_cnt: u16,
 }
 
-impl AcpiPowerPort {
-    /// Creates the port; exits go to `control`.
+impl AcpiPmPorts {
+    /// Creates the registers; exits go to `control`.
     pub fn new(control: VmControl) -> Self {
-        AcpiPowerPort { control }
+        AcpiPmPorts {
+            control,
+            pm1_cnt: PM1_CNT_SCI_EN,
+        }
     }
 }
 
-impl BusDevice for AcpiPowerPort {
-    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
-        // Sleep status: never "woken"; Linux only polls it after a sleep that never returns.
+impl BusDevice for AcpiPmPorts {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        // PM1 status and enable read as zero: no fixed event ever fires.
+        if offset == PM1_CNT_OFFSET && data.len() <= 2 {
+            let v = (self.pm1_cnt | PM1_CNT_SCI_EN).to_le_bytes();
+            data.copy_from_slice(&v[..data.len()]);
+        }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         match (offset, data) {
-            (0, [SHUTDOWN_VALUE]) => self.control.request_exit(ExitReason::PowerOff),
-            (0, [RESET_VALUE]) => self.control.request_exit(ExitReason::Reset),
-            _ => log::debug!("acpi power port: ignored write {data:x?} at +{offset}"),
+            (PM1_CNT_OFFSET, [lo, hi]) => {
+                let v = u16::from_le_bytes([*lo, *hi]);
+                if v & (PM1_CNT_SLP_EN | PM1_CNT_SLP_TYP_MASK) == PM1_CNT_S5 {
+                    self.control.request_exit(ExitReason::PowerOff);
+                } else if v & PM1_CNT_SLP_EN != 0 {
+                    log::warn!("acpi: unsupported sleep request {v:#x} ignored");
+                }
+                self.pm1_cnt = v & !PM1_CNT_SLP_EN;
+            }
+            (RESET_OFFSET, [RESET_VALUE]) => self.control.request_exit(ExitReason::Reset),
+            _ => log::debug!("acpi pm: ignored write {data:x?} at +{offset}"),
         }
     }
 }
@@ -75,18 +96,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn acpi_port_powers_off_and_resets() {
+    fn acpi_ports_power_off_and_reset() {
         let c = VmControl::default();
-        let mut p = AcpiPowerPort::new(c.clone());
-        p.write(0, 1, &[SHUTDOWN_VALUE]);
-        p.write(0, 0, &[0x12]);
+        let mut p = AcpiPmPorts::new(c.clone());
+        let mut d = [0u8; 2];
+        p.read(0, PM1_CNT_OFFSET, &mut d);
+        assert_eq!(u16::from_le_bytes(d) & PM1_CNT_SCI_EN, PM1_CNT_SCI_EN);
+        // Status clears, an S5 type without SLP_EN, and a byte write are not power-off.
+        p.write(0, 0, &[0xff, 0xff]);
+        p.write(
+            0,
+            PM1_CNT_OFFSET,
+            &(PM1_CNT_S5 & !PM1_CNT_SLP_EN).to_le_bytes(),
+        );
+        p.write(0, PM1_CNT_OFFSET, &[0x34]);
+        // S3 is refused, not a power-off.
+        p.write(
+            0,
+            PM1_CNT_OFFSET,
+            &((3 << 10) | PM1_CNT_SLP_EN).to_le_bytes(),
+        );
         assert_eq!(c.exit_reason(), None);
-        p.write(0, 0, &[SHUTDOWN_VALUE]);
+        p.write(
+            0,
+            PM1_CNT_OFFSET,
+            &(PM1_CNT_S5 | PM1_CNT_SCI_EN).to_le_bytes(),
+        );
         assert_eq!(c.exit_reason(), Some(ExitReason::PowerOff));
 
         let c = VmControl::default();
-        let mut p = AcpiPowerPort::new(c.clone());
-        p.write(0, 0, &[RESET_VALUE]);
+        let mut p = AcpiPmPorts::new(c.clone());
+        p.write(0, RESET_OFFSET, &[2]);
+        assert_eq!(c.exit_reason(), None);
+        p.write(0, RESET_OFFSET, &[RESET_VALUE]);
         assert_eq!(c.exit_reason(), Some(ExitReason::Reset));
     }
 
