@@ -105,7 +105,11 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         return Err("--cmdline-extra is only supported with --host kvm".into());
     }
 
-    // An explicit kernel is checked before anything slow happens.
+    // Everything that can be checked quickly is checked before anything slow happens.
+    if kind == HostKind::Nested {
+        vmm::nested::find_in_path(vmm::nested::QEMU)
+            .ok_or_else(|| vmm::nested::NestedError::QemuMissing.to_string())?;
+    }
     let opts = image_options(args.images_dir.clone(), false)?;
     let guest = match (&args.kernel, &args.initrd) {
         (Some(kernel), initrd) => {

@@ -219,14 +219,7 @@ impl CommonConfig {
     }
 
     fn checked_vector(&self, vector: u16) -> u16 {
-        if vector < self.msix_vectors {
-            vector
-        } else {
-            if vector != VIRTIO_MSI_NO_VECTOR {
-                log::warn!("virtio: MSI-X vector {vector} out of range");
-            }
-            VIRTIO_MSI_NO_VECTOR
-        }
+        checked_vector(self.msix_vectors, vector)
     }
 
     /// Serves a guest read. `device_features` is what the device offers (with VERSION_1).
@@ -346,7 +339,6 @@ impl CommonConfig {
 
     fn write_queue(&mut self, offset: u64, value: u32) {
         let status = self.status;
-        let msix_vector = self.checked_vector(value as u16);
         let select = self.queue_select;
         let Some(q) = self.queues.get_mut(usize::from(select)) else {
             log::warn!("virtio: write to absent queue {select}");
@@ -358,7 +350,10 @@ impl CommonConfig {
         }
         match offset {
             QUEUE_SIZE => q.size = value as u16,
-            QUEUE_MSIX_VECTOR => q.msix_vector = msix_vector,
+            QUEUE_MSIX_VECTOR => {
+                let vectors = self.msix_vectors;
+                q.msix_vector = checked_vector(vectors, value as u16)
+            }
             QUEUE_ENABLE => {
                 if value == 1 {
                     q.enabled = true;
@@ -412,6 +407,18 @@ impl CommonConfig {
         };
         self.status = new | needs_reset;
         event
+    }
+}
+
+/// `vector` if the device has it, else NO_VECTOR (which the driver reads back as a refusal).
+fn checked_vector(msix_vectors: u16, vector: u16) -> u16 {
+    if vector < msix_vectors {
+        vector
+    } else {
+        if vector != VIRTIO_MSI_NO_VECTOR {
+            log::warn!("virtio: MSI-X vector {vector} out of range");
+        }
+        VIRTIO_MSI_NO_VECTOR
     }
 }
 

@@ -1,0 +1,240 @@
+//! Tests that boot real guests, through the `vmm` binary exactly as a user runs it.
+//!
+//! All of them share [`Vmm`], which runs the binary with a report file and returns the exit
+//! status, the JSON report and the output. Where no host can boot a guest (no hardware KVM and
+//! no QEMU for the virtual host) a booting test prints `SKIP` with the reason and returns; it
+//! never passes silently. Bad-input tests need no guest and always run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// One run of the `vmm` binary.
+struct Run {
+    code: i32,
+    report: Option<serde_json::Value>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+struct Vmm {
+    dir: PathBuf,
+}
+
+impl Vmm {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vmm-guest-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Vmm { dir }
+    }
+
+    fn command(&self) -> Command {
+        Command::new(env!("CARGO_BIN_EXE_vmm"))
+    }
+
+    /// Runs `vmm <args> --report <dir>/report.json` (for `run`) and collects the result.
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let report = self.dir.join("report.json");
+        let _ = std::fs::remove_file(&report);
+        let mut cmd = self.command();
+        cmd.args(args);
+        if args.first() == Some(&"run") {
+            cmd.arg("--report").arg(&report);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let start = Instant::now();
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("run vmm");
+        let run = Run {
+            code: status.code().unwrap_or(-1),
+            report: std::fs::read_to_string(&report)
+                .ok()
+                .map(|t| serde_json::from_str(&t).expect("report is JSON")),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            took: start.elapsed(),
+        };
+        eprintln!(
+            "vmm {args:?}: exit {} in {:.1} s\n--- stderr tail ---\n{}",
+            run.code,
+            run.took.as_secs_f64(),
+            tail(&run.stderr, 30)
+        );
+        run
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn hardware_kvm() -> bool {
+    vmm::host::hardware_kvm_available(Path::new("/sys/module"), Path::new("/dev/kvm")).is_ok()
+}
+
+/// Why no guest can boot here, if so.
+fn cannot_boot() -> Option<String> {
+    if hardware_kvm() || vmm::nested::find_in_path(vmm::nested::QEMU).is_some() {
+        None
+    } else {
+        Some(format!(
+            "no hardware KVM and no {} for the virtual host (run ci/install-deps.sh)",
+            vmm::nested::QEMU
+        ))
+    }
+}
+
+/// Booting tests take turns: they share the image cache and the machine's two cores.
+static BOOT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+macro_rules! require_guest {
+    () => {
+        if let Some(why) = cannot_boot() {
+            println!("SKIP: {why}");
+            return;
+        }
+        let _turn = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    };
+}
+
+#[test]
+fn boots_the_default_guest_and_reports() {
+    require_guest!();
+    let vmm = Vmm::new("default");
+    let run = vmm.run(&["run"], &[]);
+    assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
+    let r = run.report.expect("report written");
+    let host = r["host"].as_str().unwrap();
+    assert_eq!(host, if hardware_kvm() { "kvm" } else { "nested" });
+    assert!(r["kernel"].as_str().unwrap().starts_with("6.1.0-"), "{r}");
+    assert!(r["boot_ms"].as_u64().unwrap() > 0);
+    assert_eq!(r["workloads"], serde_json::json!([]));
+    assert_eq!(r["verdict"], "pass");
+    assert_eq!(r["programs"][0]["name"], "selfcheck");
+    assert_eq!(r["programs"][0]["exit"], 0);
+    // The guest's own checks ran: virtio-rng bound and fed bytes, CPUs and memory as asked.
+    for check in ["check rng: ok", "check cpus: ok", "check mem: ok"] {
+        assert!(run.stdout.contains(check), "missing {check:?}");
+    }
+    assert!(run.stderr.contains("PASS"));
+}
+
+#[test]
+fn a_guest_panic_fails_with_the_console_tail() {
+    require_guest!();
+    let vmm = Vmm::new("panic");
+    let run = vmm.run(&["run", "--run", "crash", "--cpus", "1"], &[]);
+    assert_eq!(run.code, 1);
+    let r = run.report.expect("report written");
+    assert_eq!(r["verdict"], "fail");
+    let errors = r["errors"].to_string();
+    assert!(errors.contains("panic"), "{errors}");
+    let tail = r["console_tail"].as_array().expect("console tail kept");
+    assert!(!tail.is_empty() && tail.len() <= 40);
+    // The tail is the end of the crash report the kernel printed.
+    assert!(
+        tail.iter().any(|l| l.as_str().unwrap().contains("RIP:")),
+        "{tail:?}"
+    );
+    assert!(run.stderr.contains("last") && run.stderr.contains("console lines"));
+}
+
+#[test]
+fn a_missing_kernel_is_a_clear_error() {
+    let vmm = Vmm::new("nokernel");
+    let run = vmm.run(&["run", "--kernel", "/nonexistent/bzImage"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("/nonexistent/bzImage"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.took < Duration::from_secs(10));
+}
+
+#[test]
+fn a_corrupt_kernel_is_a_clear_error() {
+    let vmm = Vmm::new("corrupt");
+    let garbage = vmm.file("bzImage", &[0x5a; 4096]);
+    let run = vmm.run(&["run", "--kernel", garbage.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("not a valid bzImage"), "{}", run.stderr);
+    // A real header whose payload was cut off is caught too.
+    let mut truncated = vec![0u8; 0x1000];
+    truncated[0x1f1] = 4;
+    truncated[0x1f4..0x1f8].copy_from_slice(&0x10000u32.to_le_bytes());
+    truncated[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    truncated[0x202..0x206].copy_from_slice(b"HdrS");
+    truncated[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    truncated[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+    let cut = vmm.file("truncated", &truncated);
+    let run = vmm.run(&["run", "--kernel", cut.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("not a valid bzImage"), "{}", run.stderr);
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    let vmm = Vmm::new("mem");
+    let run = vmm.run(&["run", "--mem", "16M"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("too little"), "{}", run.stderr);
+    let run = vmm.run(&["run", "--mem", "lots"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("not a size"), "{}", run.stderr);
+}
+
+#[test]
+fn host_kvm_without_hardware_virtualization_fails_at_once() {
+    if hardware_kvm() {
+        println!("SKIP: this machine has hardware KVM, so --host kvm is expected to work");
+        return;
+    }
+    let vmm = Vmm::new("hostkvm");
+    let run = vmm.run(&["run", "--host", "kvm"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--host kvm cannot work here"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+}
+
+#[test]
+fn missing_qemu_says_how_to_install_it() {
+    let vmm = Vmm::new("noqemu");
+    let empty = vmm.dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = vmm.run(
+        &["run", "--host", "nested"],
+        &[("PATH", empty.to_str().unwrap())],
+    );
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("apt-get install qemu-system-x86"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+}
