@@ -1,0 +1,246 @@
+//! `vgpu-touch`: the device touches a buffer while the CPU changes its mappings.
+//!
+//! The device fills a fresh buffer (device faults), the CPU verifies it; the CPU writes it and
+//! the device checksums it. Then the workload changes the mappings under the device and checks
+//! that the device follows: after `munmap` the device cannot reach the range (UNMAP); after
+//! `madvise(MADV_DONTNEED)` it sees the new zero pages, not the old data (CLEAR); after
+//! `mprotect(PROT_READ)` it can still read but no longer write (PROTECTION_VMA). A stale device
+//! translation shows up as a wrong checksum, a write that lands, or an access that should
+//! have failed. Prints one `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
+
+use std::io;
+use std::process::ExitCode;
+use std::ptr::NonNull;
+
+use guest_programs::device::Vgpu;
+use guest_programs::report::{CounterDelta, WorkloadReport};
+use guest_programs::uapi::{self, JOB_CHECKSUM, JOB_FILL, STATUS_FAULT, STATUS_OK};
+
+const PAGE: usize = 4096;
+/// Pages per quarter of the buffer; each quarter gets a different mapping change.
+const QUARTER_PAGES: usize = 16;
+const QUARTER: usize = QUARTER_PAGES * PAGE;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vgpu-touch: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// FNV-1a-64, the device's CHECKSUM.
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The driver's current default policy, as its module parameter says.
+fn policy_name() -> String {
+    std::fs::read_to_string("/sys/module/vgpu_mirror/parameters/policy")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// An anonymous private mapping that we unmap piecewise ourselves.
+struct Buffer {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Buffer {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Buffer {
+            base: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        })
+    }
+
+    fn addr(&self, offset: usize) -> usize {
+        self.base.as_ptr() as usize + offset
+    }
+
+    /// The bytes at `[offset, offset + len)`, which must still be mapped readable.
+    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= self.len);
+        // SAFETY: in bounds of our mapping; callers only ask for ranges still mapped.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) }
+    }
+
+    /// The bytes at `[offset, offset + len)`, which must still be mapped writable.
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset + len <= self.len);
+        // SAFETY: as in `bytes`, and `&mut self` makes the slice exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) }
+    }
+
+    fn syscall(r: libc::c_int) -> io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn munmap(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: the range lies in our mapping and nothing borrows it (&mut self).
+        Self::syscall(unsafe { libc::munmap(self.addr(offset) as *mut _, len) })
+    }
+
+    fn dontneed(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: as for munmap; DONTNEED keeps the mapping, the pages read as zero after.
+        Self::syscall(unsafe {
+            libc::madvise(self.addr(offset) as *mut _, len, libc::MADV_DONTNEED)
+        })
+    }
+
+    fn protect_read_only(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: as for munmap; afterwards we only read this range.
+        Self::syscall(unsafe { libc::mprotect(self.addr(offset) as *mut _, len, libc::PROT_READ) })
+    }
+}
+
+/// The data checks and what failed.
+struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, cond: bool, what: impl FnOnce() -> String) {
+        if !cond {
+            let w = what();
+            println!("touch: FAIL {w}");
+            self.failures.push(w);
+        }
+    }
+
+    /// A FILL of `pattern` is in `data` (which starts at the job's start).
+    fn filled(&mut self, step: &str, data: &[u8], pattern: u64) {
+        let bad = data.chunks_exact(8).enumerate().find(|(i, w)| {
+            u64::from_ne_bytes((*w).try_into().unwrap()) != pattern ^ (*i as u64 * 8)
+        });
+        self.check(bad.is_none(), || {
+            format!(
+                "{step}: device data wrong at offset {:#x}",
+                bad.unwrap().0 * 8
+            )
+        });
+    }
+
+    fn status(&mut self, step: &str, got: u32, want: u32) {
+        self.check(got == want, || {
+            format!("{step}: device status {got}, expected {want}")
+        });
+    }
+}
+
+fn run() -> io::Result<bool> {
+    let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
+    let policy = policy_name();
+    let before = vgpu.counters()?;
+    let mut buf = Buffer::new(4 * QUARTER)?;
+    let mut c = Checks {
+        failures: Vec::new(),
+    };
+    let (q0, q1, q2, q3) = (0, QUARTER, 2 * QUARTER, 3 * QUARTER);
+
+    // 1. The device writes a fresh buffer: every page is a device fault.
+    let p1 = 0x5eed_0000_0000_0001;
+    let r = vgpu.job(JOB_FILL, buf.addr(0), 4 * QUARTER, p1)?;
+    c.status("fill fresh buffer", r.status, STATUS_OK);
+    c.check(r.faults > 0, || {
+        "fill fresh buffer: no device faults".into()
+    });
+    c.filled("fill fresh buffer", buf.bytes(0, 4 * QUARTER), p1);
+
+    // 2. The CPU writes, the device reads the same bytes.
+    for (i, b) in buf.bytes_mut(0, 4 * QUARTER).iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(0), 4 * QUARTER, 0)?;
+    c.status("checksum CPU data", r.status, STATUS_OK);
+    let want = fnv1a64(buf.bytes(0, 4 * QUARTER));
+    c.check(r.result == want, || {
+        format!("checksum CPU data: device {:#x}, CPU {want:#x}", r.result)
+    });
+
+    // 3. munmap (UNMAP): the device must not reach the range any more.
+    buf.munmap(q3, QUARTER)?;
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(q3), QUARTER, 0)?;
+    c.status("checksum after munmap", r.status, STATUS_FAULT);
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(0), 3 * QUARTER, 0)?;
+    let want = fnv1a64(buf.bytes(0, 3 * QUARTER));
+    c.status("checksum beside munmap", r.status, STATUS_OK);
+    c.check(r.result == want, || {
+        "checksum beside munmap: mismatch".into()
+    });
+
+    // 4. madvise(DONTNEED) (CLEAR): the device sees the new zero pages, then writes them.
+    buf.dontneed(q1, QUARTER)?;
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(q1), QUARTER, 0)?;
+    c.status("checksum after DONTNEED", r.status, STATUS_OK);
+    c.check(r.result == fnv1a64(&[0; QUARTER]), || {
+        "checksum after DONTNEED: device still sees the old data".into()
+    });
+    let p2 = 0xc1ea_0000_0000_0002;
+    let r = vgpu.job(JOB_FILL, buf.addr(q1), QUARTER, p2)?;
+    c.status("fill after DONTNEED", r.status, STATUS_OK);
+    c.filled("fill after DONTNEED", buf.bytes(q1, QUARTER), p2);
+
+    // 5. mprotect(PROT_READ) (PROTECTION_VMA): reads still work, writes must fail.
+    buf.protect_read_only(q0, QUARTER)?;
+    let before_write = fnv1a64(buf.bytes(q0, QUARTER));
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(q0), QUARTER, 0)?;
+    c.status("checksum read-only", r.status, STATUS_OK);
+    c.check(r.result == before_write, || {
+        "checksum read-only: mismatch".into()
+    });
+    let r = vgpu.job(JOB_FILL, buf.addr(q0), QUARTER, 0xbad)?;
+    c.status("fill read-only", r.status, STATUS_FAULT);
+    c.check(fnv1a64(buf.bytes(q0, QUARTER)) == before_write, || {
+        "fill read-only: the device wrote to a read-only page".into()
+    });
+
+    // 6. The untouched quarter still works both ways.
+    let p3 = 0x7a11_0000_0000_0003;
+    let r = vgpu.job(JOB_FILL, buf.addr(q2), QUARTER, p3)?;
+    c.status("fill untouched quarter", r.status, STATUS_OK);
+    c.filled("fill untouched quarter", buf.bytes(q2, QUARTER), p3);
+
+    let delta = CounterDelta::between(&before, &vgpu.counters()?);
+    for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
+        c.check(delta.event_named(event, "notifications") > 0, || {
+            format!("no {event} notification reached the device")
+        });
+    }
+    buf.munmap(q0, 3 * QUARTER)?;
+
+    let ok = c.failures.is_empty();
+    let report = WorkloadReport {
+        name: "touch",
+        policy: &policy,
+        ok,
+        failures: &c.failures,
+        delta: &delta,
+    };
+    println!("VGPU-WORKLOAD {}", report.to_json());
+    Ok(ok)
+}

@@ -1,0 +1,185 @@
+//! The ioctl interface of `/dev/vgpu0`: the Rust definition of
+//! `guest-driver/include/vgpu_uapi.h`. The test at the bottom compiles the C header and
+//! fails when a size, an offset or an ioctl number differs.
+
+/// Use the module parameter `policy`.
+pub const POLICY_DEFAULT: u32 = 0;
+/// Every event drops the whole range.
+pub const POLICY_NAIVE: u32 = 1;
+/// Drop, downgrade or skip by event and vma.
+pub const POLICY_EVENT_AWARE: u32 = 2;
+
+/// `struct vgpu_bind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgpuBind {
+    /// (in) one of the `POLICY_*` values.
+    pub policy: u32,
+    /// (out) the device address space of this process.
+    pub pasid: u32,
+}
+
+/// `struct vgpu_job`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgpuJob {
+    /// (in) virtual address, page aligned.
+    pub start: u64,
+    /// (in) bytes, page aligned.
+    pub length: u64,
+    /// (in) FILL pattern or COPY source address.
+    pub arg: u64,
+    /// (in) one of the `JOB_*` values.
+    pub op: u32,
+    /// (out) the device's status (`STATUS_*`).
+    pub status: u32,
+    /// (out) CHECKSUM result.
+    pub result: u64,
+    /// (out) device faults the job took.
+    pub faults: u64,
+}
+
+/// Job op: write `arg ^ offset` at every 8-byte offset.
+pub const JOB_FILL: u32 = 1;
+/// Job op: FNV-1a-64 of the bytes.
+pub const JOB_CHECKSUM: u32 = 2;
+/// Job op: copy from `arg` to `start`.
+pub const JOB_COPY: u32 = 3;
+
+/// Device status: success.
+pub const STATUS_OK: u32 = 0;
+/// Device status: a fault the driver could not serve (no CPU mapping, or no permission).
+pub const STATUS_FAULT: u32 = 5;
+
+/// Bytes of `struct vgpu_counters` (device-model/SPEC.md): 8 events of 16 u64, then 32 u64.
+pub const COUNTERS_WORDS: usize = 8 * 16 + 32;
+
+/// The device's counters as the `VGPU_IOC_COUNTERS` ioctl returns them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawCounters(pub [u64; COUNTERS_WORDS]);
+
+impl Default for RawCounters {
+    fn default() -> Self {
+        RawCounters([0; COUNTERS_WORDS])
+    }
+}
+
+const IOC_MAGIC: u32 = b'V' as u32;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+
+/// `_IOC(dir, 'V', nr, size)` as the kernel's asm-generic/ioctl.h encodes it.
+const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
+    (dir << 30) | ((size as u32) << 16) | (IOC_MAGIC << 8) | nr
+}
+
+/// `VGPU_IOC_BIND`.
+pub const IOC_BIND: u32 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<VgpuBind>());
+/// `VGPU_IOC_JOB`.
+pub const IOC_JOB: u32 = ioc(IOC_READ | IOC_WRITE, 2, std::mem::size_of::<VgpuJob>());
+/// `VGPU_IOC_COUNTERS`.
+pub const IOC_COUNTERS: u32 = ioc(IOC_READ, 3, std::mem::size_of::<RawCounters>());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Compiles a C program that prints the header's layout, one `name value` per line.
+    fn c_layout() -> Option<String> {
+        let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../include");
+        let dir = std::env::temp_dir().join(format!("vgpu-uapi-abi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("abi.c");
+        std::fs::write(
+            &src,
+            r#"#include <stdio.h>
+#include <stddef.h>
+#include "vgpu_uapi.h"
+#define S(t) printf(#t " %zu\n", sizeof(struct t))
+#define O(t, f) printf(#t "." #f " %zu\n", offsetof(struct t, f))
+int main(void)
+{
+	S(vgpu_bind); O(vgpu_bind, policy); O(vgpu_bind, pasid);
+	S(vgpu_job); O(vgpu_job, start); O(vgpu_job, length); O(vgpu_job, arg);
+	O(vgpu_job, op); O(vgpu_job, status); O(vgpu_job, result); O(vgpu_job, faults);
+	S(vgpu_counters);
+	printf("VGPU_IOC_BIND %lu\n", (unsigned long)VGPU_IOC_BIND);
+	printf("VGPU_IOC_JOB %lu\n", (unsigned long)VGPU_IOC_JOB);
+	printf("VGPU_IOC_COUNTERS %lu\n", (unsigned long)VGPU_IOC_COUNTERS);
+	printf("VGPU_POLICY_NAIVE %d\nVGPU_POLICY_EVENT_AWARE %d\n",
+	       VGPU_POLICY_NAIVE, VGPU_POLICY_EVENT_AWARE);
+	printf("VGPU_JOB_FILL %d\nVGPU_JOB_CHECKSUM %d\nVGPU_JOB_COPY %d\n",
+	       VGPU_JOB_FILL, VGPU_JOB_CHECKSUM, VGPU_JOB_COPY);
+	printf("VGPU_S_FAULT %d\n", VGPU_S_FAULT);
+	return 0;
+}
+"#,
+        )
+        .unwrap();
+        let exe = dir.join("abi");
+        let cc = Command::new("cc")
+            .arg("-I")
+            .arg(&include)
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .output();
+        let out = match cc {
+            Ok(o) => o,
+            Err(e) => {
+                println!("SKIP: no C compiler ({e})");
+                return None;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "compiling the uapi header failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = Command::new(&exe).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(String::from_utf8(run.stdout).unwrap())
+    }
+
+    #[test]
+    fn rust_and_c_uapi_agree() {
+        let Some(c) = c_layout() else { return };
+        let rust = [
+            ("vgpu_bind", size_of::<VgpuBind>()),
+            ("vgpu_bind.policy", offset_of!(VgpuBind, policy)),
+            ("vgpu_bind.pasid", offset_of!(VgpuBind, pasid)),
+            ("vgpu_job", size_of::<VgpuJob>()),
+            ("vgpu_job.start", offset_of!(VgpuJob, start)),
+            ("vgpu_job.length", offset_of!(VgpuJob, length)),
+            ("vgpu_job.arg", offset_of!(VgpuJob, arg)),
+            ("vgpu_job.op", offset_of!(VgpuJob, op)),
+            ("vgpu_job.status", offset_of!(VgpuJob, status)),
+            ("vgpu_job.result", offset_of!(VgpuJob, result)),
+            ("vgpu_job.faults", offset_of!(VgpuJob, faults)),
+            ("vgpu_counters", size_of::<RawCounters>()),
+            ("VGPU_IOC_BIND", IOC_BIND as usize),
+            ("VGPU_IOC_JOB", IOC_JOB as usize),
+            ("VGPU_IOC_COUNTERS", IOC_COUNTERS as usize),
+            ("VGPU_POLICY_NAIVE", POLICY_NAIVE as usize),
+            ("VGPU_POLICY_EVENT_AWARE", POLICY_EVENT_AWARE as usize),
+            ("VGPU_JOB_FILL", JOB_FILL as usize),
+            ("VGPU_JOB_CHECKSUM", JOB_CHECKSUM as usize),
+            ("VGPU_JOB_COPY", JOB_COPY as usize),
+            ("VGPU_S_FAULT", STATUS_FAULT as usize),
+        ];
+        let c: std::collections::HashMap<&str, usize> = c
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k, v.parse().ok()?))
+            })
+            .collect();
+        for (name, value) in rust {
+            assert_eq!(c.get(name), Some(&value), "{name}: C and Rust disagree");
+        }
+    }
+}
