@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::host::HostChoice;
+use crate::run::Policy;
 
 /// A rust-vmm VMM with a virtual GPU: boot a guest, run device-fault workloads, count ATS
 /// invalidations, with a correctness verdict for every run.
@@ -68,9 +69,16 @@ pub struct RunArgs {
     /// Guest initramfs; default: the guest image's.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
-    /// Guest programs to run, in order (repeat or comma-separate).
+    /// Guest programs to run, in order (repeat or comma-separate). Without `--run` and
+    /// `--workload`: the self check and the default workloads.
     #[arg(long = "run", value_delimiter = ',')]
     pub programs: Vec<String>,
+    /// Device workloads to run after the `--run` programs (repeat or comma-separate).
+    #[arg(long = "workload", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
+    pub workloads: Vec<String>,
+    /// How the guest driver turns mmu-notifier events into device invalidations.
+    #[arg(long, value_enum, default_value = "event-aware")]
+    pub policy: Policy,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,

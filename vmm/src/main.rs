@@ -88,14 +88,8 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
     let spec = RunSpec {
         cpus: args.cpus,
         mem_size,
-        programs: if args.programs.is_empty() {
-            run::DEFAULT_PROGRAMS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            args.programs.clone()
-        },
+        programs: run::programs_to_run(&args.programs, &args.workloads),
+        policy: args.policy,
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,
         extra_cmdline: args.cmdline_extra.clone(),

@@ -53,6 +53,8 @@ pub fn inner_args(spec: &RunSpec) -> String {
         format!("{}M", spec.mem_size >> 20),
         "--timeout".into(),
         spec.timeout.as_secs().to_string(),
+        "--policy".into(),
+        spec.policy.as_str().into(),
     ];
     for p in &spec.programs {
         a.push("--run".into());
@@ -215,6 +217,7 @@ mod tests {
             cpus: 2,
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into(), "touch".into()],
+            policy: crate::run::Policy::Naive,
             timeout: Duration::from_secs(300),
             verbose: true,
             extra_cmdline: None,
@@ -222,7 +225,7 @@ mod tests {
         let a = inner_args(&spec);
         assert_eq!(
             a,
-            "--cpus,2,--mem,512M,--timeout,300,--run,selfcheck,--run,touch,--verbose"
+            "--cpus,2,--mem,512M,--timeout,300,--policy,naive,--run,selfcheck,--run,touch,--verbose"
         );
         assert!(!a.contains(' '));
         assert_eq!(host_mem_mib(&spec), 1536);

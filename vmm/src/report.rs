@@ -59,6 +59,13 @@ impl Report {
             self.errors
                 .push("guest did not finish its programs (no VGPU-DONE line)".into());
         }
+        for w in &c.workloads {
+            if w.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+                let name = w.get("name").and_then(|v| v.as_str()).unwrap_or("?");
+                self.errors
+                    .push(format!("workload {name}: data verification failed"));
+            }
+        }
         for r in c.results.iter().filter(|r| r.exit != 0) {
             self.errors
                 .push(format!("guest program {} exited with {}", r.name, r.exit));
@@ -112,7 +119,9 @@ impl Report {
                 p.name, p.exit
             ));
         }
-        s.push_str(&format!("   workloads {}\n", self.workloads.len()));
+        for w in &self.workloads {
+            s.push_str(&workload_summary(w));
+        }
         for e in &self.errors {
             s.push_str(&format!("   error: {e}\n"));
         }
@@ -127,6 +136,38 @@ impl Report {
         }
         s
     }
+}
+
+/// Lines for one workload: its verdict, then one line per event the device heard of.
+fn workload_summary(w: &serde_json::Value) -> String {
+    let str_of = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let ok = w.get("ok").and_then(|v| v.as_bool()) == Some(true);
+    let mut s = format!(
+        "   workload {:<12} {} policy {}  device faults {}  violations {}\n",
+        str_of("name"),
+        if ok { "ok  " } else { "FAIL" },
+        str_of("policy"),
+        num(w, "device_faults"),
+        w.get("violations")
+            .and_then(|v| v.as_u64())
+            .map_or("-".into(), |v| v.to_string()),
+    );
+    if let Some(events) = w.get("events").and_then(|e| e.as_object()) {
+        for (name, e) in events {
+            if num(e, "notifications") == 0 {
+                continue;
+            }
+            s.push_str(&format!(
+                "      {name:<16} notifications {:>6}  ats_invalidations {:>6}  pages {:>7}  refaults {:>6}\n",
+                num(e, "notifications"),
+                num(e, "ats_invalidations"),
+                num(e, "pages_invalidated"),
+                num(e, "refaults"),
+            ));
+        }
+    }
+    s
 }
 
 #[cfg(test)]
@@ -160,5 +201,30 @@ mod tests {
         r.absorb_console(&c);
         assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
         assert!(r.summary().contains("FAIL"));
+    }
+
+    #[test]
+    fn failed_workload_is_an_error_and_events_are_summarised() {
+        let mut c = ConsoleState::default();
+        c.workloads.push(serde_json::json!({
+            "name": "touch", "policy": "naive", "ok": false, "device_faults": 64,
+            "violations": null,
+            "events": {
+                "UNMAP": {"notifications": 3, "ats_invalidations": 5},
+                "CLEAR": {"notifications": 0, "ats_invalidations": 0}
+            }
+        }));
+        c.done_failed = Some(0);
+        let mut r = Report::default();
+        r.absorb_console(&c);
+        assert_eq!(r.errors, vec!["workload touch: data verification failed"]);
+        let s = r.summary();
+        assert!(s.contains("workload touch"), "{s}");
+        assert!(s.contains("device faults 64"), "{s}");
+        assert!(s.contains("UNMAP"), "{s}");
+        assert!(
+            !s.contains("CLEAR"),
+            "events without notifications are left out: {s}"
+        );
     }
 }

@@ -10,8 +10,40 @@ use crate::host::HostKind;
 use crate::report::Report;
 use crate::vm::{Vm, VmConfig};
 
-/// The default guest programs.
-pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck"];
+/// The guest programs of a run without `--run` or `--workload`.
+pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch"];
+
+/// The device workloads (guest programs that print a `VGPU-WORKLOAD` report).
+pub const WORKLOADS: &[&str] = &["touch"];
+
+/// The guest driver's invalidation policy (device-model/SPEC.md, DESIGN.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Every event drops the whole range.
+    Naive,
+    /// Drop, downgrade or skip by event and vma.
+    #[default]
+    EventAware,
+}
+
+impl Policy {
+    /// The name the guest driver's `policy` module parameter takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Naive => "naive",
+            Policy::EventAware => "event-aware",
+        }
+    }
+}
+
+/// The programs a run executes: `--run` then `--workload`, or the defaults when both are empty.
+pub fn programs_to_run(run: &[String], workloads: &[String]) -> Vec<String> {
+    if run.is_empty() && workloads.is_empty() {
+        DEFAULT_PROGRAMS.iter().map(|s| s.to_string()).collect()
+    } else {
+        run.iter().chain(workloads).cloned().collect()
+    }
+}
 
 /// What `vmm run` does, after host and images are resolved.
 #[derive(Clone, Debug)]
@@ -22,6 +54,8 @@ pub struct RunSpec {
     pub mem_size: u64,
     /// Guest programs to run, in order.
     pub programs: Vec<String>,
+    /// The guest driver's policy.
+    pub policy: Policy,
     /// The whole run's time limit.
     pub timeout: Duration,
     /// Show the kernel's boot messages.
@@ -54,6 +88,7 @@ pub fn kernel_cmdline(spec: &RunSpec) -> String {
         }
         .into(),
         format!("vgpu.run={}", spec.programs.join(",")),
+        format!("vgpu.policy={}", spec.policy.as_str()),
         format!("vgpu.expect_cpus={}", spec.cpus),
         format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
     ];
@@ -194,6 +229,7 @@ mod tests {
             cpus: 2,
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into()],
+            policy: Policy::EventAware,
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: None,
@@ -221,6 +257,18 @@ mod tests {
     }
 
     #[test]
+    fn default_programs_unless_asked() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(programs_to_run(&[], &[]), v(DEFAULT_PROGRAMS));
+        assert_eq!(programs_to_run(&[], &v(&["touch"])), v(&["touch"]));
+        assert_eq!(
+            programs_to_run(&v(&["selfcheck"]), &v(&["touch"])),
+            v(&["selfcheck", "touch"])
+        );
+        assert!(DEFAULT_PROGRAMS.iter().any(|p| WORKLOADS.contains(p)));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("2G"), Ok(2 << 30));
@@ -237,6 +285,7 @@ mod tests {
             cpus: 2,
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into(), "touch".into()],
+            policy: Policy::Naive,
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: Some("foo=bar".into()),
@@ -244,6 +293,7 @@ mod tests {
         let c = kernel_cmdline(&spec);
         assert!(c.contains("console=ttyS0"));
         assert!(c.contains("vgpu.run=selfcheck,touch"));
+        assert!(c.contains("vgpu.policy=naive"));
         assert!(c.contains("vgpu.expect_cpus=2"));
         assert!(c.contains("vgpu.expect_mem_mib=512"));
         assert!(c.ends_with("foo=bar"));
