@@ -51,6 +51,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub const PM1_EVT_OFFSET: u64 = 0;
 /// Offset of the PM1a control block (2 bytes) from [`ACPI_PM_BASE`].
 pub const PM1_CNT_OFFSET: u64 = 4;
+/// PM1a enable: the second half of the PM1a event block.
+pub const PM1_EN_OFFSET: u64 = PM1_EVT_OFFSET + 2;
 /// Offset of the reset register (1 byte) from [`ACPI_PM_BASE`].
 pub const RESET_OFFSET: u64 = 8;
 /// Bytes of I/O space the PM registers take from [`ACPI_PM_BASE`].

@@ -9,8 +9,8 @@
 //! [`ACPI_PM_BASE`]: crate::boot::layout::ACPI_PM_BASE
 
 use crate::boot::acpi::{
-    PM1_CNT_OFFSET, PM1_CNT_S5, PM1_CNT_SCI_EN, PM1_CNT_SLP_EN, PM1_CNT_SLP_TYP_MASK, RESET_OFFSET,
-    RESET_VALUE,
+    PM1_CNT_OFFSET, PM1_CNT_S5, PM1_CNT_SCI_EN, PM1_CNT_SLP_EN, PM1_CNT_SLP_TYP_MASK,
+    PM1_EN_OFFSET, RESET_OFFSET, RESET_VALUE,
 };
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
@@ -20,6 +20,10 @@ pub struct AcpiPmPorts {
     control: VmControl,
     /// PM1a control as last written (only `SCI_EN` matters; it reads as set).
     pm1_cnt: u16,
+    /// PM1a enable as last written. No fixed event ever fires, but Linux reads back the
+    /// global-lock enable it sets and disables the ACPI global lock (with two error lines)
+    /// when the bit does not stick.
+    pm1_en: u16,
 }
 
 impl AcpiPmPorts {
@@ -28,6 +32,7 @@ impl AcpiPmPorts {
         AcpiPmPorts {
             control,
             pm1_cnt: PM1_CNT_SCI_EN,
+            pm1_en: 0,
         }
     }
 }
@@ -35,10 +40,14 @@ impl AcpiPmPorts {
 impl BusDevice for AcpiPmPorts {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        // PM1 status and enable read as zero: no fixed event ever fires.
-        if offset == PM1_CNT_OFFSET && data.len() <= 2 {
-            let v = (self.pm1_cnt | PM1_CNT_SCI_EN).to_le_bytes();
-            data.copy_from_slice(&v[..data.len()]);
+        // PM1 status reads as zero: no fixed event ever fires.
+        let reg = match offset {
+            PM1_EN_OFFSET => self.pm1_en,
+            PM1_CNT_OFFSET => self.pm1_cnt | PM1_CNT_SCI_EN,
+            _ => return,
+        };
+        if data.len() <= 2 {
+            data.copy_from_slice(&reg.to_le_bytes()[..data.len()]);
         }
     }
 
@@ -53,6 +62,7 @@ impl BusDevice for AcpiPmPorts {
                 }
                 self.pm1_cnt = v & !PM1_CNT_SLP_EN;
             }
+            (PM1_EN_OFFSET, [lo, hi]) => self.pm1_en = u16::from_le_bytes([*lo, *hi]),
             (RESET_OFFSET, [RESET_VALUE]) => self.control.request_exit(ExitReason::Reset),
             _ => log::debug!("acpi pm: ignored write {data:x?} at +{offset}"),
         }
@@ -94,6 +104,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::acpi::PM1_EVT_OFFSET;
 
     #[test]
     fn acpi_ports_power_off_and_reset() {
@@ -123,6 +134,13 @@ mod tests {
             &(PM1_CNT_S5 | PM1_CNT_SCI_EN).to_le_bytes(),
         );
         assert_eq!(c.exit_reason(), Some(ExitReason::PowerOff));
+
+        // The enable register keeps what Linux writes (GBL_EN, bit 5); status stays zero.
+        p.write(0, PM1_EN_OFFSET, &0x20u16.to_le_bytes());
+        p.read(0, PM1_EN_OFFSET, &mut d);
+        assert_eq!(u16::from_le_bytes(d), 0x20);
+        p.read(0, PM1_EVT_OFFSET, &mut d);
+        assert_eq!(d, [0, 0]);
 
         let c = VmControl::default();
         let mut p = AcpiPmPorts::new(c.clone());
