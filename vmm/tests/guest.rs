@@ -128,7 +128,6 @@ fn boots_the_default_guest_and_reports() {
     assert_eq!(host, if hardware_kvm() { "kvm" } else { "nested" });
     assert!(r["kernel"].as_str().unwrap().starts_with("6.1.0-"), "{r}");
     assert!(r["boot_ms"].as_u64().unwrap() > 0);
-    assert_eq!(r["workloads"], serde_json::json!([]));
     assert_eq!(r["verdict"], "pass");
     assert_eq!(r["programs"][0]["name"], "selfcheck");
     assert_eq!(r["programs"][0]["exit"], 0);
@@ -137,6 +136,51 @@ fn boots_the_default_guest_and_reports() {
         assert!(run.stdout.contains(check), "missing {check:?}");
     }
     assert!(run.stderr.contains("PASS"));
+    // The default programs include the touch workload, under the event-aware policy.
+    let touch = check_touch(&r, "event-aware");
+    assert!(
+        touch["events"]["PROTECTION_VMA"]["downgrades"].as_u64() > Some(0),
+        "event-aware mprotect(PROT_READ) downgrades instead of dropping: {touch}"
+    );
+}
+
+/// Checks the `touch` entry of a report's workloads and returns it.
+fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
+    let w = r["workloads"]
+        .as_array()
+        .expect("workloads list")
+        .iter()
+        .find(|w| w["name"] == "touch")
+        .unwrap_or_else(|| panic!("no touch workload in {r}"))
+        .clone();
+    assert_eq!(w["policy"], policy, "{w}");
+    assert_eq!(w["ok"], true, "{w}");
+    assert!(w["device_faults"].as_u64() > Some(0), "{w}");
+    // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device.
+    for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
+        let n = w["events"][event]["notifications"].as_u64();
+        assert!(n > Some(0), "no {event} notifications: {w}");
+        let a = w["events"][event]["ats_invalidations"].as_u64();
+        assert!(a.is_some(), "{event} has no ats_invalidations: {w}");
+    }
+    w
+}
+
+#[test]
+fn touch_under_the_naive_policy_drops_instead_of_downgrading() {
+    require_guest!();
+    let vmm = Vmm::new("naive");
+    let run = vmm.run(&["run", "--workload", "touch", "--policy", "naive"], &[]);
+    assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
+    let r = run.report.expect("report written");
+    let touch = check_touch(&r, "naive");
+    assert_eq!(r["programs"].as_array().map(Vec::len), Some(1), "{r}");
+    for (event, counters) in touch["events"].as_object().unwrap() {
+        assert_eq!(
+            counters["downgrades"], 0,
+            "naive never downgrades ({event})"
+        );
+    }
 }
 
 #[test]
