@@ -137,9 +137,11 @@ pub fn run_nested(
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let mut o = out.lock();
-                let _ = writeln!(o, "{}", line.trim_end_matches('\r'));
-                drop(o);
+                // The relayed report is for this process, not for the reader (unless asked).
+                if spec.verbose || !line.starts_with("VGPU-HOST-REPORT") {
+                    let mut o = out.lock();
+                    let _ = writeln!(o, "{}", line.trim_end_matches('\r'));
+                }
                 console.handle_line(&line, Instant::now());
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
