@@ -14,6 +14,7 @@
 #ifndef VGPU_H
 #define VGPU_H
 
+#include <linux/bits.h>
 #include <linux/completion.h>
 #include <linux/kref.h>
 #include <linux/list.h>
@@ -34,12 +35,12 @@
 /* Fault buffers kept posted (the fault queue has 64 entries). */
 #define VGPU_FAULT_BUFS		64
 /* Upper bounds on what the device reports in its config space. */
-#define VGPU_MAX_PASIDS		(1U << 20)
+#define VGPU_MAX_PASIDS		BIT(20)
 #define VGPU_MAX_MAP_PAGES	512U
 /* Largest job the driver submits (bytes). */
-#define VGPU_MAX_JOB_BYTES	(1ULL << 32)
+#define VGPU_MAX_JOB_BYTES	BIT_ULL(32)
 /* The device's address limit (SPEC.md: ranges beyond 2^47 are BAD_RANGE). */
-#define VGPU_VA_LIMIT		(1ULL << 47)
+#define VGPU_VA_LIMIT		BIT_ULL(47)
 
 extern unsigned int vgpu_timeout_ms;
 extern int vgpu_default_policy;

@@ -224,7 +224,8 @@ int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 	if (err)
 		goto out_unbind;
 
-	m->bound = true;
+	/* Publishes pasid, policy, mm and user_end to vgpu_mirror_job(). */
+	smp_store_release(&m->bound, true);
 	bind->pasid = pasid;
 	mutex_unlock(&m->bind_lock);
 	dev_dbg(&vd->vdev->dev, "pid %d bound as pasid %d (%s)\n",
@@ -449,7 +450,8 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 	long left;
 	int err;
 
-	if (!m->bound)
+	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
+	if (!smp_load_acquire(&m->bound))
 		return -EINVAL;
 	if (current->mm != m->mm)
 		return -EPERM;
