@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the host packages the project needs: QEMU for the virtual host (from
 # bookworm-backports, QEMU 10), the tools that unpack Debian packages, and the
-# build dependencies of the guest image. Idempotent; safe to run on every CI start.
+# build dependencies of the guest image. The guest driver module is built
+# against Debian's linux-headers packages, which name gcc-12 as the compiler and
+# run the prebuilt kbuild tools (objtool needs libelf1). Idempotent; safe to run on every CI start.
 #
 # The backports source reuses the mirror URI already configured in this
 # machine's apt sources, so no registry host is written anywhere.
@@ -31,7 +33,7 @@ fi
 log "apt-get update"
 apt-get update -qq
 
-pkgs=(busybox-static cpio kmod xz-utils zstd)
+pkgs=(busybox-static cpio kmod xz-utils zstd make gcc-12 libc6-dev libelf1)
 log "installing ${pkgs[*]}"
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 

@@ -10,21 +10,28 @@ mount -t tmpfs tmpfs /tmp
 echo "VGPU-INIT"
 echo "VGPU-KERNEL $(uname -r)"
 
-# Modules, in dependency order (written by the image builder).
-while read -r m; do
-	[ -n "$m" ] || continue
-	if ! out=$(insmod "/lib/modules/$m.ko" 2>&1); then
-		echo "VGPU-ERROR module $m: $(printf "%s" "$out" | tr "\n" " ")"
-	fi
-done </etc/vgpu/modules
-
-# vgpu.run=a,b,c selects the programs; selfcheck when absent.
+# Kernel command line: vgpu.run=a,b,c selects the programs (selfcheck when
+# absent); vgpu.policy=naive|event-aware is passed to vgpu_mirror as policy=.
 run=selfcheck
+policy=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	vgpu.run=*) run="${arg#vgpu.run=}" ;;
+	vgpu.policy=*) policy="${arg#vgpu.policy=}" ;;
 	esac
 done
+
+# Modules, in dependency order (written by the image builder).
+while read -r m; do
+	[ -n "$m" ] || continue
+	set --
+	if [ "$m" = vgpu_mirror ] && [ -n "$policy" ]; then
+		set -- "policy=$policy"
+	fi
+	if ! out=$(insmod "/lib/modules/$m.ko" "$@" 2>&1); then
+		echo "VGPU-ERROR module $m: $(printf "%s" "$out" | tr "\n" " ")"
+	fi
+done </etc/vgpu/modules
 
 failed=0
 for name in $(echo "$run" | tr ',' ' '); do

@@ -3,7 +3,8 @@
 //! Both images use the Debian 6.1 cloud kernel (resolved through apt at build time, since
 //! the ABI number moves with security updates) and an initramfs written here as a
 //! `newc` cpio archive. The guest initramfs holds busybox, the virtio modules, the guest
-//! programs and `images/guest-init.sh` as `/init`; the virtual-host initramfs holds
+//! driver `vgpu_mirror.ko` (built here against the kernel's Debian header packages), the
+//! guest programs and `images/guest-init.sh` as `/init`; the virtual-host initramfs holds
 //! busybox, kvm_amd and its dependencies, the `vmm` binary with its shared libraries, the
 //! guest image under `/guest` and `images/host-init.sh` as `/init`.
 //!
@@ -31,6 +32,11 @@ const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_rng",
 ];
+/// The guest driver (`guest-driver/kmod`), built against the kernel's headers and loaded
+/// after the virtio modules.
+const DRIVER_MODULE: &str = "vgpu_mirror";
+/// The compiler the Debian 6.1 kernel headers were configured with.
+const KERNEL_CC: &str = "gcc-12";
 /// Modules of the virtual host (dependencies are added).
 const HOST_MODULES: &[&str] = &["kvm_amd"];
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -153,6 +159,11 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
             b"kernel",
             format!("{} {}", kp.package, kp.version).as_bytes(),
         );
+        // The headers are taken at the kernel's version (resolve_headers).
+        h.field(
+            b"headers",
+            format!("linux-headers-{} {}", kp.release, kp.version).as_bytes(),
+        );
         h.file(Path::new(BUSYBOX))?;
         h.tree(&opts.workspace.join("images"), &opts.workspace)?;
         h.tree(&opts.workspace.join("guest-driver"), &opts.workspace)?;
@@ -182,6 +193,24 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         let tree = fetch_kernel(&kp, &opts.out_dir.join("cache"))?;
         Ok((tree, format!("{} {}", kp.package, kp.version)))
     })?;
+    let cache = opts.out_dir.join("cache");
+    let header_pkgs = step("guest", "resolving kernel headers", || {
+        let pkgs = resolve_headers(&kp)?;
+        let names: Vec<_> = pkgs.iter().map(|(p, _)| p.as_str()).collect();
+        let summary = format!("{} ({})", names.join(" "), kp.version);
+        Ok((pkgs, summary))
+    })?;
+    let kdir = step("guest", "fetching kernel headers", || {
+        let kdir = fetch_headers(&kp, &header_pkgs, &cache)?;
+        let summary = kdir.display().to_string();
+        Ok((kdir, summary))
+    })?;
+    let (kmod_dir, kmod) = step("guest", "building kernel module", || {
+        let (dir, ko) = build_driver_module(&opts.workspace, &kdir, &cache)?;
+        let size = fs::metadata(&ko).map_err(io_err(&ko))?.len();
+        let summary = format!("{DRIVER_MODULE}.ko {} KiB", size.div_ceil(1024));
+        Ok(((dir, ko), summary))
+    })?;
     let programs = step("guest", "building guest programs", || {
         let programs = build_guest_programs(&opts.workspace)?;
         let names: Vec<_> = programs.iter().map(|(n, _)| n.as_str()).collect();
@@ -189,7 +218,8 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         Ok((programs, summary))
     })?;
     let modules = step("guest", "resolving modules", || {
-        let m = module_load_order(&tree.join("lib/modules").join(&kp.release), GUEST_MODULES)?;
+        let mut m = module_load_order(&tree.join("lib/modules").join(&kp.release), GUEST_MODULES)?;
+        m.push((DRIVER_MODULE.to_string(), kmod.clone()));
         let summary = m
             .iter()
             .map(|(n, _)| n.as_str())
@@ -207,6 +237,9 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         }
         let size = fsroot.write(&tmp.join("initrd.img"))?;
         write_file(&tmp.join("kernel_release"), kp.release.as_bytes())?;
+        let ko = tmp.join(format!("{DRIVER_MODULE}.ko"));
+        fs::copy(&kmod, &ko).map_err(io_err(&kmod))?;
+        fs::remove_dir_all(&kmod_dir).map_err(io_err(&kmod_dir))?;
         publish(&tmp, &dir, opts.force)?;
         set_latest(&opts.out_dir, "guest", &dir)?;
         prune(&opts.out_dir, "guest", &dir);
@@ -463,29 +496,7 @@ fn fetch_kernel(kp: &KernelPackage, cache: &Path) -> Result<PathBuf> {
     if vmlinuz.is_file() {
         return Ok(tree);
     }
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(io_err(&debs))?;
-    let deb_name = format!(
-        "{}_{}_amd64.deb",
-        kp.package,
-        kp.version.replace(':', "%3a")
-    );
-    let deb = debs.join(&deb_name);
-    if !deb.is_file() {
-        run(Command::new("apt-get")
-            .args(["download", "-q", &format!("{}={}", kp.package, kp.version)])
-            .current_dir(&debs))
-        .map_err(|e| ImageError::Apt {
-            package: kp.package.clone(),
-            message: e.to_string(),
-        })?;
-        if !deb.is_file() {
-            return Err(ImageError::Apt {
-                package: kp.package.clone(),
-                message: format!("apt-get download did not produce {deb_name}"),
-            });
-        }
-    }
+    let deb = download_deb(&kp.package, &kp.version, &cache.join("debs"))?;
     let tmp = temp_dir(cache, "unpack")?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
     if !tmp
@@ -500,6 +511,234 @@ fn fetch_kernel(kp: &KernelPackage, cache: &Path) -> Result<PathBuf> {
     }
     publish(&tmp, &tree, false)?;
     Ok(tree)
+}
+
+/// `apt-get download package=version` into `debs` unless the `.deb` is already there;
+/// returns its path (`<package>_<version>_<arch>.deb`, arch `amd64` or `all`).
+fn download_deb(package: &str, version: &str, debs: &Path) -> Result<PathBuf> {
+    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
+    let find = || -> Result<Option<PathBuf>> {
+        let mut found = None;
+        for entry in fs::read_dir(debs).map_err(io_err(debs))? {
+            let path = entry.map_err(io_err(debs))?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".deb") {
+                found = Some(path);
+            }
+        }
+        Ok(found)
+    };
+    fs::create_dir_all(debs).map_err(io_err(debs))?;
+    if let Some(deb) = find()? {
+        return Ok(deb);
+    }
+    let apt_err = |message: String| ImageError::Apt {
+        package: package.to_string(),
+        message,
+    };
+    run(Command::new("apt-get")
+        .args(["download", "-q", &format!("{package}={version}")])
+        .current_dir(debs))
+    .map_err(|e| apt_err(e.to_string()))?;
+    find()?.ok_or_else(|| apt_err(format!("apt-get download did not produce {prefix}*.deb")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernel headers and the guest driver module
+
+/// The packages that make the guest kernel's Kbuild tree, all at the kernel's version:
+/// `linux-headers-<release>`, the `-common` headers it names and `linux-kbuild-6.1`.
+fn resolve_headers(kp: &KernelPackage) -> Result<Vec<(String, String)>> {
+    let headers = format!("linux-headers-{}", kp.release);
+    let apt_err = |message: String| ImageError::Apt {
+        package: headers.clone(),
+        message,
+    };
+    let show = run(Command::new("apt-cache").args([
+        "show",
+        "--no-all-versions",
+        &format!("{headers}={}", kp.version),
+    ]))
+    .map_err(|e| apt_err(e.to_string()))?;
+    let depends = control_field(&show, "Depends").unwrap_or_default();
+    let (common, kbuild) = headers_depends(depends).ok_or_else(|| {
+        apt_err(format!(
+            "Depends names no -common or linux-kbuild package: {depends}"
+        ))
+    })?;
+    Ok([headers.clone(), common, kbuild]
+        .into_iter()
+        .map(|p| (p, kp.version.clone()))
+        .collect())
+}
+
+/// The `linux-headers-*-common` and `linux-kbuild-*` package names in a Depends field.
+fn headers_depends(depends: &str) -> Option<(String, String)> {
+    let names: Vec<&str> = depends
+        .split([',', '|'])
+        .map(|d| d.split('(').next().unwrap_or("").trim())
+        .collect();
+    let common = names
+        .iter()
+        .find(|n| n.starts_with("linux-headers-") && n.ends_with("-common"))?;
+    let kbuild = names.iter().find(|n| n.starts_with("linux-kbuild-"))?;
+    Some((common.to_string(), kbuild.to_string()))
+}
+
+/// Downloads and unpacks the header packages into one prefix below `cache`, once, and
+/// returns the Kbuild directory (`<prefix>/usr/src/linux-headers-<release>`).
+///
+/// The packages expect to live in `/usr/src` and `/usr/lib`: absolute symlinks are made
+/// relative inside the prefix and the flavour's Makefile includes the `-common` one by
+/// a path relative to itself (`make -C` runs there).
+fn fetch_headers(
+    kp: &KernelPackage,
+    packages: &[(String, String)],
+    cache: &Path,
+) -> Result<PathBuf> {
+    let tree_name = format!(
+        "linux-headers-{}_{}",
+        kp.release,
+        kp.version.replace(':', "%3a")
+    );
+    let tree = cache.join(tree_name);
+    let kdir_rel = Path::new("usr/src").join(format!("linux-headers-{}", kp.release));
+    if tree.join(&kdir_rel).join("Makefile").is_file() {
+        return Ok(tree.join(kdir_rel));
+    }
+    let mut debs = Vec::new();
+    for (package, version) in packages {
+        debs.push(download_deb(package, version, &cache.join("debs"))?);
+    }
+    let tmp = temp_dir(cache, "unpack")?;
+    for deb in &debs {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    }
+    relativize_symlinks(&tmp, &tmp)?;
+    let makefile = tmp.join(&kdir_rel).join("Makefile");
+    let missing = |what: &str| ImageError::Apt {
+        package: packages[0].0.clone(),
+        message: format!("the unpacked headers have no {what}"),
+    };
+    let text = fs::read_to_string(&makefile).map_err(|_| missing("Makefile"))?;
+    write_file(
+        &makefile,
+        text.replace("include /usr/src/", "include ../").as_bytes(),
+    )?;
+    for f in ["Module.symvers", ".config", "scripts/mod/modpost"] {
+        if !tmp.join(&kdir_rel).join(f).exists() {
+            return Err(missing(&format!("{}/{f}", kdir_rel.display())));
+        }
+    }
+    publish(&tmp, &tree, false)?;
+    Ok(tree.join(kdir_rel))
+}
+
+/// Rewrites every absolute symlink below `dir` to a relative one that points at the same
+/// path inside `root`.
+fn relativize_symlinks(root: &Path, dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let ty = fs::symlink_metadata(&path)
+            .map_err(io_err(&path))?
+            .file_type();
+        if ty.is_dir() {
+            relativize_symlinks(root, &path)?;
+        } else if ty.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_err(&path))?;
+            let Ok(inside) = target.strip_prefix("/") else {
+                continue;
+            };
+            let depth = path
+                .parent()
+                .and_then(|p| p.strip_prefix(root).ok())
+                .map_or(0, |p| p.components().count());
+            let mut rel = PathBuf::new();
+            for _ in 0..depth {
+                rel.push("..");
+            }
+            rel.push(inside);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            std::os::unix::fs::symlink(&rel, &path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the source files of `from` (as the input hash sees them) into `to`.
+fn copy_sources(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).map_err(io_err(to))?;
+    for entry in fs::read_dir(from).map_err(io_err(from))? {
+        let path = entry.map_err(io_err(from))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') || is_ignored(&name) {
+            continue;
+        }
+        let ty = fs::symlink_metadata(&path)
+            .map_err(io_err(&path))?
+            .file_type();
+        let dest = to.join(path.file_name().unwrap_or_default());
+        if ty.is_dir() {
+            copy_sources(&path, &dest)?;
+        } else if ty.is_file() {
+            fs::copy(&path, &dest).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds `guest-driver/kmod` against `kdir` in a fresh directory below `cache` (the
+/// source tree stays clean) with `-Werror`; a modpost warning fails the build too. The
+/// module is stripped of debug info. Returns the build directory (remove it when done)
+/// and the module.
+fn build_driver_module(workspace: &Path, kdir: &Path, cache: &Path) -> Result<(PathBuf, PathBuf)> {
+    let err = |reason: String| ImageError::Module {
+        name: DRIVER_MODULE.into(),
+        reason,
+    };
+    // The Debian headers name gcc-12 as CC (.kernelvariables).
+    run(Command::new(KERNEL_CC).arg("--version"))?;
+    let dir = temp_dir(cache, "kmod")?;
+    let src = workspace.join("guest-driver");
+    copy_sources(&src.join("kmod"), &dir.join("kmod"))?;
+    copy_sources(&src.join("include"), &dir.join("include"))?;
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(kdir)
+        .arg(format!("M={}", dir.join("kmod").display()))
+        .args(["KCFLAGS=-Werror", "modules"])
+        .output()
+        .map_err(|source| ImageError::MissingTool {
+            tool: "make".into(),
+            source,
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(err(format!(
+            "make failed ({}), sources in {}:\n{}",
+            out.status,
+            dir.display(),
+            tail(&text, 40)
+        )));
+    }
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("warning:") || l.contains("WARNING:"))
+        .collect();
+    if !warnings.is_empty() {
+        return Err(err(format!("build warnings:\n{}", warnings.join("\n"))));
+    }
+    let ko = dir.join("kmod").join(format!("{DRIVER_MODULE}.ko"));
+    if !ko.is_file() {
+        return Err(err(format!("make produced no {}", ko.display())));
+    }
+    // The headers build with debug info; the initramfs does not need it.
+    run(Command::new("strip").arg("--strip-debug").arg(&ko))?;
+    Ok((dir, ko))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1201,6 +1440,42 @@ mod tests {
             "Package: linux-image-6.1.0-56-cloud-amd64\nVersion: 6.1.192-2\nSection: kernel\n";
         assert_eq!(control_field(show, "Version"), Some("6.1.192-2"));
         assert_eq!(control_field(show, "Depends"), None);
+    }
+
+    #[test]
+    fn headers_depends_parsing() {
+        let dep = "linux-headers-6.1.0-56-common (= 6.1.192-2), linux-kbuild-6.1 (>= 6.1.192-2), \
+                   linux-compiler-gcc-12-x86";
+        assert_eq!(
+            headers_depends(dep),
+            Some((
+                "linux-headers-6.1.0-56-common".into(),
+                "linux-kbuild-6.1".into()
+            ))
+        );
+        assert_eq!(headers_depends("linux-kbuild-6.1"), None);
+        assert_eq!(headers_depends(""), None);
+    }
+
+    #[test]
+    fn symlinks_made_relative() {
+        let dir = std::env::temp_dir().join(format!("vgpu-symlink-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("usr/src/common")).unwrap();
+        fs::create_dir_all(dir.join("lib/modules/6.1")).unwrap();
+        fs::write(dir.join("usr/src/common/Makefile"), "x").unwrap();
+        let link = dir.join("lib/modules/6.1/source");
+        std::os::unix::fs::symlink("/usr/src/common", &link).unwrap();
+        let rel = dir.join("usr/src/scripts");
+        std::os::unix::fs::symlink("common", &rel).unwrap();
+        relativize_symlinks(&dir, &dir).unwrap();
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from("../../../usr/src/common")
+        );
+        assert_eq!(fs::read_to_string(link.join("Makefile")).unwrap(), "x");
+        assert_eq!(fs::read_link(&rel).unwrap(), PathBuf::from("common"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Internal interfaces of the vgpu_mirror module.
+ *
+ * vgpu_main.c  module parameters, virtio probe/remove, /dev/vgpuN and ioctls
+ * vgpu_queue.c the command queue (requests matched by token) and the fault
+ *              queue (posted buffers, dispatched to the job they belong to)
+ * vgpu_hmm.c   binding an mm: the interval notifier, invalidation policies
+ *              and the HMM fault loop that answers device faults
+ *
+ * The wire structs come from vgpu_wire.h, the ioctl structs from vgpu_uapi.h
+ * (guest-driver/include); device-model/SPEC.md describes both.
+ */
+#ifndef VGPU_H
+#define VGPU_H
+
+#include <linux/bits.h>
+#include <linux/completion.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/mmu_notifier.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/virtio.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "vgpu_uapi.h"
+#include "vgpu_wire.h"
+
+#define VGPU_NAME		"vgpu_mirror"
+
+/* Fault buffers kept posted (the fault queue has 64 entries). */
+#define VGPU_FAULT_BUFS		64
+/* Upper bounds on what the device reports in its config space. */
+#define VGPU_MAX_PASIDS		BIT(20)
+#define VGPU_MAX_MAP_PAGES	512U
+/* Largest job the driver submits (bytes). */
+#define VGPU_MAX_JOB_BYTES	BIT_ULL(32)
+/* The device's address limit (SPEC.md: ranges beyond 2^47 are BAD_RANGE). */
+#define VGPU_VA_LIMIT		BIT_ULL(47)
+
+extern unsigned int vgpu_timeout_ms;
+extern int vgpu_default_policy;
+
+/* One request on the command queue; its address is the token. */
+struct vgpu_req {
+	struct vgpu_cmd cmd;
+	struct vgpu_resp resp;
+	/* MAP payload (device-readable) or COUNTERS data (device-writable). */
+	void *data;
+	size_t data_len;
+	bool data_in;
+	/* Bytes the device wrote (used.len), valid once completed. */
+	u32 used_len;
+	/* -ENODEV when the device went away before answering. */
+	int err;
+	/* Both under vgpu_dev.cmd_lock. */
+	bool completed;
+	bool abandoned;
+	struct completion done;
+	/* Also woken on completion (a job's waiter); may be NULL. */
+	wait_queue_head_t *wq;
+};
+
+/* A fault buffer; posted on the fault queue or held by whoever serves it. */
+struct vgpu_fault_buf {
+	struct vgpu_fault f;
+	struct list_head node;
+};
+
+struct vgpu_dev {
+	struct kref ref;
+	struct virtio_device *vdev;
+	struct miscdevice misc;
+	char name[16];
+	int index;
+
+	/* From the config space, clamped. */
+	u32 max_pasids;
+	u32 max_map_pages;
+	u32 fault_ahead;
+
+	struct virtqueue *cmd_vq;
+	spinlock_t cmd_lock;		/* cmd_vq, vgpu_req flags, removed */
+	wait_queue_head_t cmd_space;	/* waiters for ring space */
+	struct virtqueue *fault_vq;
+	spinlock_t fault_lock;		/* fault_vq */
+	/* Set under both locks when the device goes away. */
+	bool removed;
+
+	struct vgpu_fault_buf *fault_bufs;
+
+	/* Running jobs (struct vgpu_job_wait) and unclaimed faults. */
+	spinlock_t job_lock;
+	struct list_head jobs;
+	struct list_head orphans;
+	struct work_struct orphan_work;
+	atomic64_t next_job_id;
+
+	struct ida pasids;
+};
+
+/* One open file of /dev/vgpuN, and the address space it binds. */
+struct vgpu_mirror {
+	struct vgpu_dev *vdev;
+	struct mutex bind_lock;		/* bound, pasid, notifier setup */
+	bool bound;
+	u32 pasid;
+	int policy;			/* VGPU_POLICY_NAIVE or _EVENT_AWARE */
+	struct mm_struct *mm;		/* valid while bound (notifier's mmgrab) */
+	unsigned long user_end;		/* mirrored range is [0, user_end) */
+	struct mmu_interval_notifier notifier;
+	/* The driver's page-table lock: device updates vs. invalidations. */
+	struct mutex mutex;
+	/* Preallocated INVALIDATE request (used under mutex). */
+	struct vgpu_req *inv_req;
+};
+
+/* A job being waited for; the fault callback hands it faults by job id. */
+struct vgpu_job_wait {
+	u64 id;
+	u32 pasid;
+	struct list_head node;		/* vgpu_dev.jobs */
+	struct list_head faults;	/* vgpu_fault_buf, under job_lock */
+	wait_queue_head_t wq;
+};
+
+/* vgpu_main.c */
+void vgpu_dev_put(struct vgpu_dev *vd);
+
+/* vgpu_queue.c */
+int vgpu_status_errno(u32 status);
+struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp);
+void vgpu_req_free(struct vgpu_req *req);
+void vgpu_req_reset(struct vgpu_req *req);
+int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_req_result(struct vgpu_req *req);
+bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
+		    u64 arg1, u64 *value0);
+void vgpu_cmd_done(struct virtqueue *vq);
+void vgpu_fault_done(struct virtqueue *vq);
+int vgpu_fault_post_all(struct vgpu_dev *vd);
+void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb);
+void vgpu_orphan_work(struct work_struct *work);
+void vgpu_queues_shutdown(struct vgpu_dev *vd);
+void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
+void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
+struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
+					   struct vgpu_job_wait *job);
+
+/* vgpu_hmm.c */
+int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
+void vgpu_mirror_unbind(struct vgpu_mirror *m);
+int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
+const char *vgpu_policy_name(int policy);
+
+#endif /* VGPU_H */

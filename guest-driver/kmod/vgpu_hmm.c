@@ -1,0 +1,514 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Mirroring a process's address space into the virtual GPU.
+ *
+ * A bound file owns one PASID and one mmu_interval_notifier over the whole
+ * user address space [0, user_end). Device faults are answered in the
+ * context of the process that submitted the job, with the usual HMM loop:
+ *
+ *   seq = mmu_interval_read_begin()
+ *   mmap_read_lock(); hmm_range_fault(); mmap_read_unlock()
+ *   mutex_lock(&m->mutex)
+ *   if (mmu_interval_read_retry(seq)) unlock and start again
+ *   MAP (and wait for the device) ; mutex_unlock(&m->mutex)
+ *
+ * The invalidate callback takes the same mutex, bumps the sequence and sends
+ * INVALIDATE, and returns only when the device completed it, so the device
+ * never holds a translation the CPU page table no longer has.
+ */
+#include <linux/hmm.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+
+#include "vgpu.h"
+
+const char *vgpu_policy_name(int policy)
+{
+	switch (policy) {
+	case VGPU_POLICY_NAIVE:
+		return "naive";
+	case VGPU_POLICY_EVENT_AWARE:
+		return "event-aware";
+	default:
+		return "?";
+	}
+}
+
+/* What the vma allows now, as INVALIDATE's arg0. */
+static u32 vgpu_vma_prot(const struct vm_area_struct *vma)
+{
+	u32 prot = 0;
+
+	if (!vma)
+		return 0;
+	if (vma->vm_flags & VM_READ)
+		prot |= VGPU_PROT_READ;
+	if (vma->vm_flags & VM_WRITE)
+		prot |= VGPU_PROT_WRITE;
+	return prot;
+}
+
+/*
+ * The policy: whether to tell the device at all, over which range, and with
+ * which flags. Returns false when the event is skipped.
+ *
+ * naive:       every event is an unmap of its range (drop, release tracking);
+ *              what drivers did before notifier events existed.
+ * event-aware: UNMAP drops and releases tracking; CLEAR drops;
+ *              PROTECTION_VMA that leaves the vma readable but not writable,
+ *              PROTECTION_PAGE (fork, page_mkclean) and SOFT_DIRTY (it only
+ *              write-protects; clear_refs passes no vma) downgrade;
+ *              MIGRATE/EXCLUSIVE caused by this driver are skipped;
+ *              RELEASE drops the whole address space.
+ */
+static bool vgpu_plan(const struct vgpu_mirror *m,
+		      const struct mmu_notifier_range *range,
+		      unsigned long *start, unsigned long *end, u32 *flags)
+{
+	const struct vm_area_struct *vma = range->vma;
+	bool owner = range->owner && range->owner == m->vdev;
+	u32 prot = vgpu_vma_prot(vma);
+
+	*start = range->start & PAGE_MASK;
+	*end = min(PAGE_ALIGN(range->end), m->user_end);
+	*flags = VGPU_INV_F_BLOCKABLE;
+	if (owner)
+		*flags |= VGPU_INV_F_OWNER_MATCH;
+
+	if (m->policy == VGPU_POLICY_NAIVE) {
+		*flags |= VGPU_INV_F_RELEASE_TRACKING;
+		return *start < *end;
+	}
+
+	switch (range->event) {
+	case MMU_NOTIFY_UNMAP:
+		*flags |= VGPU_INV_F_RELEASE_TRACKING;
+		break;
+	case MMU_NOTIFY_CLEAR:
+		break;
+	case MMU_NOTIFY_PROTECTION_VMA:
+		if ((prot & VGPU_PROT_READ) && !(prot & VGPU_PROT_WRITE))
+			*flags |= VGPU_INV_F_DOWNGRADE;
+		break;
+	case MMU_NOTIFY_PROTECTION_PAGE:
+		*flags |= VGPU_INV_F_DOWNGRADE;
+		break;
+	case MMU_NOTIFY_SOFT_DIRTY:
+		if (!vma || (prot & VGPU_PROT_READ))
+			*flags |= VGPU_INV_F_DOWNGRADE;
+		break;
+	case MMU_NOTIFY_RELEASE:
+		*start = 0;
+		*end = m->user_end;
+		*flags |= VGPU_INV_F_RELEASE_TRACKING;
+		break;
+	case MMU_NOTIFY_MIGRATE:
+	case MMU_NOTIFY_EXCLUSIVE:
+		if (owner)
+			return false;
+		break;
+	default:
+		break;
+	}
+	return *start < *end;
+}
+
+/* Sends INVALIDATE and waits for it; called with m->mutex held. */
+static void vgpu_send_invalidate(struct vgpu_mirror *m,
+				 const struct mmu_notifier_range *range,
+				 unsigned long start, unsigned long end,
+				 u32 flags)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct vgpu_req *req = m->inv_req;
+	int err;
+
+	if (!req) {
+		/* The preallocated one was abandoned; no reclaim from here. */
+		req = vgpu_req_alloc(0, false, GFP_NOWAIT | __GFP_NOWARN);
+		if (!req) {
+			dev_err_ratelimited(&vd->vdev->dev,
+					    "pasid %u: no memory for INVALIDATE [%#lx, %#lx)\n",
+					    m->pasid, start, end);
+			return;
+		}
+		m->inv_req = req;
+	}
+	vgpu_req_reset(req);
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_INVALIDATE);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(start);
+	req->cmd.length = cpu_to_le64(end - start);
+	req->cmd.arg0 = cpu_to_le64(vgpu_vma_prot(range->vma));
+	req->cmd.event = cpu_to_le32(range->event);
+	req->cmd.flags = cpu_to_le32(flags);
+
+	err = vgpu_cmd_sync(vd, req);
+	if (err == -ETIMEDOUT)
+		m->inv_req = NULL;	/* the queue frees it */
+	if (err && err != -ENODEV)
+		dev_err_ratelimited(&vd->vdev->dev,
+				    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
+				    m->pasid, range->event, start, end, err);
+}
+
+static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
+			    const struct mmu_notifier_range *range,
+			    unsigned long cur_seq)
+{
+	struct vgpu_mirror *m = container_of(sub, struct vgpu_mirror, notifier);
+	unsigned long start, end;
+	u32 flags;
+
+	/* Waiting for the device needs to sleep. */
+	if (!mmu_notifier_range_blockable(range))
+		return false;
+
+	mutex_lock(&m->mutex);
+	mmu_interval_set_seq(sub, cur_seq);
+	if (!READ_ONCE(m->vdev->removed) &&
+	    vgpu_plan(m, range, &start, &end, &flags))
+		vgpu_send_invalidate(m, range, start, end, flags);
+	mutex_unlock(&m->mutex);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops vgpu_notifier_ops = {
+	.invalidate = vgpu_invalidate,
+};
+
+int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct mm_struct *mm = current->mm;
+	int policy = bind->policy;
+	int pasid, err;
+
+	if (policy == VGPU_POLICY_DEFAULT)
+		policy = READ_ONCE(vgpu_default_policy);
+	if (policy != VGPU_POLICY_NAIVE && policy != VGPU_POLICY_EVENT_AWARE)
+		return -EINVAL;
+	if (!mm)
+		return -EINVAL;
+
+	mutex_lock(&m->bind_lock);
+	if (m->bound) {
+		err = -EBUSY;
+		goto out_unlock;
+	}
+	m->inv_req = vgpu_req_alloc(0, false, GFP_KERNEL);
+	if (!m->inv_req) {
+		err = -ENOMEM;
+		goto out_unlock;
+	}
+	pasid = ida_alloc_range(&vd->pasids, 1, vd->max_pasids, GFP_KERNEL);
+	if (pasid < 0) {
+		err = pasid == -ENOSPC ? -EBUSY : pasid;
+		goto out_free_req;
+	}
+	m->pasid = pasid;
+	m->policy = policy;
+	m->mm = mm;
+	m->user_end = min_t(u64, mm->task_size, VGPU_VA_LIMIT) & PAGE_MASK;
+
+	/* arg0: the page-table root, for the device's coherence oracle. */
+	err = vgpu_cmd_simple(vd, VGPU_CMD_BIND, pasid, __pa(mm->pgd), 0, NULL);
+	if (err)
+		goto out_free_pasid;
+
+	/* Nothing is mapped before this returns: faults need the binding. */
+	err = mmu_interval_notifier_insert(&m->notifier, mm, 0, m->user_end,
+					   &vgpu_notifier_ops);
+	if (err)
+		goto out_unbind;
+
+	/* Publishes pasid, policy, mm and user_end to vgpu_mirror_job(). */
+	smp_store_release(&m->bound, true);
+	bind->pasid = pasid;
+	mutex_unlock(&m->bind_lock);
+	dev_dbg(&vd->vdev->dev, "pid %d bound as pasid %d (%s)\n",
+		task_pid_nr(current), pasid, vgpu_policy_name(policy));
+	return 0;
+
+out_unbind:
+	vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, pasid, 0, 0, NULL);
+out_free_pasid:
+	ida_free(&vd->pasids, pasid);
+	m->mm = NULL;
+out_free_req:
+	vgpu_req_free(m->inv_req);
+	m->inv_req = NULL;
+out_unlock:
+	mutex_unlock(&m->bind_lock);
+	return err;
+}
+
+/* close() or process exit: no more notifier calls, then UNBIND. */
+void vgpu_mirror_unbind(struct vgpu_mirror *m)
+{
+	struct vgpu_dev *vd = m->vdev;
+	int err;
+
+	mutex_lock(&m->bind_lock);
+	if (!m->bound) {
+		mutex_unlock(&m->bind_lock);
+		return;
+	}
+	/* Waits for running callbacks; drops the notifier's mm reference. */
+	mmu_interval_notifier_remove(&m->notifier);
+	if (!READ_ONCE(vd->removed)) {
+		err = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, m->pasid, 0, 0,
+				      NULL);
+		if (err && err != -ENODEV)
+			dev_warn(&vd->vdev->dev, "UNBIND pasid %u: %d\n",
+				 m->pasid, err);
+	}
+	ida_free(&vd->pasids, m->pasid);
+	vgpu_req_free(m->inv_req);
+	m->inv_req = NULL;
+	m->mm = NULL;
+	m->bound = false;
+	mutex_unlock(&m->bind_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Device faults */
+
+/*
+ * Maps the fault-ahead window around @addr and answers fault @fault_id.
+ * The faulting page must be present (writable for a write); the rest of the
+ * window is a snapshot of what the CPU has mapped now, holes stay unmapped.
+ */
+static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
+			  unsigned long addr, bool write)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct mm_struct *mm = m->mm;
+	unsigned long win = max_t(unsigned long, vd->fault_ahead & PAGE_MASK,
+				  PAGE_SIZE);
+	unsigned long start = addr - addr % win;
+	unsigned long end = min(start + win, m->user_end);
+	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	unsigned long idx = (addr - start) >> PAGE_SHIFT;
+	unsigned long timeout, i;
+	struct vgpu_map_entry *entries;
+	struct hmm_range range = {
+		.notifier = &m->notifier,
+		.start = start,
+		.end = end,
+		.default_flags = 0,
+		.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE,
+		.dev_private_owner = vd,
+	};
+	struct vgpu_req *req;
+	unsigned long *pfns;
+	int err;
+
+	pfns = kcalloc(npages, sizeof(*pfns), GFP_KERNEL);
+	/* Allocate before taking m->mutex: reclaim may call vgpu_invalidate. */
+	req = vgpu_req_alloc(npages * sizeof(*entries), false, GFP_KERNEL);
+	if (!pfns || !req) {
+		err = -ENOMEM;
+		goto out_free;
+	}
+	range.hmm_pfns = pfns;
+
+	if (!mmget_not_zero(mm)) {
+		err = -ESRCH;
+		goto out_free;
+	}
+	timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	for (;;) {
+		if (time_after(jiffies, timeout)) {
+			err = -EBUSY;
+			goto out_mmput;
+		}
+		memset(pfns, 0, npages * sizeof(*pfns));
+		pfns[idx] = HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0);
+		range.notifier_seq = mmu_interval_read_begin(range.notifier);
+		mmap_read_lock(mm);
+		err = hmm_range_fault(&range);
+		mmap_read_unlock(mm);
+		if (err) {
+			if (err == -EBUSY)
+				continue;
+			goto out_mmput;
+		}
+		mutex_lock(&m->mutex);
+		if (mmu_interval_read_retry(range.notifier,
+					    range.notifier_seq)) {
+			mutex_unlock(&m->mutex);
+			continue;
+		}
+		break;
+	}
+
+	entries = req->data;
+	for (i = 0; i < npages; i++) {
+		unsigned long pfn = pfns[i];
+		u64 e;
+
+		if (!(pfn & HMM_PFN_VALID) || (pfn & HMM_PFN_ERROR))
+			continue;
+		e = page_to_phys(hmm_pfn_to_page(pfn)) | VGPU_MAP_VALID;
+		if (pfn & HMM_PFN_WRITE)
+			e |= VGPU_MAP_WRITE;
+		entries[i].gpa_flags = cpu_to_le64(e);
+	}
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_MAP);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(start);
+	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
+	req->cmd.arg0 = cpu_to_le64(fault_id);
+	req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	err = vgpu_cmd_sync(vd, req);
+	if (err == -ETIMEDOUT)
+		req = NULL;	/* abandoned: the queue frees it */
+	mutex_unlock(&m->mutex);
+
+out_mmput:
+	mmput(mm);
+out_free:
+	vgpu_req_free(req);
+	kfree(pfns);
+	return err;
+}
+
+/* Answers one device fault: MAP with the fault id, or FAULT_FAIL. */
+static void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f)
+{
+	struct vgpu_dev *vd = m->vdev;
+	u64 fault_id = le64_to_cpu(f->fault_id);
+	u64 addr = le64_to_cpu(f->address) & PAGE_MASK;
+	bool write = le32_to_cpu(f->flags) & VGPU_FAULT_F_WRITE;
+	int err;
+
+	if (addr >= m->user_end)
+		err = -EFAULT;
+	else
+		err = vgpu_fault_map(m, fault_id, addr, write);
+	if (!err)
+		return;
+	dev_dbg(&vd->vdev->dev, "pasid %u: fault %llu at %#llx%s: %d\n",
+		m->pasid, fault_id, addr, write ? " (write)" : "", err);
+	if (err == -ENODEV)
+		return;
+	err = vgpu_cmd_simple(vd, VGPU_CMD_FAULT_FAIL, m->pasid, fault_id,
+			      -err, NULL);
+	if (err && err != -ENODEV)
+		dev_err_ratelimited(&vd->vdev->dev,
+				    "pasid %u: FAULT_FAIL %llu: %d\n",
+				    m->pasid, fault_id, err);
+}
+
+static bool vgpu_job_ready(struct vgpu_req *req, struct vgpu_job_wait *job)
+{
+	return completion_done(&req->done) || !list_empty_careful(&job->faults);
+}
+
+static int vgpu_job_check(const struct vgpu_mirror *m,
+			  const struct vgpu_job *uj)
+{
+	u64 end;
+
+	switch (uj->op) {
+	case VGPU_JOB_FILL:
+	case VGPU_JOB_CHECKSUM:
+	case VGPU_JOB_COPY:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (!uj->length || uj->length > VGPU_MAX_JOB_BYTES ||
+	    !PAGE_ALIGNED(uj->start) || !PAGE_ALIGNED(uj->length))
+		return -EINVAL;
+	if (check_add_overflow(uj->start, uj->length, &end) ||
+	    end > m->user_end)
+		return -EINVAL;
+	if (uj->op == VGPU_JOB_COPY &&
+	    (check_add_overflow(uj->arg, uj->length, &end) ||
+	     end > m->user_end))
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Runs one job: submits JOB, then serves its faults here, in the caller's
+ * context, until the device completes it. The device's status goes to
+ * @uj->status (0 is returned for every status the device gave); an errno is
+ * returned when the driver could not get an answer.
+ */
+int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
+{
+	struct vgpu_dev *vd = m->vdev;
+	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
+	struct vgpu_job_wait job;
+	struct vgpu_fault_buf *fb;
+	struct vgpu_req *req;
+	long left;
+	int err;
+
+	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
+	if (!smp_load_acquire(&m->bound))
+		return -EINVAL;
+	if (current->mm != m->mm)
+		return -EPERM;
+	err = vgpu_job_check(m, uj);
+	if (err)
+		return err;
+
+	req = vgpu_req_alloc(0, false, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	job.pasid = m->pasid;
+	vgpu_job_register(vd, &job);
+	req->wq = &job.wq;
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_JOB);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(uj->start);
+	req->cmd.length = cpu_to_le64(uj->length);
+	req->cmd.arg0 = cpu_to_le64(uj->arg);
+	req->cmd.arg1 = cpu_to_le64(job.id);
+	req->cmd.flags = cpu_to_le32(uj->op);
+	err = vgpu_submit(vd, req);
+	if (err)
+		goto out;
+
+	/* The timeout counts from the last sign of progress. */
+	for (;;) {
+		while ((fb = vgpu_job_next_fault(vd, &job))) {
+			vgpu_serve_fault(m, &fb->f);
+			vgpu_fault_repost(vd, fb);
+		}
+		if (completion_done(&req->done))
+			break;
+		left = wait_event_killable_timeout(job.wq,
+						   vgpu_job_ready(req, &job),
+						   t);
+		if (left > 0)
+			continue;
+		if (!vgpu_abandon(vd, req))
+			continue;	/* completed meanwhile */
+		req = NULL;
+		err = left ? -EINTR : -ETIMEDOUT;
+		if (!left)
+			dev_err_ratelimited(&vd->vdev->dev,
+					    "pasid %u: job %llu made no progress for %u ms\n",
+					    m->pasid, job.id, vgpu_timeout_ms);
+		goto out;
+	}
+
+	err = vgpu_req_result(req);
+	if (!err || req->used_len >= sizeof(req->resp)) {
+		uj->status = le32_to_cpu(req->resp.status);
+		uj->result = le64_to_cpu(req->resp.value0);
+		uj->faults = le64_to_cpu(req->resp.value1);
+		err = 0;
+	}
+out:
+	vgpu_job_unregister(vd, &job);
+	vgpu_req_free(req);
+	return err;
+}

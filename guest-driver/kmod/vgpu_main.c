@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vgpu_mirror: the guest driver of the project's virtual GPU, a virtio
+ * device (id 63) with its own IOMMU page tables and translation cache that
+ * mirrors process address spaces (device-model/SPEC.md).
+ *
+ * Each device gets a character device /dev/vgpuN (vgpu_uapi.h): a process
+ * opens it, binds its mm (VGPU_IOC_BIND), submits jobs on its own virtual
+ * addresses (VGPU_IOC_JOB) and reads the device counters
+ * (VGPU_IOC_COUNTERS). Closing the file unbinds.
+ *
+ * Module parameters:
+ *   policy=naive|event-aware  how notifier events become device
+ *                             invalidations (default event-aware; a bind may
+ *                             override it)
+ *   timeout_ms=N              how long to wait for the device (default 5000)
+ */
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+
+#include "vgpu.h"
+
+int vgpu_default_policy = VGPU_POLICY_EVENT_AWARE;
+unsigned int vgpu_timeout_ms = 5000;
+
+static int vgpu_policy_set(const char *val, const struct kernel_param *kp)
+{
+	if (sysfs_streq(val, "naive"))
+		WRITE_ONCE(vgpu_default_policy, VGPU_POLICY_NAIVE);
+	else if (sysfs_streq(val, "event-aware"))
+		WRITE_ONCE(vgpu_default_policy, VGPU_POLICY_EVENT_AWARE);
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int vgpu_policy_get(char *buf, const struct kernel_param *kp)
+{
+	return scnprintf(buf, PAGE_SIZE, "%s\n",
+			 vgpu_policy_name(READ_ONCE(vgpu_default_policy)));
+}
+
+static const struct kernel_param_ops vgpu_policy_ops = {
+	.set = vgpu_policy_set,
+	.get = vgpu_policy_get,
+};
+
+module_param_cb(policy, &vgpu_policy_ops, NULL, 0644);
+MODULE_PARM_DESC(policy,
+		 "invalidation policy: naive or event-aware (default)");
+
+static int vgpu_timeout_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int ms;
+	int err = kstrtouint(val, 0, &ms);
+
+	if (err)
+		return err;
+	if (ms < 10 || ms > 600000)
+		return -ERANGE;
+	WRITE_ONCE(vgpu_timeout_ms, ms);
+	return 0;
+}
+
+static const struct kernel_param_ops vgpu_timeout_ops = {
+	.set = vgpu_timeout_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(timeout_ms, &vgpu_timeout_ops, &vgpu_timeout_ms, 0644);
+MODULE_PARM_DESC(timeout_ms,
+		 "milliseconds to wait for the device (10..600000, default 5000)");
+
+static DEFINE_IDA(vgpu_index_ida);
+
+static void vgpu_dev_release(struct kref *ref)
+{
+	struct vgpu_dev *vd = container_of(ref, struct vgpu_dev, ref);
+
+	cancel_work_sync(&vd->orphan_work);
+	ida_destroy(&vd->pasids);
+	kfree(vd->fault_bufs);
+	put_device(&vd->vdev->dev);
+	kfree(vd);
+}
+
+void vgpu_dev_put(struct vgpu_dev *vd)
+{
+	kref_put(&vd->ref, vgpu_dev_release);
+}
+
+/* ------------------------------------------------------------------------ */
+/* /dev/vgpuN */
+
+static int vgpu_open(struct inode *inode, struct file *file)
+{
+	/* misc_open() holds misc_mtx: remove() cannot run concurrently. */
+	struct vgpu_dev *vd = container_of(file->private_data,
+					   struct vgpu_dev, misc);
+	struct vgpu_mirror *m;
+
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!m)
+		return -ENOMEM;
+	kref_get(&vd->ref);
+	m->vdev = vd;
+	mutex_init(&m->bind_lock);
+	mutex_init(&m->mutex);
+	file->private_data = m;
+	return 0;
+}
+
+static int vgpu_release(struct inode *inode, struct file *file)
+{
+	struct vgpu_mirror *m = file->private_data;
+	struct vgpu_dev *vd = m->vdev;
+
+	vgpu_mirror_unbind(m);
+	mutex_destroy(&m->mutex);
+	mutex_destroy(&m->bind_lock);
+	kfree(m);
+	vgpu_dev_put(vd);
+	return 0;
+}
+
+static long vgpu_ioctl_bind(struct vgpu_mirror *m, void __user *uarg)
+{
+	struct vgpu_bind bind;
+	int err;
+
+	if (copy_from_user(&bind, uarg, sizeof(bind)))
+		return -EFAULT;
+	bind.pasid = 0;
+	err = vgpu_mirror_bind(m, &bind);
+	if (err)
+		return err;
+	if (copy_to_user(uarg, &bind, sizeof(bind)))
+		return -EFAULT;	/* stays bound until close() */
+	return 0;
+}
+
+static long vgpu_ioctl_job(struct vgpu_mirror *m, void __user *uarg)
+{
+	struct vgpu_job job;
+	int err;
+
+	if (copy_from_user(&job, uarg, sizeof(job)))
+		return -EFAULT;
+	job.status = 0;
+	job.result = 0;
+	job.faults = 0;
+	err = vgpu_mirror_job(m, &job);
+	if (err)
+		return err;
+	if (copy_to_user(uarg, &job, sizeof(job)))
+		return -EFAULT;
+	return 0;
+}
+
+static long vgpu_ioctl_counters(struct vgpu_mirror *m, void __user *uarg)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct vgpu_req *req;
+	int err;
+
+	req = vgpu_req_alloc(sizeof(struct vgpu_counters), true, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_COUNTERS);
+	err = vgpu_cmd_sync(vd, req);
+	if (err == -ETIMEDOUT)
+		return err;	/* abandoned: the queue frees it */
+	/* A short answer leaves the rest zero (req->data is zeroed). */
+	if (!err && copy_to_user(uarg, req->data, req->data_len))
+		err = -EFAULT;
+	vgpu_req_free(req);
+	return err;
+}
+
+static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct vgpu_mirror *m = file->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	switch (cmd) {
+	case VGPU_IOC_BIND:
+		return vgpu_ioctl_bind(m, uarg);
+	case VGPU_IOC_JOB:
+		return vgpu_ioctl_job(m, uarg);
+	case VGPU_IOC_COUNTERS:
+		return vgpu_ioctl_counters(m, uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations vgpu_fops = {
+	.owner = THIS_MODULE,
+	.open = vgpu_open,
+	.release = vgpu_release,
+	.unlocked_ioctl = vgpu_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
+};
+
+/* ------------------------------------------------------------------------ */
+/* virtio */
+
+/* Reads and clamps the config space: every value the device gives is bounded. */
+static int vgpu_read_config(struct vgpu_dev *vd)
+{
+	struct virtio_device *vdev = vd->vdev;
+	u32 max_pasids, max_map_pages, fault_ahead;
+
+	virtio_cread_le(vdev, struct vgpu_config, max_pasids, &max_pasids);
+	virtio_cread_le(vdev, struct vgpu_config, max_map_pages,
+			&max_map_pages);
+	virtio_cread_le(vdev, struct vgpu_config, fault_ahead, &fault_ahead);
+	if (!max_pasids) {
+		dev_err(&vdev->dev, "device offers no PASIDs\n");
+		return -ENODEV;
+	}
+	vd->max_pasids = min(max_pasids, VGPU_MAX_PASIDS);
+	vd->max_map_pages = clamp(max_map_pages, 1U, VGPU_MAX_MAP_PAGES);
+	vd->fault_ahead = min_t(u64, fault_ahead,
+				(u64)vd->max_map_pages * PAGE_SIZE);
+	return 0;
+}
+
+static int vgpu_probe(struct virtio_device *vdev)
+{
+	static const char * const names[] = { "command", "fault" };
+	vq_callback_t *callbacks[] = { vgpu_cmd_done, vgpu_fault_done };
+	struct virtqueue *vqs[2];
+	struct vgpu_dev *vd;
+	int err;
+
+	vd = kzalloc(sizeof(*vd), GFP_KERNEL);
+	if (!vd)
+		return -ENOMEM;
+	kref_init(&vd->ref);
+	vd->vdev = vdev;
+	get_device(&vdev->dev);
+	spin_lock_init(&vd->cmd_lock);
+	init_waitqueue_head(&vd->cmd_space);
+	spin_lock_init(&vd->fault_lock);
+	spin_lock_init(&vd->job_lock);
+	INIT_LIST_HEAD(&vd->jobs);
+	INIT_LIST_HEAD(&vd->orphans);
+	INIT_WORK(&vd->orphan_work, vgpu_orphan_work);
+	atomic64_set(&vd->next_job_id, 0);
+	ida_init(&vd->pasids);
+	vdev->priv = vd;
+
+	err = vgpu_read_config(vd);
+	if (err)
+		goto err_put;
+	vd->fault_bufs = kcalloc(VGPU_FAULT_BUFS, sizeof(*vd->fault_bufs),
+				 GFP_KERNEL);
+	if (!vd->fault_bufs) {
+		err = -ENOMEM;
+		goto err_put;
+	}
+
+	err = virtio_find_vqs(vdev, 2, vqs, callbacks, names, NULL);
+	if (err)
+		goto err_put;
+	vd->cmd_vq = vqs[VGPU_QUEUE_COMMAND];
+	vd->fault_vq = vqs[VGPU_QUEUE_FAULT];
+
+	virtio_device_ready(vdev);
+	err = vgpu_fault_post_all(vd);
+	if (err)
+		goto err_reset;
+
+	vd->index = ida_alloc(&vgpu_index_ida, GFP_KERNEL);
+	if (vd->index < 0) {
+		err = vd->index;
+		goto err_reset;
+	}
+	snprintf(vd->name, sizeof(vd->name), "vgpu%d", vd->index);
+	vd->misc.minor = MISC_DYNAMIC_MINOR;
+	vd->misc.name = vd->name;
+	vd->misc.fops = &vgpu_fops;
+	vd->misc.parent = &vdev->dev;
+	vd->misc.mode = 0666;
+	err = misc_register(&vd->misc);
+	if (err)
+		goto err_index;
+
+	dev_info(&vdev->dev,
+		 "/dev/%s: %u PASIDs, %u pages per map, fault-ahead %u bytes, policy %s\n",
+		 vd->name, vd->max_pasids, vd->max_map_pages, vd->fault_ahead,
+		 vgpu_policy_name(READ_ONCE(vgpu_default_policy)));
+	return 0;
+
+err_index:
+	ida_free(&vgpu_index_ida, vd->index);
+err_reset:
+	vgpu_queues_shutdown(vd);
+err_put:
+	vdev->priv = NULL;
+	vgpu_dev_put(vd);
+	return err;
+}
+
+/*
+ * The device goes away, possibly with processes still bound: no new opens,
+ * every waiter gets -ENODEV, notifiers stop talking to the device. The
+ * files keep their reference until they are closed.
+ */
+static void vgpu_remove(struct virtio_device *vdev)
+{
+	struct vgpu_dev *vd = vdev->priv;
+
+	misc_deregister(&vd->misc);
+	vgpu_queues_shutdown(vd);
+	ida_free(&vgpu_index_ida, vd->index);
+	vdev->priv = NULL;
+	dev_info(&vdev->dev, "/dev/%s removed\n", vd->name);
+	vgpu_dev_put(vd);
+}
+
+static const struct virtio_device_id vgpu_id_table[] = {
+	{ VIRTIO_ID_VGPU, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+MODULE_DEVICE_TABLE(virtio, vgpu_id_table);
+
+static struct virtio_driver vgpu_driver = {
+	.driver.name = KBUILD_MODNAME,
+	.driver.owner = THIS_MODULE,
+	.id_table = vgpu_id_table,
+	.probe = vgpu_probe,
+	.remove = vgpu_remove,
+};
+
+static int __init vgpu_init(void)
+{
+	int err = register_virtio_driver(&vgpu_driver);
+
+	if (err)
+		return err;
+	pr_info(VGPU_NAME ": loaded, policy %s\n",
+		vgpu_policy_name(READ_ONCE(vgpu_default_policy)));
+	return 0;
+}
+
+static void __exit vgpu_exit(void)
+{
+	unregister_virtio_driver(&vgpu_driver);
+	ida_destroy(&vgpu_index_ida);
+}
+
+module_init(vgpu_init);
+module_exit(vgpu_exit);
+
+MODULE_DESCRIPTION("Virtual GPU address-space mirror (virtio, HMM, mmu notifiers)");
+MODULE_LICENSE("GPL");
