@@ -1,1 +1,12 @@
 //! The virtual GPU's device model. It knows nothing of KVM: the VMM adapts it to its PCI bus.
+//!
+//! SPEC.md is the device interface. The parts, in the order a job meets them:
+//! [`device`] takes commands off the virtio queues ([`chain`] parses the descriptor chains),
+//! [`engine`] runs jobs page by page through [`mmu`], which asks the [`atc`] and then walks the
+//! [`page_table`] of the job's PASID; a miss becomes a device fault ([`fault`]) and the job
+//! stalls until the driver answers. [`invalidate`] applies the driver's invalidations and
+//! [`counters`] counts everything.
+
+pub mod address;
+pub mod page_table;
+pub mod wire;
