@@ -8,5 +8,6 @@
 //! [`counters`] counts everything.
 
 pub mod address;
+pub mod atc;
 pub mod page_table;
 pub mod wire;

@@ -212,14 +212,6 @@ impl PageTable {
         self.nodes
     }
 
-    fn alloc(&mut self) -> Result<(), PageTableError> {
-        if self.nodes >= self.max_nodes {
-            return Err(PageTableError::OutOfNodes(self.max_nodes));
-        }
-        self.nodes += 1;
-        Ok(())
-    }
-
     /// The node at `leaf_level` that holds `va`'s leaf, creating tables (and splitting a
     /// 2 MiB leaf in the way) as needed.
     fn leaf_node(
