@@ -9,5 +9,9 @@
 
 pub mod address;
 pub mod atc;
+pub mod config;
+pub mod counters;
+pub mod invalidate;
+pub mod mmu;
 pub mod page_table;
 pub mod wire;
