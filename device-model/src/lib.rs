@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod atc;
+pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod invalidate;
