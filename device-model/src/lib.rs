@@ -12,6 +12,8 @@ pub mod atc;
 pub mod chain;
 pub mod config;
 pub mod counters;
+pub mod engine;
+pub mod fault;
 pub mod invalidate;
 pub mod mmu;
 pub mod page_table;
