@@ -12,9 +12,14 @@ pub mod atc;
 pub mod chain;
 pub mod config;
 pub mod counters;
+pub mod device;
 pub mod engine;
 pub mod fault;
 pub mod invalidate;
 pub mod mmu;
 pub mod page_table;
 pub mod wire;
+
+pub use config::{ConfigError, VgpuConfig};
+pub use counters::Counters;
+pub use device::{UsedQueues, VgpuDevice};
