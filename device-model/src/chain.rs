@@ -9,7 +9,7 @@
 use std::ops::Deref;
 
 use virtio_queue::{desc::split::Descriptor, DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Most descriptors the device accepts in one chain. A MAP payload of 512 entries fits in
 /// one page, so a well-formed request never needs more than a handful.
@@ -92,6 +92,24 @@ impl Request {
     /// Bytes the device may write.
     pub fn writable_len(&self) -> u64 {
         self.writable.iter().map(|b| u64::from(b.len)).sum()
+    }
+
+    /// Whether the first `len` writable bytes exist and are guest memory, so a response
+    /// can be written (checked before a command runs, so a command that cannot report
+    /// its status does nothing).
+    pub fn can_write<M: GuestMemory>(&self, mem: &M, len: u64) -> bool {
+        let mut left = len;
+        for b in &self.writable {
+            if left == 0 {
+                break;
+            }
+            let n = u64::from(b.len).min(left);
+            if !mem.check_range(b.addr, n as usize, Permissions::Write) {
+                return false;
+            }
+            left -= n;
+        }
+        left == 0
     }
 
     /// Reads up to `max` bytes of the readable buffers.
@@ -235,5 +253,9 @@ mod tests {
         assert_eq!(r.defect, None);
         assert!(r.read(&m, 48).is_err());
         assert_eq!(r.reply_to().write(&m, &[&[0u8; 24]]), None);
+        assert!(!r.can_write(&m, 24));
+        let r = parse(&m, &[desc(0x8000, 48, N, 1), desc(0x9000, 16, W | N, 2), desc(0xa000, 8, W, 0)]);
+        assert!(r.can_write(&m, 24));
+        assert!(!r.can_write(&m, 25));
     }
 }
