@@ -99,7 +99,7 @@ impl IovaRange {
 
     /// A page-aligned range ("range" in SPEC.md).
     pub fn pages(start: u64, length: u64) -> Result<Self, RangeError> {
-        if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !length.is_multiple_of(PAGE_SIZE) {
             return Err(RangeError::Unaligned { start, length });
         }
         Self::new(start, length)
@@ -137,7 +137,7 @@ mod tests {
             Err(RangeError::Unaligned { .. })
         ));
         assert!(matches!(
-            IovaRange::pages(u64::MAX & !0xfff, 4096),
+            IovaRange::pages(!0xfff, 4096),
             Err(RangeError::OutOfSpace { .. })
         ));
         assert!(matches!(
@@ -147,7 +147,10 @@ mod tests {
         let r = IovaRange::pages(VA_LIMIT - 4096, 4096).unwrap();
         assert_eq!(r.len(), 4096);
         assert!(IovaRange::pages(0, VA_LIMIT).unwrap().is_everything());
-        assert_eq!(IovaRange::new(3, 5).unwrap(), IovaRange { start: 3, end: 8 });
+        assert_eq!(
+            IovaRange::new(3, 5).unwrap(),
+            IovaRange { start: 3, end: 8 }
+        );
     }
 
     #[test]

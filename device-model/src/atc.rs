@@ -97,7 +97,7 @@ impl Atc {
                 clock: 0,
             });
         }
-        if ways == 0 || entries % ways != 0 {
+        if ways == 0 || !entries.is_multiple_of(ways) {
             return Err(AtcError::Geometry { entries, ways });
         }
         Ok(Atc {
@@ -135,14 +135,16 @@ impl Atc {
         if self.sets == 0 {
             return None;
         }
-        [LeafSize::Small, LeafSize::Huge].into_iter().find_map(|size| {
-            let base = Iova(iova.0 & !(size.bytes() - 1));
-            self.set_of(pasid, base, size).find(|&i| {
-                self.slots[i].is_some_and(|e| {
-                    e.pasid == pasid && e.translation.size == size && e.translation.base == base
+        [LeafSize::Small, LeafSize::Huge]
+            .into_iter()
+            .find_map(|size| {
+                let base = Iova(iova.0 & !(size.bytes() - 1));
+                self.set_of(pasid, base, size).find(|&i| {
+                    self.slots[i].is_some_and(|e| {
+                        e.pasid == pasid && e.translation.size == size && e.translation.base == base
+                    })
                 })
             })
-        })
     }
 
     /// Looks up the translation of `iova` for a read or a write.
@@ -195,9 +197,7 @@ impl Atc {
         for slot in self.slots.iter_mut() {
             let overlaps = slot.is_some_and(|e| {
                 let t = e.translation;
-                e.pasid == pasid
-                    && t.base.0 < range.end
-                    && range.start < t.base.0 + t.size.bytes()
+                e.pasid == pasid && t.base.0 < range.end && range.start < t.base.0 + t.size.bytes()
             });
             if overlaps {
                 *slot = None;
@@ -275,7 +275,10 @@ mod tests {
         // Re-inserting the same tag replaces, it does not duplicate.
         atc.insert(Pasid(1), small(5, true));
         assert_eq!(atc.len(), 1);
-        assert!(matches!(atc.lookup(Pasid(1), Iova(0x5000), true), Lookup::Hit(_)));
+        assert!(matches!(
+            atc.lookup(Pasid(1), Iova(0x5000), true),
+            Lookup::Hit(_)
+        ));
     }
 
     #[test]
@@ -288,10 +291,25 @@ mod tests {
             writable: true,
         };
         atc.insert(Pasid(3), t);
-        assert_eq!(atc.lookup(Pasid(3), Iova(HUGE_PAGE_SIZE + 0x1f_f000), true), Lookup::Hit(t));
-        assert_eq!(atc.lookup(Pasid(3), Iova(2 * HUGE_PAGE_SIZE), true), Lookup::Miss);
-        let r = atc.invalidate_range(Pasid(3), IovaRange::pages(HUGE_PAGE_SIZE + 0x5000, 0x1000).unwrap());
-        assert_eq!(r, AtsInvalidation { requests: 1, dropped: 1 });
+        assert_eq!(
+            atc.lookup(Pasid(3), Iova(HUGE_PAGE_SIZE + 0x1f_f000), true),
+            Lookup::Hit(t)
+        );
+        assert_eq!(
+            atc.lookup(Pasid(3), Iova(2 * HUGE_PAGE_SIZE), true),
+            Lookup::Miss
+        );
+        let r = atc.invalidate_range(
+            Pasid(3),
+            IovaRange::pages(HUGE_PAGE_SIZE + 0x5000, 0x1000).unwrap(),
+        );
+        assert_eq!(
+            r,
+            AtsInvalidation {
+                requests: 1,
+                dropped: 1
+            }
+        );
         assert!(atc.is_empty());
     }
 
@@ -303,8 +321,14 @@ mod tests {
             atc.insert(Pasid(1), small(p, true));
         }
         // Touch 0 and 1: 2 is now the least recently used.
-        assert!(matches!(atc.lookup(Pasid(1), Iova(0), false), Lookup::Hit(_)));
-        assert!(matches!(atc.lookup(Pasid(1), Iova(0x1000), false), Lookup::Hit(_)));
+        assert!(matches!(
+            atc.lookup(Pasid(1), Iova(0), false),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            atc.lookup(Pasid(1), Iova(0x1000), false),
+            Lookup::Hit(_)
+        ));
         atc.insert(Pasid(1), small(9, true));
         assert_eq!(atc.lookup(Pasid(1), Iova(0x2000), false), Lookup::Miss);
         assert_eq!(atc.len(), 4);
@@ -312,7 +336,10 @@ mod tests {
         atc.insert(Pasid(1), small(10, true));
         assert_eq!(atc.lookup(Pasid(1), Iova(0x3000), false), Lookup::Miss);
         for p in [0, 1, 9, 10] {
-            assert!(matches!(atc.lookup(Pasid(1), Iova(p * PAGE_SIZE), false), Lookup::Hit(_)));
+            assert!(matches!(
+                atc.lookup(Pasid(1), Iova(p * PAGE_SIZE), false),
+                Lookup::Hit(_)
+            ));
         }
     }
 
@@ -330,13 +357,21 @@ mod tests {
         assert_eq!(blocks(0, 0x1000), vec![(0, 0x1000)]);
         assert_eq!(blocks(0, 0x4000), vec![(0, 0x4000)]);
         // 3 pages at page 1: [1] [2,3].
-        assert_eq!(blocks(0x1000, 0x3000), vec![(0x1000, 0x1000), (0x2000, 0x2000)]);
+        assert_eq!(
+            blocks(0x1000, 0x3000),
+            vec![(0x1000, 0x1000), (0x2000, 0x2000)]
+        );
         // 7 pages at page 1: 1 + 2 + 4.
         assert_eq!(blocks(0x1000, 0x7000).len(), 3);
         // An unaligned middle: pages 3..13 = [3] [4..8) [8..12) [12].
         assert_eq!(
             blocks(0x3000, 0xa000),
-            vec![(0x3000, 0x1000), (0x4000, 0x4000), (0x8000, 0x4000), (0xc000, 0x1000)]
+            vec![
+                (0x3000, 0x1000),
+                (0x4000, 0x4000),
+                (0x8000, 0x4000),
+                (0xc000, 0x1000)
+            ]
         );
         assert_eq!(blocks(0, 1 << 47), vec![(0, 1 << 47)]);
         // The worst case stays small: at most two blocks per address bit.
@@ -351,9 +386,21 @@ mod tests {
             atc.insert(Pasid(2), small(p, true));
         }
         let r = atc.invalidate_range(Pasid(1), IovaRange::pages(0x1000, 0x3000).unwrap());
-        assert_eq!(r, AtsInvalidation { requests: 2, dropped: 3 });
+        assert_eq!(
+            r,
+            AtsInvalidation {
+                requests: 2,
+                dropped: 3
+            }
+        );
         let r = atc.invalidate_range(Pasid(1), IovaRange::pages(0x1000, 0x3000).unwrap());
-        assert_eq!(r, AtsInvalidation { requests: 2, dropped: 0 });
+        assert_eq!(
+            r,
+            AtsInvalidation {
+                requests: 2,
+                dropped: 0
+            }
+        );
         assert_eq!(atc.invalidate_pasid(Pasid(1)), 5);
         assert_eq!(atc.len(), 8);
         atc.clear();

@@ -113,7 +113,11 @@ impl Request {
     }
 
     /// Reads up to `max` bytes of the readable buffers.
-    pub fn read<M: GuestMemory>(&self, mem: &M, max: usize) -> Result<Vec<u8>, vm_memory::GuestMemoryError> {
+    pub fn read<M: GuestMemory>(
+        &self,
+        mem: &M,
+        max: usize,
+    ) -> Result<Vec<u8>, vm_memory::GuestMemoryError> {
         let mut out = Vec::new();
         for b in &self.readable {
             let want = (b.len as usize).min(max - out.len());
@@ -186,9 +190,7 @@ pub fn needs_interrupt<M: GuestMemory>(queue: &mut Queue, mem: &M) -> bool {
         Err(e) => log::warn!("vgpu: checking notification: {e}"),
     }
     // Without VIRTIO_F_EVENT_IDX the driver suppresses interrupts with the avail flags.
-    let flags: u16 = mem
-        .read_obj(GuestAddress(queue.avail_ring()))
-        .unwrap_or(0);
+    let flags: u16 = mem.read_obj(GuestAddress(queue.avail_ring())).unwrap_or(0);
     flags & virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
 }
 
@@ -222,9 +224,22 @@ mod tests {
     #[test]
     fn well_formed_chain() {
         let m = mem();
-        let r = parse(&m, &[desc(0x8000, 48, N, 1), desc(0x9000, 24, W | N, 2), desc(0xa000, 8, W, 0)]);
+        let r = parse(
+            &m,
+            &[
+                desc(0x8000, 48, N, 1),
+                desc(0x9000, 24, W | N, 2),
+                desc(0xa000, 8, W, 0),
+            ],
+        );
         assert_eq!(r.defect, None);
-        assert_eq!(r.readable, vec![Buffer { addr: GuestAddress(0x8000), len: 48 }]);
+        assert_eq!(
+            r.readable,
+            vec![Buffer {
+                addr: GuestAddress(0x8000),
+                len: 48
+            }]
+        );
         assert_eq!(r.writable.len(), 2);
         assert_eq!(r.writable_len(), 32);
         // Writes spill from one buffer into the next.
@@ -254,7 +269,14 @@ mod tests {
         assert!(r.read(&m, 48).is_err());
         assert_eq!(r.reply_to().write(&m, &[&[0u8; 24]]), None);
         assert!(!r.can_write(&m, 24));
-        let r = parse(&m, &[desc(0x8000, 48, N, 1), desc(0x9000, 16, W | N, 2), desc(0xa000, 8, W, 0)]);
+        let r = parse(
+            &m,
+            &[
+                desc(0x8000, 48, N, 1),
+                desc(0x9000, 16, W | N, 2),
+                desc(0xa000, 8, W, 0),
+            ],
+        );
         assert!(r.can_write(&m, 24));
         assert!(!r.can_write(&m, 25));
     }

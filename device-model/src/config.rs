@@ -97,10 +97,7 @@ mod tests {
             ..c.clone()
         };
         assert!(matches!(bad.validate(), Err(ConfigError::Atc(_))));
-        let bad = VgpuConfig {
-            max_pasids: 0,
-            ..c
-        };
+        let bad = VgpuConfig { max_pasids: 0, ..c };
         assert_eq!(bad.validate(), Err(ConfigError::Zero("max_pasids")));
     }
 }

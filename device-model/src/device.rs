@@ -37,9 +37,12 @@ pub struct UsedQueues {
 impl UsedQueues {
     /// The indices of the queues to interrupt.
     pub fn queues(self) -> impl Iterator<Item = u16> {
-        [(self.command, wire::QUEUE_COMMAND), (self.fault, wire::QUEUE_FAULT)]
-            .into_iter()
-            .filter_map(|(used, q)| used.then_some(q))
+        [
+            (self.command, wire::QUEUE_COMMAND),
+            (self.fault, wire::QUEUE_FAULT),
+        ]
+        .into_iter()
+        .filter_map(|(used, q)| used.then_some(q))
     }
 }
 
@@ -174,7 +177,9 @@ impl<M: GuestMemory> VgpuDevice<M> {
             self.handle(a.mem.as_ref(), &req);
             used.command |= self.flush(&mut a);
         }
-        used.fault = self.faults.deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
+        used.fault = self
+            .faults
+            .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
         let used = Self::interrupts(&mut a, used);
         self.active = Some(a);
         used
@@ -187,7 +192,9 @@ impl<M: GuestMemory> VgpuDevice<M> {
         };
         let used = UsedQueues {
             command: false,
-            fault: self.faults.deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters),
+            fault: self
+                .faults
+                .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters),
         };
         let used = Self::interrupts(&mut a, used);
         self.active = Some(a);
@@ -327,7 +334,9 @@ impl<M: GuestMemory> VgpuDevice<M> {
             return resp(status::BAD_RANGE, 0, 0);
         };
         let pages = range.len() / PAGE_SIZE;
-        if pages > u64::from(self.config.max_map_pages) || payload.len() < pages as usize * ENTRY_SIZE {
+        if pages > u64::from(self.config.max_map_pages)
+            || payload.len() < pages as usize * ENTRY_SIZE
+        {
             return resp(status::BAD_RANGE, 0, 0);
         }
         let entries: Vec<u64> = payload
@@ -359,7 +368,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
 
     /// Maps `entries` at `start`, with 2 MiB leaves where an aligned run of 512 entries maps
     /// 512 contiguous, aligned frames with the same permission. Returns the pages mapped.
-    fn apply_map(&mut self, pasid: Pasid, start: u64, entries: &[u64]) -> (u64, Result<(), PageTableError>) {
+    fn apply_map(
+        &mut self,
+        pasid: Pasid,
+        start: u64,
+        entries: &[u64],
+    ) -> (u64, Result<(), PageTableError>) {
         let run = PAGES_PER_HUGE_PAGE as usize;
         let mut mapped = 0;
         let mut i = 0;
@@ -368,11 +382,14 @@ impl<M: GuestMemory> VgpuDevice<M> {
             let e = entries[i];
             let gpa = GuestAddress(e & wire::MAP_GPA_MASK);
             let writable = e & wire::MAP_WRITE != 0;
-            let huge = va.0 % HUGE_PAGE_SIZE == 0
+            let huge = va.0.is_multiple_of(HUGE_PAGE_SIZE)
                 && entries.len() - i >= run
                 && is_huge_run(&entries[i..i + run]);
             let (pages, result) = if huge {
-                (PAGES_PER_HUGE_PAGE, self.map_leaf(pasid, va, gpa, writable, true))
+                (
+                    PAGES_PER_HUGE_PAGE,
+                    self.map_leaf(pasid, va, gpa, writable, true),
+                )
             } else if e & wire::MAP_VALID != 0 {
                 (1, self.map_leaf(pasid, va, gpa, writable, false))
             } else {
@@ -470,7 +487,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(pasid) {
             return resp(status::BAD_PASID, 0, 0);
         }
-        if !self.stalled.get(&id).is_some_and(|s| s.job.pasid == pasid) {
+        if self.stalled.get(&id).is_none_or(|s| s.job.pasid != pasid) {
             return resp(status::BAD_JOB, 0, 0);
         }
         if let Some(s) = self.stalled.remove(&id) {
@@ -502,7 +519,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
 fn is_command_error(status: u32) -> bool {
     matches!(
         status,
-        status::BAD_OPCODE | status::BAD_PASID | status::BAD_RANGE | status::BAD_CHAIN | status::BAD_JOB
+        status::BAD_OPCODE
+            | status::BAD_PASID
+            | status::BAD_RANGE
+            | status::BAD_CHAIN
+            | status::BAD_JOB
     )
 }
 
@@ -513,7 +534,7 @@ fn is_huge_run(entries: &[u64]) -> bool {
     let base = first & wire::MAP_GPA_MASK;
     let perm = first & (wire::MAP_VALID | wire::MAP_WRITE);
     first & wire::MAP_VALID != 0
-        && base % HUGE_PAGE_SIZE == 0
+        && base.is_multiple_of(HUGE_PAGE_SIZE)
         && entries.iter().enumerate().all(|(k, &e)| {
             e & (wire::MAP_VALID | wire::MAP_WRITE) == perm
                 && e & wire::MAP_GPA_MASK == base + k as u64 * PAGE_SIZE
@@ -522,7 +543,9 @@ fn is_huge_run(entries: &[u64]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::Bytes;
@@ -570,7 +593,11 @@ mod tests {
         let cq = MockSplitQueue::create(mem.as_ref(), GuestAddress(CMDQ), 128);
         let fq = MockSplitQueue::create(mem.as_ref(), GuestAddress(FAULTQ), 64);
         let mut dev = VgpuDevice::new(config).unwrap();
-        dev.activate(mem.clone(), cq.create_queue().unwrap(), fq.create_queue().unwrap());
+        dev.activate(
+            mem.clone(),
+            cq.create_queue().unwrap(),
+            fq.create_queue().unwrap(),
+        );
         Rig {
             cmd_avail: cq.avail_addr(),
             cmd_used: cq.used_addr(),
@@ -613,7 +640,11 @@ mod tests {
 
         /// Puts a chain of `(addr, len, flags)` on a queue; NEXT links are added here.
         fn chain(&mut self, fault_queue: bool, bufs: &[(u64, u32, u16)]) -> u16 {
-            let head = if fault_queue { self.fault_desc } else { self.cmd_desc };
+            let head = if fault_queue {
+                self.fault_desc
+            } else {
+                self.cmd_desc
+            };
             let descs: Vec<(u64, u32, u16, u16)> = bufs
                 .iter()
                 .enumerate()
@@ -656,7 +687,9 @@ mod tests {
             if !payload.is_empty() {
                 let at = self.alloc(payload.len() as u64 * 8);
                 for (i, e) in payload.iter().enumerate() {
-                    self.mem.write_obj(*e, GuestAddress(at + i as u64 * 8)).unwrap();
+                    self.mem
+                        .write_obj(*e, GuestAddress(at + i as u64 * 8))
+                        .unwrap();
                 }
                 bufs.push((at, payload.len() as u32 * 8, R));
             }
@@ -692,11 +725,17 @@ mod tests {
         }
 
         fn bind(&mut self, pasid: u32) {
-            assert_eq!(self.run(&cmd(opcode::BIND, pasid, 0, 0), &[]).status, status::OK);
+            assert_eq!(
+                self.run(&cmd(opcode::BIND, pasid, 0, 0), &[]).status,
+                status::OK
+            );
         }
 
         fn map(&mut self, pasid: u32, start: u64, entries: &[u64]) -> wire::Resp {
-            self.run(&cmd(opcode::MAP, pasid, start, entries.len() as u64 * PAGE_SIZE), entries)
+            self.run(
+                &cmd(opcode::MAP, pasid, start, entries.len() as u64 * PAGE_SIZE),
+                entries,
+            )
         }
 
         fn job(&mut self, pasid: u32, op: u32, start: u64, length: u64, arg0: u64) -> Sent {
@@ -707,7 +746,14 @@ mod tests {
             self.send(&c)
         }
 
-        fn invalidate(&mut self, pasid: u32, start: u64, len: u64, ev: u32, flags: u32) -> wire::Resp {
+        fn invalidate(
+            &mut self,
+            pasid: u32,
+            start: u64,
+            len: u64,
+            ev: u32,
+            flags: u32,
+        ) -> wire::Resp {
             let mut c = cmd(opcode::INVALIDATE, pasid, start, len);
             c.event = ev;
             c.flags = flags;
@@ -733,7 +779,9 @@ mod tests {
                         .first()
                         .copied();
                     let _ = at;
-                    self.mem.read_obj(GuestAddress(self.fault_buf_of(head))).unwrap()
+                    self.mem
+                        .read_obj(GuestAddress(self.fault_buf_of(head)))
+                        .unwrap()
                 })
                 .collect()
         }
@@ -787,7 +835,9 @@ mod tests {
     fn fill_and_checksum_end_to_end() {
         let mut r = rig();
         r.bind(1);
-        let entries: Vec<u64> = (0..4).map(|i| entry(FRAMES + (3 - i) * PAGE_SIZE, true)).collect();
+        let entries: Vec<u64> = (0..4)
+            .map(|i| entry(FRAMES + (3 - i) * PAGE_SIZE, true))
+            .collect();
         let m = r.map(1, 0x7000_0000, &entries);
         assert_eq!((m.status, m.value0), (status::OK, 4));
         let s = r.job(1, job_op::FILL, 0x7000_0000, 0x4000, 0x55);
@@ -839,7 +889,10 @@ mod tests {
         assert!(used.fault);
         let f = r.faults(&bufs);
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].address, f[0].pasid, f[0].job_id, f[0].flags), (0x1000, 2, 0x10b, wire::FAULT_F_WRITE));
+        assert_eq!(
+            (f[0].address, f[0].pasid, f[0].job_id, f[0].flags),
+            (0x1000, 2, 0x10b, wire::FAULT_F_WRITE)
+        );
         // The driver's notifier invalidates while the job is stalled: it completes first.
         let inv = r.invalidate(2, 0, 0x1000, event::CLEAR, wire::INV_F_BLOCKABLE);
         assert_eq!((inv.status, inv.value0, inv.value1), (status::OK, 1, 1));
@@ -855,7 +908,12 @@ mod tests {
         assert_eq!(r.resp(&s), resp(status::OK, 1, 1));
         assert_eq!(r.resp(&job), resp(status::OK, 0, 1));
         assert_eq!(r.dev.stalled_jobs(), 0);
-        assert_eq!(r.mem.read_obj::<u64>(GuestAddress(FRAMES + 0x1008)).unwrap(), 9 ^ 0x1008);
+        assert_eq!(
+            r.mem
+                .read_obj::<u64>(GuestAddress(FRAMES + 0x1008))
+                .unwrap(),
+            9 ^ 0x1008
+        );
         let c = r.counters();
         assert_eq!(c.global.device_faults, 1);
         assert_eq!(c.global.jobs_completed, 1);
@@ -878,7 +936,10 @@ mod tests {
         assert_eq!(f[0].flags, 0);
         let c = r.counters();
         assert_eq!(c.events[event::PROTECTION_PAGE as usize].refaults, 1);
-        assert_eq!(c.events[event::PROTECTION_PAGE as usize].atc_entries_dropped, 1);
+        assert_eq!(
+            c.events[event::PROTECTION_PAGE as usize].atc_entries_dropped,
+            1
+        );
         // FAULT_FAIL ends it with FAULT and the errno; an unknown fault id is BAD_JOB.
         let mut ff = cmd(opcode::FAULT_FAIL, 1, 0, 0);
         ff.arg0 = f[0].fault_id;
@@ -911,25 +972,39 @@ mod tests {
         let bufs = r.post_fault_buffers(1);
         r.dev.process_fault_queue();
         assert!(r.faults(&bufs).is_empty());
-        assert_eq!(r.run(&cmd(opcode::UNBIND, 3, 0, 0), &[]).status, status::BAD_PASID);
+        assert_eq!(
+            r.run(&cmd(opcode::UNBIND, 3, 0, 0), &[]).status,
+            status::BAD_PASID
+        );
     }
 
     #[test]
     fn aligned_2mib_run_is_one_leaf_and_partial_invalidation_splits_it() {
         let mut r = rig();
         r.bind(1);
-        let entries: Vec<u64> = (0..512).map(|i| entry(FRAMES + i * PAGE_SIZE, true)).collect();
+        let entries: Vec<u64> = (0..512)
+            .map(|i| entry(FRAMES + i * PAGE_SIZE, true))
+            .collect();
         assert_eq!(r.map(1, MB2, &entries).value0, 512);
-        assert_eq!(r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(), (0, 1));
+        assert_eq!(
+            r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
+            (0, 1)
+        );
         // A hole or a different permission keeps 4 KiB leaves.
         let mut holey = entries.clone();
         holey[7] = 0;
         assert_eq!(r.map(1, 2 * MB2, &holey).value0, 511);
-        assert_eq!(r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(), (511, 1));
+        assert_eq!(
+            r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
+            (511, 1)
+        );
         r.invalidate(1, MB2 + 0x1000, 0x1000, event::UNMAP, 0);
         let e = r.counters().events[event::UNMAP as usize];
         assert_eq!(e.leaf_splits, 1);
-        assert_eq!(r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(), (511 + 511, 0));
+        assert_eq!(
+            r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
+            (511 + 511, 0)
+        );
     }
 
     #[test]
@@ -954,18 +1029,41 @@ mod tests {
     #[test]
     fn unknown_pasid_gets_bad_pasid_for_every_opcode() {
         let mut r = rig();
-        for op in [opcode::UNBIND, opcode::MAP, opcode::INVALIDATE, opcode::JOB, opcode::FAULT_FAIL] {
+        for op in [
+            opcode::UNBIND,
+            opcode::MAP,
+            opcode::INVALIDATE,
+            opcode::JOB,
+            opcode::FAULT_FAIL,
+        ] {
             for pasid in [0, 9, 65, u32::MAX] {
                 let mut c = cmd(op, pasid, 0, 0x1000);
                 c.flags = job_op::FILL;
-                let payload = if op == opcode::MAP { vec![entry(FRAMES, true)] } else { vec![] };
-                assert_eq!(r.run(&c, &payload).status, status::BAD_PASID, "op {op} pasid {pasid}");
+                let payload = if op == opcode::MAP {
+                    vec![entry(FRAMES, true)]
+                } else {
+                    vec![]
+                };
+                assert_eq!(
+                    r.run(&c, &payload).status,
+                    status::BAD_PASID,
+                    "op {op} pasid {pasid}"
+                );
             }
         }
-        assert_eq!(r.run(&cmd(opcode::BIND, 0, 0, 0), &[]).status, status::BAD_PASID);
-        assert_eq!(r.run(&cmd(opcode::BIND, 65, 0, 0), &[]).status, status::BAD_PASID);
+        assert_eq!(
+            r.run(&cmd(opcode::BIND, 0, 0, 0), &[]).status,
+            status::BAD_PASID
+        );
+        assert_eq!(
+            r.run(&cmd(opcode::BIND, 65, 0, 0), &[]).status,
+            status::BAD_PASID
+        );
         r.bind(64);
-        assert_eq!(r.run(&cmd(opcode::BIND, 64, 0, 0), &[]).status, status::BAD_PASID);
+        assert_eq!(
+            r.run(&cmd(opcode::BIND, 64, 0, 0), &[]).status,
+            status::BAD_PASID
+        );
         assert_eq!(r.counters().global.command_errors, 23);
     }
 
@@ -977,7 +1075,7 @@ mod tests {
             (0x1001, 0x1000),
             (0x1000, 0x800),
             (0x1000, 0),
-            (u64::MAX & !0xfff, 0x2000),
+            (!0xfff, 0x2000),
             (VA_LIMIT, 0x1000),
             (VA_LIMIT - 0x1000, 0x2000),
         ];
@@ -987,12 +1085,23 @@ mod tests {
             j.flags = job_op::CHECKSUM;
             assert_eq!(r.run(&j, &[]).status, status::BAD_RANGE);
             let m = cmd(opcode::MAP, 1, start, len);
-            assert_eq!(r.run(&m, &[entry(FRAMES, true); 2]).status, status::BAD_RANGE);
+            assert_eq!(
+                r.run(&m, &[entry(FRAMES, true); 2]).status,
+                status::BAD_RANGE
+            );
         }
         // Payload shorter than the range, and more pages than max_map_pages.
-        assert_eq!(r.run(&cmd(opcode::MAP, 1, 0, 0x3000), &[entry(FRAMES, true); 2]).status, status::BAD_RANGE);
+        assert_eq!(
+            r.run(&cmd(opcode::MAP, 1, 0, 0x3000), &[entry(FRAMES, true); 2])
+                .status,
+            status::BAD_RANGE
+        );
         let many = vec![entry(FRAMES, true); 513];
-        assert_eq!(r.run(&cmd(opcode::MAP, 1, 0, 513 * PAGE_SIZE), &many).status, status::BAD_RANGE);
+        assert_eq!(
+            r.run(&cmd(opcode::MAP, 1, 0, 513 * PAGE_SIZE), &many)
+                .status,
+            status::BAD_RANGE
+        );
         // Unknown event, unknown job op, bad opcode, a job above max_job_bytes.
         assert_eq!(r.invalidate(1, 0, 0x1000, 8, 0).status, status::BAD_RANGE);
         let mut j = cmd(opcode::JOB, 1, 0, 0x1000);
@@ -1041,7 +1150,10 @@ mod tests {
         assert_eq!(r.used(), vec![(none, 0), (unmapped, 0), (short, 0)]);
         // A chain whose NEXT points back at itself, and one pointing outside the table.
         let head = r.cmd_desc;
-        r.raw_chain(false, &[(cmd_at, 48, N, head + 1), (resp_at, 24, W | N, head + 1)]);
+        r.raw_chain(
+            false,
+            &[(cmd_at, 48, N, head + 1), (resp_at, 24, W | N, head + 1)],
+        );
         let head2 = r.cmd_desc;
         r.raw_chain(false, &[(cmd_at, 48, N, 500)]);
         r.mem.write_obj(0xffu32, GuestAddress(resp_at)).unwrap();
@@ -1054,7 +1166,10 @@ mod tests {
         assert_eq!(r.counters().global.command_errors, 4 + 3 + 2);
         r.bind(2);
         // COUNTERS without room for the data.
-        assert_eq!(r.run(&cmd(opcode::COUNTERS, 0, 0, 0), &[]).status, status::BAD_CHAIN);
+        assert_eq!(
+            r.run(&cmd(opcode::COUNTERS, 0, 0, 0), &[]).status,
+            status::BAD_CHAIN
+        );
     }
 
     #[test]
@@ -1067,7 +1182,10 @@ mod tests {
         r.chain(true, &[(small, 16, W)]);
         r.job(1, job_op::FILL, 0, 0x1000, 0);
         r.dev.process_command_queue();
-        assert_eq!(used_since(&r.mem, r.fault_used, &mut r.fault_seen), vec![(0, 0), (1, 0)]);
+        assert_eq!(
+            used_since(&r.mem, r.fault_used, &mut r.fault_seen),
+            vec![(0, 0), (1, 0)]
+        );
         assert_eq!(r.counters().global.command_errors, 2);
         let bufs = r.post_fault_buffers(1);
         r.dev.process_fault_queue();
@@ -1084,7 +1202,15 @@ mod tests {
         r.send(&cmd(opcode::BIND, 1, 0, 0));
         assert_eq!(r.dev.process_command_queue(), UsedQueues::default());
         assert_eq!(r.used().len(), 1);
-        assert_eq!(UsedQueues { command: true, fault: true }.queues().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            UsedQueues {
+                command: true,
+                fault: true
+            }
+            .queues()
+            .collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         r.dev.reset();
         assert!(!r.dev.is_active());
         assert!(!r.dev.mmu.is_bound(Pasid(1)));

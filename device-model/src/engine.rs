@@ -139,7 +139,8 @@ impl Job {
                         let offset = self.done + i as u64 * 8;
                         word.copy_from_slice(&(pattern ^ offset).to_le_bytes());
                     }
-                    mem.write_slice(data, gpa).map(|_| counters.bytes_written += chunk)
+                    mem.write_slice(data, gpa)
+                        .map(|_| counters.bytes_written += chunk)
                 }
                 JobOp::Checksum => mem.read_slice(data, gpa).map(|_| {
                     self.hash = fnv1a64(self.hash, data);
@@ -244,16 +245,33 @@ mod tests {
     #[test]
     fn commands_are_validated() {
         let max = 1 << 20;
-        assert_eq!(Job::from_cmd(&cmd(9, 0, 0x1000, 0), max), Err(status::BAD_JOB));
-        assert_eq!(Job::from_cmd(&cmd(job_op::FILL, 0x10, 0x1000, 0), max), Err(status::BAD_RANGE));
-        assert_eq!(Job::from_cmd(&cmd(job_op::FILL, 0, 0, 0), max), Err(status::BAD_RANGE));
-        assert_eq!(Job::from_cmd(&cmd(job_op::FILL, 0, 2 << 20, 0), max), Err(status::BAD_RANGE));
+        assert_eq!(
+            Job::from_cmd(&cmd(9, 0, 0x1000, 0), max),
+            Err(status::BAD_JOB)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0x10, 0x1000, 0), max),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0, 0, 0), max),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0, 2 << 20, 0), max),
+            Err(status::BAD_RANGE)
+        );
         assert_eq!(
             Job::from_cmd(&cmd(job_op::COPY, 0, 0x1000, (1 << 47) - 0x800), max),
             Err(status::BAD_RANGE)
         );
         let j = Job::from_cmd(&cmd(job_op::COPY, 0x1000, 0x1000, 0x123), max).unwrap();
-        assert_eq!(j.op, JobOp::Copy { source: Iova(0x123) });
+        assert_eq!(
+            j.op,
+            JobOp::Copy {
+                source: Iova(0x123)
+            }
+        );
         assert_eq!(j.id, 77);
     }
 
@@ -263,14 +281,25 @@ mod tests {
         // Two virtual pages on two non-adjacent frames.
         r.map(0x10_0000, 0x5000, true);
         r.map(0x10_1000, 0x2000, true);
-        let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0x10_0000, 0x2000, 0xabcd), 1 << 20).unwrap();
+        let mut fill =
+            Job::from_cmd(&cmd(job_op::FILL, 0x10_0000, 0x2000, 0xabcd), 1 << 20).unwrap();
         assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
         assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xabcd);
-        assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x5008)).unwrap(), 0xabcd ^ 8);
-        assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 0xabcd ^ 0x1000);
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x5008)).unwrap(),
+            0xabcd ^ 8
+        );
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x2000)).unwrap(),
+            0xabcd ^ 0x1000
+        );
         let mut expect = vec![0u8; 0x2000];
-        r.mem.read_slice(&mut expect[..0x1000], GuestAddress(0x5000)).unwrap();
-        r.mem.read_slice(&mut expect[0x1000..], GuestAddress(0x2000)).unwrap();
+        r.mem
+            .read_slice(&mut expect[..0x1000], GuestAddress(0x5000))
+            .unwrap();
+        r.mem
+            .read_slice(&mut expect[0x1000..], GuestAddress(0x2000))
+            .unwrap();
         let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0x10_0000, 0x2000, 0), 1 << 20).unwrap();
         assert_eq!(
             sum.run(&mut r.mmu, &r.mem, &mut r.c),
@@ -282,7 +311,9 @@ mod tests {
     #[test]
     fn copy_with_unaligned_source() {
         let mut r = rig();
-        r.mem.write_slice(&[7u8; 0x2000], GuestAddress(0x8000)).unwrap();
+        r.mem
+            .write_slice(&[7u8; 0x2000], GuestAddress(0x8000))
+            .unwrap();
         r.mem.write_obj(0x1122u16, GuestAddress(0x8800)).unwrap();
         r.map(0x1000, 0x8000, false);
         r.map(0x2000, 0x9000, false);
@@ -300,19 +331,28 @@ mod tests {
         let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x3000, 1), 1 << 20).unwrap();
         assert_eq!(
             fill.run(&mut r.mmu, &r.mem, &mut r.c),
-            Step::Fault { address: Iova(0x1000), write: true }
+            Step::Fault {
+                address: Iova(0x1000),
+                write: true
+            }
         );
         assert_eq!(fill.done, 0x1000);
         // Read-only is not enough for a write.
         r.map(0x1000, 0x2000, false);
         assert_eq!(
             fill.run(&mut r.mmu, &r.mem, &mut r.c),
-            Step::Fault { address: Iova(0x1000), write: true }
+            Step::Fault {
+                address: Iova(0x1000),
+                write: true
+            }
         );
         r.map(0x1000, 0x2000, true);
         r.map(0x2000, 0x3000, true);
         assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
-        assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x3ff8)).unwrap(), 1 ^ 0x2ff8);
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x3ff8)).unwrap(),
+            1 ^ 0x2ff8
+        );
         assert_eq!(r.c.bytes_written, 0x3000);
     }
 
@@ -321,9 +361,15 @@ mod tests {
         let mut r = rig();
         r.map(0, RAM + 0x1000, true);
         let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x1000, 1), 1 << 20).unwrap();
-        assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Failed(status::FAULT));
+        assert_eq!(
+            fill.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Failed(status::FAULT)
+        );
         r.mmu.unbind(Pasid(1)).unwrap();
         let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0, 0x1000, 0), 1 << 20).unwrap();
-        assert_eq!(sum.run(&mut r.mmu, &r.mem, &mut r.c), Step::Failed(status::FAULT));
+        assert_eq!(
+            sum.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Failed(status::FAULT)
+        );
     }
 }

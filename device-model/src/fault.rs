@@ -100,7 +100,11 @@ impl Faults {
                     None
                 }
                 None => {
-                    log::warn!("vgpu: fault buffer {}: {}", req.head, ChainError::WrongDirection);
+                    log::warn!(
+                        "vgpu: fault buffer {}: {}",
+                        req.head,
+                        ChainError::WrongDirection
+                    );
                     None
                 }
             };

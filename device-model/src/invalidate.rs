@@ -133,8 +133,7 @@ pub fn invalidate(
 
 /// Builds an [`Invalidation`] from a command; the error is the response status.
 pub fn parse(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
-    let range =
-        IovaRange::pages(cmd.start, cmd.length).map_err(|_| wire::status::BAD_RANGE)?;
+    let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| wire::status::BAD_RANGE)?;
     if cmd.event as usize >= wire::event::COUNT {
         return Err(wire::status::BAD_RANGE);
     }
@@ -175,8 +174,12 @@ mod tests {
     impl Rig {
         fn map(&mut self, page: u64, writable: bool) {
             let t = &mut self.mmu.space(Pasid(1)).unwrap().table;
-            t.map_page(Iova(page * PAGE_SIZE), GuestAddress(page * PAGE_SIZE), writable)
-                .unwrap();
+            t.map_page(
+                Iova(page * PAGE_SIZE),
+                GuestAddress(page * PAGE_SIZE),
+                writable,
+            )
+            .unwrap();
         }
 
         fn touch(&mut self, page: u64) {
@@ -206,9 +209,18 @@ mod tests {
         }
         // Pages 1..4 = [1] [2,3]: two requests, three entries.
         let done = r.inv(0x1000, 0x3000, event::UNMAP, false);
-        assert_eq!(done, InvalidationDone { ats_requests: 2, pages: 3 });
+        assert_eq!(
+            done,
+            InvalidationDone {
+                ats_requests: 2,
+                pages: 3
+            }
+        );
         let e = r.c.events[event::UNMAP as usize];
-        assert_eq!((e.notifications, e.ats_invalidations, e.pages_invalidated), (1, 2, 3));
+        assert_eq!(
+            (e.notifications, e.ats_invalidations, e.pages_invalidated),
+            (1, 2, 3)
+        );
         assert_eq!((e.atc_entries_dropped, e.useless_invalidations), (3, 0));
         assert_eq!(r.log.len(), 3);
         // The same again is useless.
@@ -237,8 +249,14 @@ mod tests {
         let e = r.c.events[event::SOFT_DIRTY as usize];
         assert_eq!((e.downgrades, e.atc_entries_dropped), (1, 1));
         let mut g = GlobalCounters::default();
-        assert!(r.mmu.translate(Pasid(1), Iova(0x2000), false, &mut g).is_ok());
-        assert!(r.mmu.translate(Pasid(1), Iova(0x2000), true, &mut g).is_err());
+        assert!(r
+            .mmu
+            .translate(Pasid(1), Iova(0x2000), false, &mut g)
+            .is_ok());
+        assert!(r
+            .mmu
+            .translate(Pasid(1), Iova(0x2000), true, &mut g)
+            .is_err());
     }
 
     #[test]
@@ -286,8 +304,14 @@ mod tests {
         };
         assert_eq!(parse(&cmd(0x1000, 0, 0)), Err(wire::status::BAD_RANGE));
         assert_eq!(parse(&cmd(0x1001, 0x1000, 0)), Err(wire::status::BAD_RANGE));
-        assert_eq!(parse(&cmd(u64::MAX - 0xfff, 0x2000, 0)), Err(wire::status::BAD_RANGE));
-        assert_eq!(parse(&cmd(VA_LIMIT, 0x1000, 0)), Err(wire::status::BAD_RANGE));
+        assert_eq!(
+            parse(&cmd(u64::MAX - 0xfff, 0x2000, 0)),
+            Err(wire::status::BAD_RANGE)
+        );
+        assert_eq!(
+            parse(&cmd(VA_LIMIT, 0x1000, 0)),
+            Err(wire::status::BAD_RANGE)
+        );
         assert_eq!(parse(&cmd(0, 0x1000, 8)), Err(wire::status::BAD_RANGE));
         assert!(parse(&cmd(0, 0x1000, 7)).is_ok());
     }

@@ -135,11 +135,23 @@ mod tests {
     #[test]
     fn bind_rules() {
         let mut m = mmu();
-        assert_eq!(m.bind(Pasid(0), GuestAddress(0)), Err(MmuError::CannotBind(Pasid(0))));
-        assert_eq!(m.bind(Pasid(5), GuestAddress(0)), Err(MmuError::CannotBind(Pasid(5))));
+        assert_eq!(
+            m.bind(Pasid(0), GuestAddress(0)),
+            Err(MmuError::CannotBind(Pasid(0)))
+        );
+        assert_eq!(
+            m.bind(Pasid(5), GuestAddress(0)),
+            Err(MmuError::CannotBind(Pasid(5)))
+        );
         m.bind(Pasid(4), GuestAddress(0x1000)).unwrap();
-        assert_eq!(m.bind(Pasid(4), GuestAddress(0)), Err(MmuError::CannotBind(Pasid(4))));
-        assert_eq!(m.space(Pasid(4)).unwrap().process_root, GuestAddress(0x1000));
+        assert_eq!(
+            m.bind(Pasid(4), GuestAddress(0)),
+            Err(MmuError::CannotBind(Pasid(4)))
+        );
+        assert_eq!(
+            m.space(Pasid(4)).unwrap().process_root,
+            GuestAddress(0x1000)
+        );
         assert_eq!(m.unbind(Pasid(3)), Err(MmuError::Unbound(Pasid(3))));
         assert_eq!(m.unbind(Pasid(4)), Ok(0));
         assert!(!m.is_bound(Pasid(4)));
@@ -150,20 +162,35 @@ mod tests {
         let mut m = mmu();
         let mut c = GlobalCounters::default();
         m.bind(Pasid(1), GuestAddress(0)).unwrap();
-        assert_eq!(m.translate(Pasid(1), Iova(0x1000), false, &mut c), Err(Miss::Fault));
+        assert_eq!(
+            m.translate(Pasid(1), Iova(0x1000), false, &mut c),
+            Err(Miss::Fault)
+        );
         m.space(Pasid(1))
             .unwrap()
             .table
             .map_page(Iova(0x1000), GuestAddress(0x9000), false)
             .unwrap();
-        assert_eq!(m.translate(Pasid(1), Iova(0x1008), false, &mut c), Ok(GuestAddress(0x9008)));
-        assert_eq!(m.translate(Pasid(1), Iova(0x1010), false, &mut c), Ok(GuestAddress(0x9010)));
+        assert_eq!(
+            m.translate(Pasid(1), Iova(0x1008), false, &mut c),
+            Ok(GuestAddress(0x9008))
+        );
+        assert_eq!(
+            m.translate(Pasid(1), Iova(0x1010), false, &mut c),
+            Ok(GuestAddress(0x9010))
+        );
         assert_eq!((c.atc_hits, c.atc_misses, c.page_walks), (1, 2, 2));
         // A write to a read-only page is a violation and a fault.
-        assert_eq!(m.translate(Pasid(1), Iova(0x1000), true, &mut c), Err(Miss::Fault));
+        assert_eq!(
+            m.translate(Pasid(1), Iova(0x1000), true, &mut c),
+            Err(Miss::Fault)
+        );
         assert_eq!(c.violations, 1);
         // Unbinding drops the translations, cached ones too.
         assert_eq!(m.unbind(Pasid(1)), Ok(1));
-        assert_eq!(m.translate(Pasid(1), Iova(0x1000), false, &mut c), Err(Miss::Unbound));
+        assert_eq!(
+            m.translate(Pasid(1), Iova(0x1000), false, &mut c),
+            Err(Miss::Unbound)
+        );
     }
 }

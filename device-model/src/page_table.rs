@@ -159,7 +159,12 @@ impl Node {
     fn split(huge: Pte) -> Box<Node> {
         let writable = huge.is_writable();
         let slots = (0..ENTRIES as u64)
-            .map(|i| Slot::Leaf(Pte::new(GuestAddress(huge.frame().0 + i * PAGE_SIZE), writable)))
+            .map(|i| {
+                Slot::Leaf(Pte::new(
+                    GuestAddress(huge.frame().0 + i * PAGE_SIZE),
+                    writable,
+                ))
+            })
             .collect();
         Box::new(Node {
             slots,
@@ -289,15 +294,16 @@ impl PageTable {
         size: LeafSize,
     ) -> Result<Changes, PageTableError> {
         let bytes = size.bytes();
-        if iova.0 % bytes != 0 || frame.0 % bytes != 0 {
+        if !iova.0.is_multiple_of(bytes) || !frame.0.is_multiple_of(bytes) {
             return Err(PageTableError::Unaligned { iova, gpa: frame.0 });
         }
         if IovaRange::new(iova.0, bytes).is_err() {
             return Err(PageTableError::OutOfSpace(iova));
         }
-        if self.translate(iova).is_some_and(|t| {
-            t.size == size && t.gpa(iova) == frame && t.writable == writable
-        }) {
+        if self
+            .translate(iova)
+            .is_some_and(|t| t.size == size && t.gpa(iova) == frame && t.writable == writable)
+        {
             return Ok(Changes::default());
         }
         let level = match size {
@@ -501,7 +507,9 @@ mod tests {
     fn map_and_translate_small_pages() {
         let mut pt = PageTable::new(16);
         assert_eq!(pt.translate(Iova(0x1000)), None);
-        let c = pt.map_page(Iova(0x7f00_0000_1000), GuestAddress(0x5000), true).unwrap();
+        let c = pt
+            .map_page(Iova(0x7f00_0000_1000), GuestAddress(0x5000), true)
+            .unwrap();
         assert_eq!(c, Changes { ptes: 1, splits: 0 });
         // Three tables below the root.
         assert_eq!(pt.nodes(), 3);
@@ -555,12 +563,16 @@ mod tests {
     #[test]
     fn huge_leaf_translates_whole_run() {
         let mut pt = PageTable::new(16);
-        pt.map_huge(Iova(4 * MB2), GuestAddress(2 * MB2), false).unwrap();
+        pt.map_huge(Iova(4 * MB2), GuestAddress(2 * MB2), false)
+            .unwrap();
         assert_eq!(pt.nodes(), 2);
         let t = pt.translate(Iova(4 * MB2 + 0x1_2345)).unwrap();
         assert_eq!(t.size, LeafSize::Huge);
         assert_eq!(t.base, Iova(4 * MB2));
-        assert_eq!(t.gpa(Iova(4 * MB2 + 0x1_2345)), GuestAddress(2 * MB2 + 0x1_2345));
+        assert_eq!(
+            t.gpa(Iova(4 * MB2 + 0x1_2345)),
+            GuestAddress(2 * MB2 + 0x1_2345)
+        );
         assert!(!t.writable);
         assert!(t.covers(Iova(5 * MB2 - 1)) && !t.covers(Iova(5 * MB2)));
     }
@@ -594,12 +606,20 @@ mod tests {
         assert_eq!(pt.leaf_counts(), (510, 0));
         assert_eq!(pt.translate(Iova(MB2 + 0x3000)), None);
         let t = pt.translate(Iova(MB2 + 0x5000)).unwrap();
-        assert_eq!((t.size, t.gpa(Iova(MB2 + 0x5000))), (LeafSize::Small, GuestAddress(4 * MB2 + 0x5000)));
+        assert_eq!(
+            (t.size, t.gpa(Iova(MB2 + 0x5000))),
+            (LeafSize::Small, GuestAddress(4 * MB2 + 0x5000))
+        );
         // A small map into a huge leaf splits it too.
         pt.map_huge(Iova(3 * MB2), GuestAddress(0), true).unwrap();
-        let c = pt.map_page(Iova(3 * MB2 + 0x1000), GuestAddress(0x9000), true).unwrap();
+        let c = pt
+            .map_page(Iova(3 * MB2 + 0x1000), GuestAddress(0x9000), true)
+            .unwrap();
         assert_eq!(c, Changes { ptes: 1, splits: 1 });
-        assert_eq!(pt.translate(Iova(3 * MB2)).unwrap().gpa(Iova(3 * MB2)), GuestAddress(0));
+        assert_eq!(
+            pt.translate(Iova(3 * MB2)).unwrap().gpa(Iova(3 * MB2)),
+            GuestAddress(0)
+        );
     }
 
     #[test]
@@ -633,11 +653,20 @@ mod tests {
         let mut pt = PageTable::new(16);
         pt.map_huge(Iova(0), GuestAddress(0), true).unwrap();
         pt.map_page(Iova(MB2), GuestAddress(0x7000), true).unwrap();
-        pt.map_page(Iova(MB2 + 0x1000), GuestAddress(0x8000), false).unwrap();
+        pt.map_page(Iova(MB2 + 0x1000), GuestAddress(0x8000), false)
+            .unwrap();
         let mut n = 0;
-        let c = pt.update_range(range(0x10_0000, MB2), RangeOp::Downgrade, &mut |_, _| n += 1);
+        let c = pt.update_range(range(0x10_0000, MB2), RangeOp::Downgrade, &mut |_, _| {
+            n += 1
+        });
         // The huge leaf splits; 256 of its pages plus one writable small page change.
-        assert_eq!(c, Changes { ptes: 257, splits: 1 });
+        assert_eq!(
+            c,
+            Changes {
+                ptes: 257,
+                splits: 1
+            }
+        );
         assert_eq!(n, 257);
         assert!(pt.translate(Iova(0)).unwrap().writable);
         assert!(!pt.translate(Iova(0x10_0000)).unwrap().writable);
@@ -646,7 +675,11 @@ mod tests {
         let c = pt.update_range(range(0, 2 * MB2), RangeOp::Downgrade, &mut |_, _| {});
         assert_eq!(c.ptes, 256);
         pt.map_huge(Iova(4 * MB2), GuestAddress(0), false).unwrap();
-        let c = pt.update_range(range(4 * MB2, PAGE_SIZE), RangeOp::Downgrade, &mut |_, _| {});
+        let c = pt.update_range(
+            range(4 * MB2, PAGE_SIZE),
+            RangeOp::Downgrade,
+            &mut |_, _| {},
+        );
         assert_eq!(c, Changes::default());
     }
 

@@ -8,7 +8,9 @@
 use vm_memory::ByteValued;
 
 #[cfg(not(target_endian = "little"))]
-compile_error!("the wire structs are little-endian; this device model assumes a little-endian host");
+compile_error!(
+    "the wire structs are little-endian; this device model assumes a little-endian host"
+);
 
 /// Virtio device id of the virtual GPU.
 pub const VIRTIO_ID_VGPU: u32 = 63;

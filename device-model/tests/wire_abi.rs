@@ -26,11 +26,30 @@ macro_rules! layout {
 
 fn rust_layouts() -> Vec<Layout> {
     vec![
-        layout!(wire::Config, "vgpu_config", [max_pasids, max_map_pages, atc_entries, atc_ways, fault_ahead, reserved]),
-        layout!(wire::Cmd, "vgpu_cmd", [opcode, pasid, start, length, arg0, arg1, event, flags]),
+        layout!(
+            wire::Config,
+            "vgpu_config",
+            [
+                max_pasids,
+                max_map_pages,
+                atc_entries,
+                atc_ways,
+                fault_ahead,
+                reserved
+            ]
+        ),
+        layout!(
+            wire::Cmd,
+            "vgpu_cmd",
+            [opcode, pasid, start, length, arg0, arg1, event, flags]
+        ),
         layout!(wire::Resp, "vgpu_resp", [status, reserved, value0, value1]),
         layout!(wire::MapEntry, "vgpu_map_entry", [gpa_flags]),
-        layout!(wire::Fault, "vgpu_fault", [fault_id, job_id, address, pasid, flags]),
+        layout!(
+            wire::Fault,
+            "vgpu_fault",
+            [fault_id, job_id, address, pasid, flags]
+        ),
         layout!(
             wire::EventCounters,
             "vgpu_event_counters",
@@ -97,7 +116,10 @@ fn c_constants() -> Vec<(&'static str, u64)> {
         ("VGPU_S_BUSY", u64::from(wire::status::BUSY)),
         ("VGPU_EV_COUNT", wire::event::COUNT as u64),
         ("VGPU_EV_EXCLUSIVE", u64::from(wire::event::EXCLUSIVE)),
-        ("VGPU_INV_F_RELEASE_TRACKING", u64::from(wire::INV_F_RELEASE_TRACKING)),
+        (
+            "VGPU_INV_F_RELEASE_TRACKING",
+            u64::from(wire::INV_F_RELEASE_TRACKING),
+        ),
         ("VGPU_INV_F_DOWNGRADE", u64::from(wire::INV_F_DOWNGRADE)),
         ("VGPU_MAP_F_FAULT_REPLY", u64::from(wire::MAP_F_FAULT_REPLY)),
         ("VGPU_JOB_COPY", u64::from(wire::job_op::COPY)),
@@ -174,7 +196,10 @@ fn c_header_and_rust_structs_agree() {
         for (f, off, fsize) in fields {
             let key = format!("{name}.{f}");
             if c[&key] != [*off as u64, *fsize as u64] {
-                wrong.push(format!("{key}: C (offset, size) {:?}, Rust ({off}, {fsize})", c[&key]));
+                wrong.push(format!(
+                    "{key}: C (offset, size) {:?}, Rust ({off}, {fsize})",
+                    c[&key]
+                ));
             }
         }
     }
@@ -183,6 +208,14 @@ fn c_header_and_rust_structs_agree() {
             wrong.push(format!("{n}: C {:?}, Rust {v}", c[&format!("#{n}")]));
         }
     }
-    assert!(wrong.is_empty(), "the wire ABI differs:\n{}", wrong.join("\n"));
-    println!("checked {} structs and {} constants against vgpu_wire.h", layouts.len(), consts.len());
+    assert!(
+        wrong.is_empty(),
+        "the wire ABI differs:\n{}",
+        wrong.join("\n")
+    );
+    println!(
+        "checked {} structs and {} constants against vgpu_wire.h",
+        layouts.len(),
+        consts.len()
+    );
 }
