@@ -1,1 +1,25 @@
 //! The virtual GPU's device model. It knows nothing of KVM: the VMM adapts it to its PCI bus.
+//!
+//! SPEC.md is the device interface. The parts, in the order a job meets them:
+//! [`device`] takes commands off the virtio queues ([`chain`] parses the descriptor chains),
+//! [`engine`] runs jobs page by page through [`mmu`], which asks the [`atc`] and then walks the
+//! [`page_table`] of the job's PASID; a miss becomes a device fault ([`fault`]) and the job
+//! stalls until the driver answers. [`invalidate`] applies the driver's invalidations and
+//! [`counters`] counts everything.
+
+pub mod address;
+pub mod atc;
+pub mod chain;
+pub mod config;
+pub mod counters;
+pub mod device;
+pub mod engine;
+pub mod fault;
+pub mod invalidate;
+pub mod mmu;
+pub mod page_table;
+pub mod wire;
+
+pub use config::{ConfigError, VgpuConfig};
+pub use counters::Counters;
+pub use device::{UsedQueues, VgpuDevice};

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use device_model::VgpuConfig;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -13,6 +14,7 @@ use crate::bus::{Bus, BusError};
 use crate::control::VmControl;
 use crate::devices::power::{AcpiPmPorts, I8042, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
+use crate::devices::vgpu::{VgpuHandle, VirtioVgpu};
 use crate::devices::virtio_rng::VirtioRng;
 use crate::irq_routing::{GsiRouting, KvmMsiGroup};
 use crate::memory::{self, MemoryError};
@@ -100,6 +102,7 @@ pub struct Vm {
     mem: Arc<GuestMemoryMmap>,
     vcpus: Vec<VcpuFd>,
     ctx: VcpuContext,
+    vgpu: VgpuHandle,
 }
 
 impl Vm {
@@ -167,12 +170,26 @@ impl Vm {
         let rng =
             VirtioRng::from_urandom().map_err(|e| VmError::Pci(format!("virtio-rng: {e}")))?;
         let vectors = VirtioPciDevice::msix_vectors_for(&rng);
-        let msi = KvmMsiGroup::new(routing, vectors).map_err(dev_err("virtio-rng MSI-X"))?;
+        let msi =
+            KvmMsiGroup::new(routing.clone(), vectors).map_err(dev_err("virtio-rng MSI-X"))?;
         let rng_pci = VirtioPciDevice::new(Box::new(rng), mem.clone(), Arc::new(msi))
             .map_err(|e| VmError::Pci(e.to_string()))?;
         pci.lock()
             .unwrap()
             .add_device(Arc::new(Mutex::new(rng_pci)))
+            .map_err(|e| VmError::Pci(e.to_string()))?;
+        // The virtual GPU takes the next slot. Its tunables are the defaults until the
+        // command line grows an option for them.
+        let vgpu = VirtioVgpu::new(VgpuConfig::default())
+            .map_err(|e| VmError::Pci(format!("vgpu: {e}")))?;
+        let vgpu_handle = vgpu.handle();
+        let vectors = VirtioPciDevice::msix_vectors_for(&vgpu);
+        let msi = KvmMsiGroup::new(routing, vectors).map_err(dev_err("vgpu MSI-X"))?;
+        let vgpu_pci = VirtioPciDevice::new(Box::new(vgpu), mem.clone(), Arc::new(msi))
+            .map_err(|e| VmError::Pci(e.to_string()))?;
+        pci.lock()
+            .unwrap()
+            .add_device(Arc::new(Mutex::new(vgpu_pci)))
             .map_err(|e| VmError::Pci(e.to_string()))?;
 
         let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
@@ -197,6 +214,7 @@ impl Vm {
             mem,
             vcpus,
             ctx,
+            vgpu: vgpu_handle,
         })
     }
 
@@ -205,11 +223,17 @@ impl Vm {
         self.ctx.control.clone()
     }
 
+    /// The virtual GPU, to read its counters (for the report) at any time.
+    pub fn vgpu(&self) -> VgpuHandle {
+        self.vgpu.clone()
+    }
+
     /// Starts the vCPU threads.
     pub fn start(self) -> std::io::Result<RunningVm> {
         let threads = start_vcpus(self.vcpus, self.ctx.clone())?;
         Ok(RunningVm {
             threads,
+            vgpu: self.vgpu,
             _fd: self.fd,
             _mem: self.mem,
         })
@@ -219,11 +243,17 @@ impl Vm {
 /// A VM whose vCPUs are running.
 pub struct RunningVm {
     threads: VcpuThreads,
+    vgpu: VgpuHandle,
     _fd: Arc<VmFd>,
     _mem: Arc<GuestMemoryMmap>,
 }
 
 impl RunningVm {
+    /// The virtual GPU, to read its counters (for the report) at any time.
+    pub fn vgpu(&self) -> VgpuHandle {
+        self.vgpu.clone()
+    }
+
     /// Stops the vCPU threads (the exit reason must be set).
     pub fn stop(self) {
         self.threads.stop(std::time::Duration::from_secs(2));

@@ -2,6 +2,8 @@
 
 pub mod power;
 pub mod serial;
+pub mod vgpu;
 pub mod virtio_rng;
 
+pub use vgpu::{VgpuHandle, VirtioVgpu};
 pub use virtio_rng::{RngCounters, VirtioRng};

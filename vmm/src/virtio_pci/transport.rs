@@ -88,6 +88,7 @@ fn class_of(device_type: u32) -> (u8, u8) {
         3 => (0x07, 0x80),  // console: other communication
         16 => (0x03, 0x80), // GPU: other display
         18 => (0x09, 0x80), // input: other input
+        63 => (0x03, 0x80), // the virtual GPU (device-model/SPEC.md): other display
         _ => (0xff, 0x00),  // entropy and the rest: unassigned class
     }
 }

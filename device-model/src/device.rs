@@ -1,0 +1,547 @@
+//! [`VgpuDevice`]: the virtio device logic of the virtual GPU, a single-threaded state
+//! machine driven by queue notifications.
+//!
+//! Commands are taken off the command queue in order but may complete out of order: a JOB
+//! that faults is parked with its response buffers and completes when the driver's MAP
+//! (with `MAP_F_FAULT_REPLY`) lets it finish, or FAULT_FAIL or UNBIND ends it. A stalled job
+//! never blocks later commands, which is what lets the driver's mmu-notifier invalidate a
+//! range while a job waits for its fault to be served.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
+
+use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
+use crate::atc::Atc;
+use crate::chain::{needs_interrupt, Reply, Request};
+use crate::config::{ConfigError, VgpuConfig};
+use crate::counters::Counters;
+use crate::engine::{Job, Step};
+use crate::fault::{FaultId, Faults};
+use crate::invalidate::{self, RemovalLog};
+use crate::mmu::{Mmu, MmuError};
+use crate::page_table::PageTableError;
+use crate::wire::{self, opcode, status};
+
+/// Which queues got used buffers the driver wants an interrupt for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedQueues {
+    /// The command queue (0).
+    pub command: bool,
+    /// The fault queue (1).
+    pub fault: bool,
+}
+
+impl UsedQueues {
+    /// The indices of the queues to interrupt.
+    pub fn queues(self) -> impl Iterator<Item = u16> {
+        [
+            (self.command, wire::QUEUE_COMMAND),
+            (self.fault, wire::QUEUE_FAULT),
+        ]
+        .into_iter()
+        .filter_map(|(used, q)| used.then_some(q))
+    }
+}
+
+/// A job waiting for the driver to answer its fault.
+#[derive(Debug)]
+struct Stalled {
+    job: Job,
+    reply: Reply,
+}
+
+/// A response ready to go on the command queue.
+#[derive(Debug)]
+struct Completion {
+    reply: Reply,
+    resp: wire::Resp,
+    data: Vec<u8>,
+}
+
+struct Active<M> {
+    mem: Arc<M>,
+    command: Queue,
+    fault: Queue,
+}
+
+/// The virtual GPU.
+pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
+    config: VgpuConfig,
+    mmu: Mmu,
+    log: RemovalLog,
+    faults: Faults,
+    stalled: BTreeMap<FaultId, Stalled>,
+    counters: Counters,
+    completions: Vec<Completion>,
+    active: Option<Active<M>>,
+}
+
+fn resp(status: u32, value0: u64, value1: u64) -> wire::Resp {
+    wire::Resp {
+        status,
+        reserved: 0,
+        value0,
+        value1,
+    }
+}
+
+/// Bytes of a command head.
+const CMD_SIZE: usize = std::mem::size_of::<wire::Cmd>();
+/// Bytes of a response.
+const RESP_SIZE: u64 = std::mem::size_of::<wire::Resp>() as u64;
+/// Bytes of a map entry.
+const ENTRY_SIZE: usize = std::mem::size_of::<wire::MapEntry>();
+
+impl<M: GuestMemory> VgpuDevice<M> {
+    /// A device built as `config` says, not yet activated.
+    pub fn new(config: VgpuConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let atc = Atc::new(config.atc_entries, config.atc_ways)?;
+        Ok(VgpuDevice {
+            mmu: Mmu::new(atc, config.max_pasids, config.max_table_nodes),
+            log: RemovalLog::new(config.max_removal_records),
+            faults: Faults::default(),
+            stalled: BTreeMap::new(),
+            counters: Counters::default(),
+            completions: Vec::new(),
+            active: None,
+            config,
+        })
+    }
+
+    /// How the device was built.
+    pub fn config(&self) -> &VgpuConfig {
+        &self.config
+    }
+
+    /// Reads the configuration space; bytes past its end read zero.
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let space = self.config.to_wire();
+        let bytes = space.as_slice();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| bytes.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    /// Starts the device on the driver's queues.
+    pub fn activate(&mut self, mem: Arc<M>, command: Queue, fault: Queue) {
+        self.active = Some(Active {
+            mem,
+            command,
+            fault,
+        });
+    }
+
+    /// Whether the device has queues.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Back to the state before activation: address spaces, stalled jobs and undelivered
+    /// faults are gone. The counters stay (the host reports them at the end of a run).
+    pub fn reset(&mut self) {
+        self.active = None;
+        self.mmu.clear();
+        self.log = RemovalLog::new(self.config.max_removal_records);
+        self.faults.clear();
+        self.stalled.clear();
+        self.completions.clear();
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Jobs waiting for a fault answer.
+    pub fn stalled_jobs(&self) -> usize {
+        self.stalled.len()
+    }
+
+    /// Serves every available command, then posts waiting faults.
+    pub fn process_command_queue(&mut self) -> UsedQueues {
+        let Some(mut a) = self.active.take() else {
+            return UsedQueues::default();
+        };
+        let mut used = UsedQueues::default();
+        while let Some(chain) = a.command.pop_descriptor_chain(a.mem.as_ref()) {
+            let req = Request::parse(chain);
+            self.handle(a.mem.as_ref(), &req);
+            used.command |= self.flush(&mut a);
+        }
+        used.fault = self
+            .faults
+            .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
+        let used = Self::interrupts(&mut a, used);
+        self.active = Some(a);
+        used
+    }
+
+    /// Posts waiting faults into the buffers the driver added to the fault queue.
+    pub fn process_fault_queue(&mut self) -> UsedQueues {
+        let Some(mut a) = self.active.take() else {
+            return UsedQueues::default();
+        };
+        let used = UsedQueues {
+            command: false,
+            fault: self
+                .faults
+                .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters),
+        };
+        let used = Self::interrupts(&mut a, used);
+        self.active = Some(a);
+        used
+    }
+
+    fn interrupts(a: &mut Active<M>, used: UsedQueues) -> UsedQueues {
+        UsedQueues {
+            command: used.command && needs_interrupt(&mut a.command, a.mem.as_ref()),
+            fault: used.fault && needs_interrupt(&mut a.fault, a.mem.as_ref()),
+        }
+    }
+
+    /// Writes the ready responses and returns their chains.
+    fn flush(&mut self, a: &mut Active<M>) -> bool {
+        let any = !self.completions.is_empty();
+        for c in self.completions.drain(..) {
+            let written = if c.reply.writable.is_empty() {
+                Some(0)
+            } else {
+                c.reply.write(a.mem.as_ref(), &[c.resp.as_slice(), &c.data])
+            };
+            let len = written.unwrap_or_else(|| {
+                log::warn!("vgpu: response of chain {} does not fit", c.reply.head);
+                // Malformed commands were counted when they were refused.
+                if !is_command_error(c.resp.status) {
+                    self.counters.global.command_errors += 1;
+                }
+                0
+            });
+            c.reply.complete(&mut a.command, a.mem.as_ref(), len);
+        }
+        any
+    }
+
+    fn respond(&mut self, reply: Reply, resp: wire::Resp) {
+        if is_command_error(resp.status) {
+            self.counters.global.command_errors += 1;
+        }
+        self.completions.push(Completion {
+            reply,
+            resp,
+            data: Vec::new(),
+        });
+    }
+
+    fn handle(&mut self, mem: &M, req: &Request) {
+        let reply = req.reply_to();
+        if let Some(defect) = req.defect {
+            log::warn!("vgpu: command chain {}: {defect}", req.head);
+            return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
+        }
+        if !req.can_write(mem, RESP_SIZE) {
+            // Nowhere to put a status: the chain goes back with nothing written.
+            log::warn!("vgpu: command chain {} has no response buffer", req.head);
+            self.counters.global.command_errors += 1;
+            self.completions.push(Completion {
+                reply: Reply {
+                    head: req.head,
+                    writable: Vec::new(),
+                },
+                resp: wire::Resp::default(),
+                data: Vec::new(),
+            });
+            return;
+        }
+        let max_payload = self.config.max_map_pages as usize * ENTRY_SIZE;
+        let bytes = match req.read(mem, CMD_SIZE + max_payload) {
+            Ok(b) if b.len() >= CMD_SIZE => b,
+            Ok(_) => return self.respond(reply, resp(status::BAD_CHAIN, 0, 0)),
+            Err(e) => {
+                log::warn!("vgpu: command chain {}: {e}", req.head);
+                return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
+            }
+        };
+        let mut cmd = wire::Cmd::default();
+        cmd.as_mut_slice().copy_from_slice(&bytes[..CMD_SIZE]);
+        let payload = &bytes[CMD_SIZE..];
+        let pasid = Pasid(cmd.pasid);
+        let r = match cmd.opcode {
+            opcode::BIND => match self.mmu.bind(pasid, GuestAddress(cmd.arg0)) {
+                Ok(()) => resp(status::OK, 0, 0),
+                Err(_) => resp(status::BAD_PASID, 0, 0),
+            },
+            opcode::UNBIND => self.unbind(pasid),
+            opcode::MAP => self.map(mem, &cmd, payload),
+            opcode::INVALIDATE => self.invalidate(&cmd),
+            opcode::JOB => return self.submit(mem, &cmd, reply),
+            opcode::FAULT_FAIL => self.fault_fail(pasid, FaultId(cmd.arg0), cmd.arg1),
+            opcode::COUNTERS => return self.read_counters(&cmd, req, reply),
+            other => {
+                log::warn!("vgpu: unknown opcode {other}");
+                resp(status::BAD_OPCODE, 0, 0)
+            }
+        };
+        self.respond(reply, r);
+    }
+
+    fn unbind(&mut self, pasid: Pasid) -> wire::Resp {
+        let Ok(dropped) = self.mmu.unbind(pasid) else {
+            return resp(status::BAD_PASID, 0, 0);
+        };
+        self.log.forget_pasid(pasid);
+        let orphans: Vec<FaultId> = self
+            .stalled
+            .iter()
+            .filter(|(_, s)| s.job.pasid == pasid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.faults.withdraw(id);
+            if let Some(s) = self.stalled.remove(&id) {
+                self.counters.global.jobs_failed += 1;
+                self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
+            }
+        }
+        resp(status::OK, dropped, 0)
+    }
+
+    fn invalidate(&mut self, cmd: &wire::Cmd) -> wire::Resp {
+        let inv = match invalidate::parse(cmd) {
+            Ok(inv) => inv,
+            Err(st) => return resp(st, 0, 0),
+        };
+        match invalidate::invalidate(&mut self.mmu, &mut self.log, &mut self.counters, &inv) {
+            Ok(done) => resp(status::OK, done.ats_requests, done.pages),
+            Err(MmuError::Unbound(_) | MmuError::CannotBind(_)) => resp(status::BAD_PASID, 0, 0),
+        }
+    }
+
+    fn map(&mut self, mem: &M, cmd: &wire::Cmd, payload: &[u8]) -> wire::Resp {
+        let pasid = Pasid(cmd.pasid);
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
+        let Ok(range) = IovaRange::pages(cmd.start, cmd.length) else {
+            return resp(status::BAD_RANGE, 0, 0);
+        };
+        let pages = range.len() / PAGE_SIZE;
+        if pages > u64::from(self.config.max_map_pages)
+            || payload.len() < pages as usize * ENTRY_SIZE
+        {
+            return resp(status::BAD_RANGE, 0, 0);
+        }
+        let entries: Vec<u64> = payload
+            .chunks_exact(ENTRY_SIZE)
+            .take(pages as usize)
+            .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+            .collect();
+        let (mapped, result) = self.apply_map(pasid, range.start, &entries);
+        self.counters.global.maps += 1;
+        self.counters.global.pages_mapped += mapped;
+        if let Err(e) = result {
+            log::warn!("vgpu: MAP on {pasid}: {e}");
+            return resp(status::BUSY, mapped, 0);
+        }
+        let mut resumed = 0;
+        if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
+            let id = FaultId(cmd.arg0);
+            if self.stalled.get(&id).is_some_and(|s| s.job.pasid == pasid) {
+                if let Some(s) = self.stalled.remove(&id) {
+                    resumed = 1;
+                    self.run_job(mem, s.job, s.reply);
+                }
+            } else {
+                log::debug!("vgpu: MAP answers unknown fault {} on {pasid}", id.0);
+            }
+        }
+        resp(status::OK, mapped, resumed)
+    }
+
+    /// Maps `entries` at `start`, with 2 MiB leaves where an aligned run of 512 entries maps
+    /// 512 contiguous, aligned frames with the same permission. Returns the pages mapped.
+    fn apply_map(
+        &mut self,
+        pasid: Pasid,
+        start: u64,
+        entries: &[u64],
+    ) -> (u64, Result<(), PageTableError>) {
+        let run = PAGES_PER_HUGE_PAGE as usize;
+        let mut mapped = 0;
+        let mut i = 0;
+        while i < entries.len() {
+            let va = Iova(start + i as u64 * PAGE_SIZE);
+            let e = entries[i];
+            let gpa = GuestAddress(e & wire::MAP_GPA_MASK);
+            let writable = e & wire::MAP_WRITE != 0;
+            let huge = va.0.is_multiple_of(HUGE_PAGE_SIZE)
+                && entries.len() - i >= run
+                && is_huge_run(&entries[i..i + run]);
+            let (pages, result) = if huge {
+                (
+                    PAGES_PER_HUGE_PAGE,
+                    self.map_leaf(pasid, va, gpa, writable, true),
+                )
+            } else if e & wire::MAP_VALID != 0 {
+                (1, self.map_leaf(pasid, va, gpa, writable, false))
+            } else {
+                (1, Ok(false))
+            };
+            match result {
+                Ok(true) => {
+                    mapped += pages;
+                    for p in 0..pages {
+                        self.log.forget(pasid, Iova(va.0 + p * PAGE_SIZE));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return (mapped, Err(e)),
+            }
+            i += pages as usize;
+        }
+        (mapped, Ok(()))
+    }
+
+    /// Maps one leaf; returns whether a translation was installed.
+    fn map_leaf(
+        &mut self,
+        pasid: Pasid,
+        va: Iova,
+        gpa: GuestAddress,
+        writable: bool,
+        huge: bool,
+    ) -> Result<bool, PageTableError> {
+        let Ok(space) = self.mmu.space(pasid) else {
+            return Ok(false);
+        };
+        let replaced = space.table.translate(va).is_some();
+        let changes = if huge {
+            space.table.map_huge(va, gpa, writable)?
+        } else {
+            space.table.map_page(va, gpa, writable)?
+        };
+        // Remapping a present page to another frame or permission is the driver's to
+        // invalidate first; dropping the cached copy keeps the ATC a cache of the table.
+        if replaced && changes.ptes > 0 {
+            let size = if huge { HUGE_PAGE_SIZE } else { PAGE_SIZE };
+            if let Ok(r) = IovaRange::pages(va.0, size) {
+                self.mmu.atc.invalidate_range(pasid, r);
+            }
+        }
+        Ok(true)
+    }
+
+    fn submit(&mut self, mem: &M, cmd: &wire::Cmd, reply: Reply) {
+        if !self.mmu.is_bound(Pasid(cmd.pasid)) {
+            return self.respond(reply, resp(status::BAD_PASID, 0, 0));
+        }
+        let job = match Job::from_cmd(cmd, self.config.max_job_bytes) {
+            Ok(job) => job,
+            Err(st) => return self.respond(reply, resp(st, 0, 0)),
+        };
+        if self.stalled.len() >= self.config.max_stalled_jobs {
+            self.counters.global.jobs_failed += 1;
+            return self.respond(reply, resp(status::BUSY, 0, 0));
+        }
+        self.run_job(mem, job, reply);
+    }
+
+    fn run_job(&mut self, mem: &M, mut job: Job, reply: Reply) {
+        match job.run(&mut self.mmu, mem, &mut self.counters.global) {
+            Step::Done(value) => {
+                self.counters.global.jobs_completed += 1;
+                self.respond(reply, resp(status::OK, value, job.faults));
+            }
+            Step::Failed(st) => {
+                self.counters.global.jobs_failed += 1;
+                self.respond(reply, resp(st, 0, job.faults));
+            }
+            Step::Fault { address, write } => {
+                if self.stalled.len() >= self.config.max_stalled_jobs {
+                    self.counters.global.jobs_failed += 1;
+                    return self.respond(reply, resp(status::BUSY, 0, job.faults));
+                }
+                job.faults += 1;
+                let id = self.faults.raise(
+                    job.pasid,
+                    job.id,
+                    address,
+                    write,
+                    &mut self.counters,
+                    &mut self.log,
+                );
+                self.stalled.insert(id, Stalled { job, reply });
+            }
+        }
+    }
+
+    fn fault_fail(&mut self, pasid: Pasid, id: FaultId, errno: u64) -> wire::Resp {
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
+        if self.stalled.get(&id).is_none_or(|s| s.job.pasid != pasid) {
+            return resp(status::BAD_JOB, 0, 0);
+        }
+        if let Some(s) = self.stalled.remove(&id) {
+            self.faults.withdraw(id);
+            self.counters.global.jobs_failed += 1;
+            self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
+        }
+        resp(status::OK, 0, 0)
+    }
+
+    fn read_counters(&mut self, cmd: &wire::Cmd, req: &Request, reply: Reply) {
+        let size = std::mem::size_of::<wire::Counters>() as u64;
+        if req.writable_len() < RESP_SIZE + size {
+            return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
+        }
+        let data = self.counters.to_wire().as_slice().to_vec();
+        if cmd.flags & wire::COUNTERS_F_RESET != 0 {
+            self.counters = Counters::default();
+        }
+        self.completions.push(Completion {
+            reply,
+            resp: resp(status::OK, 0, 0),
+            data,
+        });
+    }
+}
+
+/// Whether `status` refuses a malformed command (rather than reporting how a job ended).
+fn is_command_error(status: u32) -> bool {
+    matches!(
+        status,
+        status::BAD_OPCODE
+            | status::BAD_PASID
+            | status::BAD_RANGE
+            | status::BAD_CHAIN
+            | status::BAD_JOB
+    )
+}
+
+/// Whether 512 map entries describe one 2 MiB leaf: all valid, same permission, and
+/// contiguous frames starting 2 MiB aligned.
+fn is_huge_run(entries: &[u64]) -> bool {
+    let first = entries[0];
+    let base = first & wire::MAP_GPA_MASK;
+    let perm = first & (wire::MAP_VALID | wire::MAP_WRITE);
+    first & wire::MAP_VALID != 0
+        && base.is_multiple_of(HUGE_PAGE_SIZE)
+        && entries.iter().enumerate().all(|(k, &e)| {
+            e & (wire::MAP_VALID | wire::MAP_WRITE) == perm
+                && e & wire::MAP_GPA_MASK == base + k as u64 * PAGE_SIZE
+        })
+}
+
+// The end-to-end tests drive the queues the way the guest driver does; they are long
+// enough to live in their own file.
+#[cfg(test)]
+mod tests;

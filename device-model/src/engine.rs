@@ -1,0 +1,375 @@
+//! The engines: jobs that move data through guest memory at device virtual addresses,
+//! page by page through the device's translation. A job that misses a translation returns
+//! [`Step::Fault`] with its progress kept; running it again resumes where it stopped.
+
+use vm_memory::{Bytes, GuestMemory};
+
+use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::counters::GlobalCounters;
+use crate::mmu::{Miss, Mmu};
+use crate::wire::{self, job_op, status};
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// FNV-1a-64 of `bytes`, continuing from `hash`.
+pub fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOp {
+    /// Write `pattern ^ offset` at every 8-byte offset.
+    Fill {
+        /// The pattern.
+        pattern: u64,
+    },
+    /// FNV-1a-64 over the range.
+    Checksum,
+    /// Copy from `source` to the range.
+    Copy {
+        /// First source address.
+        source: Iova,
+    },
+}
+
+/// One job and its progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The address space it runs in.
+    pub pasid: Pasid,
+    /// The driver's job id (`arg1`), echoed in faults.
+    pub id: u64,
+    /// What it does.
+    pub op: JobOp,
+    /// The range it writes (FILL, COPY) or reads (CHECKSUM).
+    pub range: IovaRange,
+    /// Bytes done.
+    pub done: u64,
+    /// Running checksum.
+    hash: u64,
+    /// Device faults taken so far.
+    pub faults: u64,
+}
+
+/// Where a job stands after running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Finished; the response's `value0`.
+    Done(u64),
+    /// Stalled on a missing or read-only translation of `address`.
+    Fault {
+        /// The faulting address.
+        address: Iova,
+        /// Whether the access was a write.
+        write: bool,
+    },
+    /// Ended with this status.
+    Failed(u32),
+}
+
+impl Job {
+    /// Builds a job from a JOB command; the error is the response status.
+    pub fn from_cmd(cmd: &wire::Cmd, max_bytes: u64) -> Result<Job, u32> {
+        let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| status::BAD_RANGE)?;
+        if range.len() > max_bytes {
+            return Err(status::BAD_RANGE);
+        }
+        let op = match cmd.flags {
+            job_op::FILL => JobOp::Fill { pattern: cmd.arg0 },
+            job_op::CHECKSUM => JobOp::Checksum,
+            job_op::COPY => {
+                // The source may have any alignment, but must lie in the address space.
+                IovaRange::new(cmd.arg0, cmd.length).map_err(|_| status::BAD_RANGE)?;
+                JobOp::Copy {
+                    source: Iova(cmd.arg0),
+                }
+            }
+            _ => return Err(status::BAD_JOB),
+        };
+        Ok(Job {
+            pasid: Pasid(cmd.pasid),
+            id: cmd.arg1,
+            op,
+            range,
+            done: 0,
+            hash: FNV_OFFSET_BASIS,
+            faults: 0,
+        })
+    }
+
+    /// Runs until the job ends or faults.
+    pub fn run<M: GuestMemory>(
+        &mut self,
+        mmu: &mut Mmu,
+        mem: &M,
+        counters: &mut GlobalCounters,
+    ) -> Step {
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        while self.done < self.range.len() {
+            let dst = Iova(self.range.start + self.done);
+            let mut chunk = (PAGE_SIZE - dst.page_offset()).min(self.range.len() - self.done);
+            // Translate everything a chunk needs before touching memory, so a fault leaves
+            // the chunk undone and the job resumes at its start.
+            let src = match self.op {
+                JobOp::Copy { source } => {
+                    let src = Iova(source.0 + self.done);
+                    chunk = chunk.min(PAGE_SIZE - src.page_offset());
+                    match self.translate(mmu, src, false, counters) {
+                        Ok(gpa) => Some(gpa),
+                        Err(step) => return step,
+                    }
+                }
+                _ => None,
+            };
+            let write = !matches!(self.op, JobOp::Checksum);
+            let gpa = match self.translate(mmu, dst, write, counters) {
+                Ok(gpa) => gpa,
+                Err(step) => return step,
+            };
+            let data = &mut buf[..chunk as usize];
+            let moved = match self.op {
+                JobOp::Fill { pattern } => {
+                    for (i, word) in data.chunks_exact_mut(8).enumerate() {
+                        let offset = self.done + i as u64 * 8;
+                        word.copy_from_slice(&(pattern ^ offset).to_le_bytes());
+                    }
+                    mem.write_slice(data, gpa)
+                        .map(|_| counters.bytes_written += chunk)
+                }
+                JobOp::Checksum => mem.read_slice(data, gpa).map(|_| {
+                    self.hash = fnv1a64(self.hash, data);
+                    counters.bytes_read += chunk;
+                }),
+                JobOp::Copy { .. } => src
+                    .map_or(Ok(()), |s| mem.read_slice(data, s))
+                    .and_then(|_| mem.write_slice(data, gpa))
+                    .map(|_| {
+                        counters.bytes_read += chunk;
+                        counters.bytes_written += chunk;
+                    }),
+            };
+            if let Err(e) = moved {
+                // The driver mapped a frame that is not guest RAM.
+                log::warn!("vgpu: job {} at {dst}: guest memory: {e}", self.id);
+                return Step::Failed(status::FAULT);
+            }
+            self.done += chunk;
+        }
+        Step::Done(match self.op {
+            JobOp::Checksum => self.hash,
+            _ => 0,
+        })
+    }
+
+    fn translate(
+        &self,
+        mmu: &mut Mmu,
+        iova: Iova,
+        write: bool,
+        counters: &mut GlobalCounters,
+    ) -> Result<vm_memory::GuestAddress, Step> {
+        mmu.translate(self.pasid, iova, write, counters)
+            .map_err(|miss| match miss {
+                Miss::Fault => Step::Fault {
+                    address: iova.page_base(),
+                    write,
+                },
+                Miss::Unbound => Step::Failed(status::FAULT),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::atc::Atc;
+
+    const RAM: u64 = 0x40_0000;
+
+    struct Rig {
+        mmu: Mmu,
+        mem: GuestMemoryMmap,
+        c: GlobalCounters,
+    }
+
+    fn rig() -> Rig {
+        let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 2, 64);
+        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
+        Rig {
+            mmu,
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
+            c: GlobalCounters::default(),
+        }
+    }
+
+    impl Rig {
+        /// Maps virtual page `va` to guest frame `gpa`.
+        fn map(&mut self, va: u64, gpa: u64, writable: bool) {
+            self.mmu
+                .space(Pasid(1))
+                .unwrap()
+                .table
+                .map_page(Iova(va), GuestAddress(gpa), writable)
+                .unwrap();
+        }
+    }
+
+    fn cmd(op: u32, start: u64, length: u64, arg0: u64) -> wire::Cmd {
+        wire::Cmd {
+            opcode: wire::opcode::JOB,
+            pasid: 1,
+            start,
+            length,
+            arg0,
+            arg1: 77,
+            flags: op,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv1a64(FNV_OFFSET_BASIS, b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(FNV_OFFSET_BASIS, b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(FNV_OFFSET_BASIS, b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn commands_are_validated() {
+        let max = 1 << 20;
+        assert_eq!(
+            Job::from_cmd(&cmd(9, 0, 0x1000, 0), max),
+            Err(status::BAD_JOB)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0x10, 0x1000, 0), max),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0, 0, 0), max),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::FILL, 0, 2 << 20, 0), max),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&cmd(job_op::COPY, 0, 0x1000, (1 << 47) - 0x800), max),
+            Err(status::BAD_RANGE)
+        );
+        let j = Job::from_cmd(&cmd(job_op::COPY, 0x1000, 0x1000, 0x123), max).unwrap();
+        assert_eq!(
+            j.op,
+            JobOp::Copy {
+                source: Iova(0x123)
+            }
+        );
+        assert_eq!(j.id, 77);
+    }
+
+    #[test]
+    fn fill_then_checksum_through_guest_memory() {
+        let mut r = rig();
+        // Two virtual pages on two non-adjacent frames.
+        r.map(0x10_0000, 0x5000, true);
+        r.map(0x10_1000, 0x2000, true);
+        let mut fill =
+            Job::from_cmd(&cmd(job_op::FILL, 0x10_0000, 0x2000, 0xabcd), 1 << 20).unwrap();
+        assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
+        assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xabcd);
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x5008)).unwrap(),
+            0xabcd ^ 8
+        );
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x2000)).unwrap(),
+            0xabcd ^ 0x1000
+        );
+        let mut expect = vec![0u8; 0x2000];
+        r.mem
+            .read_slice(&mut expect[..0x1000], GuestAddress(0x5000))
+            .unwrap();
+        r.mem
+            .read_slice(&mut expect[0x1000..], GuestAddress(0x2000))
+            .unwrap();
+        let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0x10_0000, 0x2000, 0), 1 << 20).unwrap();
+        assert_eq!(
+            sum.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Done(fnv1a64(FNV_OFFSET_BASIS, &expect))
+        );
+        assert_eq!((r.c.bytes_written, r.c.bytes_read), (0x2000, 0x2000));
+    }
+
+    #[test]
+    fn copy_with_unaligned_source() {
+        let mut r = rig();
+        r.mem
+            .write_slice(&[7u8; 0x2000], GuestAddress(0x8000))
+            .unwrap();
+        r.mem.write_obj(0x1122u16, GuestAddress(0x8800)).unwrap();
+        r.map(0x1000, 0x8000, false);
+        r.map(0x2000, 0x9000, false);
+        r.map(0x4000, 0xc000, true);
+        let mut copy = Job::from_cmd(&cmd(job_op::COPY, 0x4000, 0x1000, 0x1800), 1 << 20).unwrap();
+        assert_eq!(copy.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
+        assert_eq!(r.mem.read_obj::<u16>(GuestAddress(0xc000)).unwrap(), 0x1122);
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0xcfff)).unwrap(), 7);
+    }
+
+    #[test]
+    fn fault_then_resume_keeps_progress() {
+        let mut r = rig();
+        r.map(0, 0x1000, true);
+        let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x3000, 1), 1 << 20).unwrap();
+        assert_eq!(
+            fill.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Fault {
+                address: Iova(0x1000),
+                write: true
+            }
+        );
+        assert_eq!(fill.done, 0x1000);
+        // Read-only is not enough for a write.
+        r.map(0x1000, 0x2000, false);
+        assert_eq!(
+            fill.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Fault {
+                address: Iova(0x1000),
+                write: true
+            }
+        );
+        r.map(0x1000, 0x2000, true);
+        r.map(0x2000, 0x3000, true);
+        assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
+        assert_eq!(
+            r.mem.read_obj::<u64>(GuestAddress(0x3ff8)).unwrap(),
+            1 ^ 0x2ff8
+        );
+        assert_eq!(r.c.bytes_written, 0x3000);
+    }
+
+    #[test]
+    fn bad_frame_or_lost_pasid_fails() {
+        let mut r = rig();
+        r.map(0, RAM + 0x1000, true);
+        let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x1000, 1), 1 << 20).unwrap();
+        assert_eq!(
+            fill.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Failed(status::FAULT)
+        );
+        r.mmu.unbind(Pasid(1)).unwrap();
+        let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0, 0x1000, 0), 1 << 20).unwrap();
+        assert_eq!(
+            sum.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Failed(status::FAULT)
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The INVALIDATE command: apply the driver's mmu-notifier event to the page table (drop or
+//! downgrade), ATS-invalidate the ATC, count per event, and remember which event removed
+//! each page's translation so a later fault on it counts as a refault of that event.
+//!
+//! The device is single-threaded and jobs translate page by page between commands, so when
+//! this returns no engine can use an old translation: the command completes at once.
+
+use std::collections::HashMap;
+
+use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::counters::Counters;
+use crate::mmu::{Mmu, MmuError};
+use crate::page_table::{LeafSize, RangeOp};
+use crate::wire;
+
+/// One INVALIDATE, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Invalidation {
+    /// The address space.
+    pub pasid: Pasid,
+    /// The range.
+    pub range: IovaRange,
+    /// The mmu-notifier event, below [`wire::event::COUNT`].
+    pub event: u32,
+    /// Remove write permission only.
+    pub downgrade: bool,
+}
+
+/// What the response reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvalidationDone {
+    /// ATS invalidation requests issued.
+    pub ats_requests: u64,
+    /// Pages covered.
+    pub pages: u64,
+}
+
+/// Which event last removed the translation of a page, per (PASID, page number).
+#[derive(Debug, Default)]
+pub struct RemovalLog {
+    removed: HashMap<(Pasid, u64), u32>,
+    capacity: usize,
+}
+
+impl RemovalLog {
+    /// A log of at most `capacity` pages; pages past it are not remembered.
+    pub fn new(capacity: usize) -> Self {
+        RemovalLog {
+            removed: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn record(&mut self, pasid: Pasid, base: Iova, size: LeafSize, event: u32) {
+        for page in (0..size.bytes()).step_by(PAGE_SIZE as usize) {
+            let key = (pasid, Iova(base.0 + page).page_number());
+            if self.removed.len() >= self.capacity && !self.removed.contains_key(&key) {
+                log::debug!("vgpu: removal log full, refaults are undercounted");
+                return;
+            }
+            self.removed.insert(key, event);
+        }
+    }
+
+    /// The page was mapped again: a later fault on it is not a refault.
+    pub fn forget(&mut self, pasid: Pasid, page: Iova) {
+        self.removed.remove(&(pasid, page.page_number()));
+    }
+
+    /// Takes the event that removed `page`'s translation, if one did.
+    pub fn take(&mut self, pasid: Pasid, page: Iova) -> Option<u32> {
+        self.removed.remove(&(pasid, page.page_number()))
+    }
+
+    /// Forgets everything about `pasid`.
+    pub fn forget_pasid(&mut self, pasid: Pasid) {
+        self.removed.retain(|(p, _), _| *p != pasid);
+    }
+
+    /// Pages remembered.
+    pub fn len(&self) -> usize {
+        self.removed.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty()
+    }
+}
+
+/// Applies `inv`: page table first, then the ATC, so no walk after this can see the old
+/// translation.
+pub fn invalidate(
+    mmu: &mut Mmu,
+    log: &mut RemovalLog,
+    counters: &mut Counters,
+    inv: &Invalidation,
+) -> Result<InvalidationDone, MmuError> {
+    let space = mmu.space(inv.pasid)?;
+    let op = if inv.downgrade {
+        RangeOp::Downgrade
+    } else {
+        RangeOp::Drop
+    };
+    let changes = space.table.update_range(inv.range, op, &mut |base, size| {
+        log.record(inv.pasid, base, size, inv.event)
+    });
+    let (ats_requests, dropped, whole_pasid) = if inv.range.is_everything() {
+        (0, mmu.atc.invalidate_pasid(inv.pasid), 1)
+    } else {
+        let r = mmu.atc.invalidate_range(inv.pasid, inv.range);
+        (r.requests, r.dropped, 0)
+    };
+    let pages = inv.range.len() / PAGE_SIZE;
+    let e = counters.event(inv.event);
+    e.notifications += 1;
+    e.ats_invalidations += ats_requests;
+    e.pasid_invalidations += whole_pasid;
+    e.pages_invalidated += pages;
+    e.atc_entries_dropped += dropped;
+    e.leaf_splits += changes.splits;
+    if inv.downgrade {
+        e.downgrades += 1;
+    }
+    if dropped == 0 && changes.ptes == 0 {
+        e.useless_invalidations += 1;
+    }
+    Ok(InvalidationDone {
+        ats_requests,
+        pages,
+    })
+}
+
+/// Builds an [`Invalidation`] from a command; the error is the response status.
+pub fn parse(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
+    let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| wire::status::BAD_RANGE)?;
+    if cmd.event as usize >= wire::event::COUNT {
+        return Err(wire::status::BAD_RANGE);
+    }
+    Ok(Invalidation {
+        pasid: Pasid(cmd.pasid),
+        range,
+        event: cmd.event,
+        downgrade: cmd.flags & wire::INV_F_DOWNGRADE != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::address::{HUGE_PAGE_SIZE, VA_LIMIT};
+    use crate::atc::Atc;
+    use crate::counters::GlobalCounters;
+    use crate::wire::event;
+
+    struct Rig {
+        mmu: Mmu,
+        log: RemovalLog,
+        c: Counters,
+    }
+
+    fn rig() -> Rig {
+        let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 4, 64);
+        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
+        Rig {
+            mmu,
+            log: RemovalLog::new(4096),
+            c: Counters::default(),
+        }
+    }
+
+    impl Rig {
+        fn map(&mut self, page: u64, writable: bool) {
+            let t = &mut self.mmu.space(Pasid(1)).unwrap().table;
+            t.map_page(
+                Iova(page * PAGE_SIZE),
+                GuestAddress(page * PAGE_SIZE),
+                writable,
+            )
+            .unwrap();
+        }
+
+        fn touch(&mut self, page: u64) {
+            let mut g = GlobalCounters::default();
+            self.mmu
+                .translate(Pasid(1), Iova(page * PAGE_SIZE), false, &mut g)
+                .unwrap();
+        }
+
+        fn inv(&mut self, start: u64, len: u64, event: u32, downgrade: bool) -> InvalidationDone {
+            let inv = Invalidation {
+                pasid: Pasid(1),
+                range: IovaRange::pages(start, len).unwrap(),
+                event,
+                downgrade,
+            };
+            invalidate(&mut self.mmu, &mut self.log, &mut self.c, &inv).unwrap()
+        }
+    }
+
+    #[test]
+    fn drop_counts_requests_pages_and_entries() {
+        let mut r = rig();
+        for p in 1..4 {
+            r.map(p, true);
+            r.touch(p);
+        }
+        // Pages 1..4 = [1] [2,3]: two requests, three entries.
+        let done = r.inv(0x1000, 0x3000, event::UNMAP, false);
+        assert_eq!(
+            done,
+            InvalidationDone {
+                ats_requests: 2,
+                pages: 3
+            }
+        );
+        let e = r.c.events[event::UNMAP as usize];
+        assert_eq!(
+            (e.notifications, e.ats_invalidations, e.pages_invalidated),
+            (1, 2, 3)
+        );
+        assert_eq!((e.atc_entries_dropped, e.useless_invalidations), (3, 0));
+        assert_eq!(r.log.len(), 3);
+        // The same again is useless.
+        r.inv(0x1000, 0x3000, event::UNMAP, false);
+        assert_eq!(r.c.events[0].useless_invalidations, 1);
+        assert_eq!(r.c.events[0].notifications, 2);
+    }
+
+    #[test]
+    fn a_pte_change_alone_is_not_useless() {
+        let mut r = rig();
+        r.map(7, true);
+        r.inv(0x7000, 0x1000, event::CLEAR, false);
+        let e = r.c.events[event::CLEAR as usize];
+        assert_eq!((e.atc_entries_dropped, e.useless_invalidations), (0, 0));
+        assert_eq!(r.log.take(Pasid(1), Iova(0x7000)), Some(event::CLEAR));
+        assert_eq!(r.log.take(Pasid(1), Iova(0x7000)), None);
+    }
+
+    #[test]
+    fn downgrade_keeps_read_and_counts() {
+        let mut r = rig();
+        r.map(2, true);
+        r.touch(2);
+        r.inv(0x2000, 0x1000, event::SOFT_DIRTY, true);
+        let e = r.c.events[event::SOFT_DIRTY as usize];
+        assert_eq!((e.downgrades, e.atc_entries_dropped), (1, 1));
+        let mut g = GlobalCounters::default();
+        assert!(r
+            .mmu
+            .translate(Pasid(1), Iova(0x2000), false, &mut g)
+            .is_ok());
+        assert!(r
+            .mmu
+            .translate(Pasid(1), Iova(0x2000), true, &mut g)
+            .is_err());
+    }
+
+    #[test]
+    fn partial_huge_invalidation_splits_and_whole_space_is_one_pasid_invalidation() {
+        let mut r = rig();
+        r.mmu
+            .space(Pasid(1))
+            .unwrap()
+            .table
+            .map_huge(Iova(HUGE_PAGE_SIZE), GuestAddress(0), true)
+            .unwrap();
+        r.inv(HUGE_PAGE_SIZE, 0x1000, event::PROTECTION_VMA, true);
+        assert_eq!(r.c.events[event::PROTECTION_VMA as usize].leaf_splits, 1);
+        let done = r.inv(0, VA_LIMIT, event::RELEASE, false);
+        assert_eq!(done.ats_requests, 0);
+        let e = r.c.events[event::RELEASE as usize];
+        assert_eq!((e.pasid_invalidations, e.ats_invalidations), (1, 0));
+        assert_eq!(e.pages_invalidated, VA_LIMIT / PAGE_SIZE);
+        // The 512 pages of the split leaf are remembered for refault counting.
+        assert_eq!(r.log.len(), 512);
+        r.log.forget_pasid(Pasid(1));
+        assert!(r.log.is_empty());
+    }
+
+    #[test]
+    fn unknown_pasid_and_bad_commands() {
+        let mut r = rig();
+        let inv = Invalidation {
+            pasid: Pasid(2),
+            range: IovaRange::pages(0, 0x1000).unwrap(),
+            event: 0,
+            downgrade: false,
+        };
+        assert_eq!(
+            invalidate(&mut r.mmu, &mut r.log, &mut r.c, &inv),
+            Err(MmuError::Unbound(Pasid(2)))
+        );
+        let cmd = |start, length, event| wire::Cmd {
+            opcode: wire::opcode::INVALIDATE,
+            pasid: 1,
+            start,
+            length,
+            event,
+            ..Default::default()
+        };
+        assert_eq!(parse(&cmd(0x1000, 0, 0)), Err(wire::status::BAD_RANGE));
+        assert_eq!(parse(&cmd(0x1001, 0x1000, 0)), Err(wire::status::BAD_RANGE));
+        assert_eq!(
+            parse(&cmd(u64::MAX - 0xfff, 0x2000, 0)),
+            Err(wire::status::BAD_RANGE)
+        );
+        assert_eq!(
+            parse(&cmd(VA_LIMIT, 0x1000, 0)),
+            Err(wire::status::BAD_RANGE)
+        );
+        assert_eq!(parse(&cmd(0, 0x1000, 8)), Err(wire::status::BAD_RANGE));
+        assert!(parse(&cmd(0, 0x1000, 7)).is_ok());
+    }
+
+    #[test]
+    fn removal_log_is_bounded() {
+        let mut log = RemovalLog::new(2);
+        log.record(Pasid(1), Iova(0), LeafSize::Huge, 0);
+        assert_eq!(log.len(), 2);
+        log.forget(Pasid(1), Iova(0));
+        assert_eq!(log.len(), 1);
+    }
+}

@@ -1,0 +1,289 @@
+//! The virtual GPU (virtio type 63) on the virtio-pci transport.
+//!
+//! All device logic lives in `device_model::VgpuDevice`; this adapter hands it the queues
+//! at activation, forwards notifications, and raises the MSI-X interrupts the device asks
+//! for. The device sits behind a mutex shared with a [`VgpuHandle`], so the run code can
+//! read its counters for the report after the guest is done.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use device_model::wire::{
+    COMMAND_QUEUE_SIZE, FAULT_QUEUE_SIZE, QUEUE_COMMAND, QUEUE_FAULT, VIRTIO_ID_VGPU,
+};
+use device_model::{ConfigError, Counters, UsedQueues, VgpuConfig, VgpuDevice};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use crate::virtio_pci::{ActivateError, VirtioDevice, VirtioInterrupt};
+
+/// Queue sizes: the command queue, then the fault queue.
+const QUEUE_SIZES: [u16; 2] = [COMMAND_QUEUE_SIZE, FAULT_QUEUE_SIZE];
+
+/// A shared handle on the device, for reading its counters from outside the vCPU threads.
+#[derive(Clone)]
+pub struct VgpuHandle(Arc<Mutex<VgpuDevice>>);
+
+impl VgpuHandle {
+    /// A snapshot of the device's counters (they survive device resets).
+    pub fn counters(&self) -> Counters {
+        self.lock().counters()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VgpuDevice> {
+        // A panic while holding the lock cannot leave the counters half-written in a way
+        // that matters for a report, so a poisoned lock is still read.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The virtio-pci face of the virtual GPU.
+pub struct VirtioVgpu {
+    device: VgpuHandle,
+    interrupt: Option<VirtioInterrupt>,
+    acked_features: u64,
+}
+
+impl VirtioVgpu {
+    /// A virtual GPU built as `config` says.
+    pub fn new(config: VgpuConfig) -> Result<Self, ConfigError> {
+        Ok(VirtioVgpu {
+            device: VgpuHandle(Arc::new(Mutex::new(VgpuDevice::new(config)?))),
+            interrupt: None,
+            acked_features: 0,
+        })
+    }
+
+    /// The handle to read counters with.
+    pub fn handle(&self) -> VgpuHandle {
+        self.device.clone()
+    }
+
+    /// Features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn signal(&self, used: UsedQueues) {
+        let Some(irq) = &self.interrupt else {
+            return;
+        };
+        for q in used.queues() {
+            irq.signal_used_queue(q);
+        }
+    }
+}
+
+impl VirtioDevice for VirtioVgpu {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VGPU
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.device.lock().read_config(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "vgpu: ignoring write of {} bytes to the read-only config at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError> {
+        let [command, fault]: [Queue; 2] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
+                    expected: QUEUE_SIZES.len(),
+                    got: q.len(),
+                })?;
+        let mut dev = self.device.lock();
+        dev.activate(mem, command, fault);
+        // Fault buffers may have been posted before DRIVER_OK; nothing is waiting yet, but
+        // serving both queues once keeps activation and notification on one path.
+        let used = dev.process_command_queue();
+        drop(dev);
+        self.interrupt = Some(interrupt);
+        self.signal(used);
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue_index: u16) {
+        let used = {
+            let mut dev = self.device.lock();
+            match queue_index {
+                QUEUE_COMMAND => dev.process_command_queue(),
+                QUEUE_FAULT => dev.process_fault_queue(),
+                other => {
+                    log::warn!("vgpu: notify of absent queue {other}");
+                    return;
+                }
+            }
+        };
+        self.signal(used);
+    }
+
+    fn reset(&mut self) {
+        self.device.lock().reset();
+        self.interrupt = None;
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use device_model::wire;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::pci::msix::testing::RecordingGroup;
+    use crate::pci::msix::{MsixConfig, MSIX_ENABLE};
+
+    const CMD_RINGS: (u64, u64, u64) = (0x1000, 0x2000, 0x3000);
+    const FAULT_RINGS: (u64, u64, u64) = (0x4000, 0x5000, 0x6000);
+    const QSIZE: u16 = 16;
+    const MEM_SIZE: usize = 0x40000;
+
+    fn queue(mem: &GuestMemoryMmap, max: u16, (desc, avail, used): (u64, u64, u64)) -> Queue {
+        let mut q = Queue::new(max).unwrap();
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(desc as u32), Some(0));
+        q.set_avail_ring_address(Some(avail as u32), Some(0));
+        q.set_used_ring_address(Some(used as u32), Some(0));
+        q.set_ready(true);
+        assert!(q.is_valid(mem));
+        q
+    }
+
+    fn desc(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(table + u64::from(i) * 16))
+            .unwrap();
+    }
+
+    fn offer(mem: &GuestMemoryMmap, avail: u64, slot: u16, head: u16) {
+        mem.write_obj(head, GuestAddress(avail + 4 + u64::from(slot) * 2))
+            .unwrap();
+        mem.write_obj(slot + 1, GuestAddress(avail + 2)).unwrap();
+    }
+
+    #[test]
+    fn identity_and_config() {
+        let v = VirtioVgpu::new(VgpuConfig::default()).unwrap();
+        assert_eq!(v.device_type(), 63);
+        assert_eq!(v.queue_max_sizes(), &[128, 64]);
+        assert_eq!(v.features(), 0);
+        let mut b = [0u8; 4];
+        v.read_config(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 64);
+        v.read_config(12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 8);
+        v.read_config(0x100, &mut b);
+        assert_eq!(b, [0; 4]);
+        assert!(VirtioVgpu::new(VgpuConfig {
+            atc_ways: 0,
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn commands_and_faults_raise_interrupts() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let irq = Arc::new(RecordingGroup::default());
+        let mut msix = MsixConfig::new(3, irq.clone()).unwrap();
+        msix.set_message_control(MSIX_ENABLE);
+        for v in 0..3u64 {
+            msix.write_table(v * 16 + 12, &0u32.to_le_bytes());
+        }
+        let interrupt = VirtioInterrupt::new(Arc::new(Mutex::new(msix)), 2);
+        interrupt.set_queue_vector(0, 1);
+        interrupt.set_queue_vector(1, 2);
+        let mut v = VirtioVgpu::new(VgpuConfig::default()).unwrap();
+        assert_eq!(
+            v.activate(mem.clone(), vec![], interrupt.clone()),
+            Err(ActivateError::QueueCount {
+                expected: 2,
+                got: 0
+            })
+        );
+        let queues = vec![queue(&mem, 128, CMD_RINGS), queue(&mem, 64, FAULT_RINGS)];
+        v.activate(mem.clone(), queues, interrupt).unwrap();
+        let handle = v.handle();
+
+        let w = VRING_DESC_F_WRITE as u16;
+        let n = VRING_DESC_F_NEXT as u16;
+        let send = |slot: u16, c: wire::Cmd| {
+            let base = 0x10000 + u64::from(slot) * 0x100;
+            mem.write_obj(c, GuestAddress(base)).unwrap();
+            desc(&mem, CMD_RINGS.0, slot * 2, base, 48, n, slot * 2 + 1);
+            desc(&mem, CMD_RINGS.0, slot * 2 + 1, base + 0x80, 24, w, 0);
+            offer(&mem, CMD_RINGS.1, slot, slot * 2);
+            base + 0x80
+        };
+        let bind = send(
+            0,
+            wire::Cmd {
+                opcode: wire::opcode::BIND,
+                pasid: 1,
+                ..Default::default()
+            },
+        );
+        v.queue_notify(0);
+        assert_eq!(
+            mem.read_obj::<wire::Resp>(GuestAddress(bind))
+                .unwrap()
+                .status,
+            0
+        );
+        assert_eq!(irq.take_triggers(), vec![1]);
+        // A job on an unmapped page faults: no completion, a fault once a buffer is posted.
+        send(
+            1,
+            wire::Cmd {
+                opcode: wire::opcode::JOB,
+                pasid: 1,
+                length: 0x1000,
+                flags: wire::job_op::CHECKSUM,
+                ..Default::default()
+            },
+        );
+        v.queue_notify(0);
+        assert!(irq.take_triggers().is_empty());
+        desc(&mem, FAULT_RINGS.0, 0, 0x20000, 32, w, 0);
+        offer(&mem, FAULT_RINGS.1, 0, 0);
+        v.queue_notify(1);
+        assert_eq!(irq.take_triggers(), vec![2]);
+        let f: wire::Fault = mem.read_obj(GuestAddress(0x20000)).unwrap();
+        assert_eq!((f.pasid, f.address, f.flags), (1, 0, 0));
+        v.queue_notify(5);
+        assert_eq!(handle.counters().global.device_faults, 1);
+        v.reset();
+        v.queue_notify(0);
+        assert!(irq.take_triggers().is_empty());
+        assert_eq!(handle.counters().global.device_faults, 1);
+    }
+}
