@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::uapi::{self, RawCounters, VgpuBind, VgpuJob};
+use crate::uapi::{self, Counters, VgpuBind, VgpuJob};
 
 /// The device file.
 pub const DEVICE_PATH: &str = "/dev/vgpu0";
@@ -65,8 +65,8 @@ impl Vgpu {
     }
 
     /// The device's counters now.
-    pub fn counters(&self) -> io::Result<RawCounters> {
-        let mut c = RawCounters::default();
+    pub fn counters(&self) -> io::Result<Counters> {
+        let mut c = Counters::default();
         ioctl(&self.file, uapi::IOC_COUNTERS, &mut c)
             .map_err(|e| annotate(e, "VGPU_IOC_COUNTERS"))?;
         Ok(c)

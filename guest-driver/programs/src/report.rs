@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::uapi::RawCounters;
+use device_model::wire::{EventCounters, GlobalCounters};
+use vm_memory::ByteValued;
+
+use crate::uapi::Counters;
 
 /// The mmu-notifier events, in the device's counter order (the kernel's enum order).
 pub const EVENTS: [&str; 8] = [
@@ -17,79 +20,70 @@ pub const EVENTS: [&str; 8] = [
     "EXCLUSIVE",
 ];
 
-/// The per-event counters, in `struct vgpu_event_counters` order.
-pub const EVENT_FIELDS: [&str; 9] = [
-    "notifications",
-    "ats_invalidations",
-    "pasid_invalidations",
-    "pages_invalidated",
-    "atc_entries_dropped",
-    "useless_invalidations",
-    "refaults",
-    "downgrades",
-    "leaf_splits",
-];
+/// The per-event counters by name (the JSON keys of each event).
+pub fn event_fields(e: &EventCounters) -> [(&'static str, u64); 9] {
+    [
+        ("notifications", e.notifications),
+        ("ats_invalidations", e.ats_invalidations),
+        ("pasid_invalidations", e.pasid_invalidations),
+        ("pages_invalidated", e.pages_invalidated),
+        ("atc_entries_dropped", e.atc_entries_dropped),
+        ("useless_invalidations", e.useless_invalidations),
+        ("refaults", e.refaults),
+        ("downgrades", e.downgrades),
+        ("leaf_splits", e.leaf_splits),
+    ]
+}
 
-/// u64 slots per event in `struct vgpu_counters`.
-const EVENT_STRIDE: usize = 16;
-
-/// The global counters, in `struct vgpu_global_counters` order.
-pub const GLOBAL_FIELDS: [&str; 12] = [
-    "device_faults",
-    "jobs_completed",
-    "jobs_failed",
-    "maps",
-    "pages_mapped",
-    "command_errors",
-    "atc_hits",
-    "atc_misses",
-    "page_walks",
-    "violations",
-    "bytes_read",
-    "bytes_written",
-];
+/// The global counters by name, without `violations` (null until the coherence oracle
+/// reports them).
+pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 11] {
+    [
+        ("device_faults", g.device_faults),
+        ("jobs_completed", g.jobs_completed),
+        ("jobs_failed", g.jobs_failed),
+        ("maps", g.maps),
+        ("pages_mapped", g.pages_mapped),
+        ("command_errors", g.command_errors),
+        ("atc_hits", g.atc_hits),
+        ("atc_misses", g.atc_misses),
+        ("page_walks", g.page_walks),
+        ("bytes_read", g.bytes_read),
+        ("bytes_written", g.bytes_written),
+    ]
+}
 
 /// How the device's counters moved over a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CounterDelta(RawCounters);
+pub struct CounterDelta(pub Counters);
 
 impl CounterDelta {
-    /// `after - before`, slot by slot (a counter reset in between reads as 0, not a wrap).
-    pub fn between(before: &RawCounters, after: &RawCounters) -> Self {
-        let mut d = RawCounters::default();
-        for (i, slot) in d.0.iter_mut().enumerate() {
-            *slot = after.0[i].saturating_sub(before.0[i]);
+    /// `after - before`, counter by counter (a counter reset in between reads as 0, not as
+    /// a wrap). Every field of `struct vgpu_counters` is a u64, so it is done word by word.
+    pub fn between(before: &Counters, after: &Counters) -> Self {
+        let mut d = Counters::default();
+        let words = |c: &Counters| -> Vec<u64> {
+            c.as_slice()
+                .chunks_exact(8)
+                .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+                .collect()
+        };
+        let (b, a) = (words(before), words(after));
+        for (i, out) in d.as_mut_slice().chunks_exact_mut(8).enumerate() {
+            out.copy_from_slice(&a[i].saturating_sub(b[i]).to_ne_bytes());
         }
         CounterDelta(d)
     }
 
-    /// The counter `field` (an [`EVENT_FIELDS`] index) of event `event`.
-    pub fn event(&self, event: usize, field: usize) -> u64 {
-        self.0 .0[event * EVENT_STRIDE + field]
+    /// The counters of the event called `name` (one of [`EVENTS`]).
+    pub fn event(&self, name: &str) -> Option<&EventCounters> {
+        let i = EVENTS.iter().position(|e| *e == name)?;
+        self.0.events.get(i)
     }
 
-    /// The global counter with index `field` in [`GLOBAL_FIELDS`].
-    pub fn global(&self, field: usize) -> u64 {
-        self.0 .0[EVENTS.len() * EVENT_STRIDE + field]
-    }
-
-    /// The global counter called `name`.
-    pub fn global_named(&self, name: &str) -> u64 {
-        GLOBAL_FIELDS
-            .iter()
-            .position(|f| *f == name)
-            .map_or(0, |i| self.global(i))
-    }
-
-    /// The event counter `field` of the event called `event`.
-    pub fn event_named(&self, event: &str, field: &str) -> u64 {
-        match (
-            EVENTS.iter().position(|e| *e == event),
-            EVENT_FIELDS.iter().position(|f| *f == field),
-        ) {
-            (Some(e), Some(f)) => self.event(e, f),
-            _ => 0,
-        }
+    /// The global counters.
+    pub fn global(&self) -> &GlobalCounters {
+        &self.0.global
     }
 }
 
@@ -117,7 +111,7 @@ impl WorkloadReport<'_> {
             json_str(self.name),
             json_str(self.policy),
             self.ok,
-            self.delta.global_named("device_faults"),
+            self.delta.global().device_faults,
         );
         s.push_str(",\"failures\":[");
         for (i, f) in self.failures.iter().enumerate() {
@@ -126,33 +120,31 @@ impl WorkloadReport<'_> {
             }
             s.push_str(&json_str(f));
         }
-        s.push_str("],\"device\":{");
-        for (i, name) in GLOBAL_FIELDS.iter().enumerate() {
-            if *name == "violations" {
-                continue; // null until the coherence oracle exists
-            }
-            if i > 0 {
-                s.push(',');
-            }
-            let _ = write!(s, "\"{name}\":{}", self.delta.global(i));
-        }
-        s.push_str("},\"events\":{");
-        for (e, event) in EVENTS.iter().enumerate() {
+        s.push_str("],\"device\":");
+        json_object(&mut s, &global_fields(self.delta.global()));
+        s.push_str(",\"events\":{");
+        for (e, (name, counters)) in EVENTS.iter().zip(&self.delta.0.events).enumerate() {
             if e > 0 {
                 s.push(',');
             }
-            let _ = write!(s, "\"{event}\":{{");
-            for (f, field) in EVENT_FIELDS.iter().enumerate() {
-                if f > 0 {
-                    s.push(',');
-                }
-                let _ = write!(s, "\"{field}\":{}", self.delta.event(e, f));
-            }
-            s.push('}');
+            let _ = write!(s, "\"{name}\":");
+            json_object(&mut s, &event_fields(counters));
         }
         s.push_str("}}");
         s
     }
+}
+
+/// Appends `{"name":value,...}`.
+fn json_object(s: &mut String, fields: &[(&str, u64)]) {
+    s.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{name}\":{value}");
+    }
+    s.push('}');
 }
 
 /// A JSON string literal.
@@ -176,38 +168,29 @@ pub fn json_str(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uapi::COUNTERS_WORDS;
 
     #[test]
-    fn layout_matches_the_counter_struct_size() {
-        assert_eq!(
-            EVENTS.len() * EVENT_STRIDE + 32,
-            COUNTERS_WORDS,
-            "8 events of 16 slots, then 32 global slots"
-        );
-        assert!(EVENT_FIELDS.len() <= EVENT_STRIDE && GLOBAL_FIELDS.len() <= 32);
-    }
-
-    #[test]
-    fn delta_is_per_slot_and_never_wraps() {
-        let mut a = RawCounters::default();
-        let mut b = RawCounters::default();
-        a.0[EVENT_STRIDE] = 5; // CLEAR notifications
-        b.0[EVENT_STRIDE] = 8;
-        a.0[128] = 10; // device_faults went backwards (a reset)
-        b.0[128] = 4;
+    fn delta_is_per_counter_and_never_wraps() {
+        let mut a = Counters::default();
+        let mut b = Counters::default();
+        a.events[1].notifications = 5;
+        b.events[1].notifications = 8;
+        a.global.device_faults = 10; // went backwards: a reset in between
+        b.global.device_faults = 4;
+        b.global.bytes_written = 7;
         let d = CounterDelta::between(&a, &b);
-        assert_eq!(d.event_named("CLEAR", "notifications"), 3);
-        assert_eq!(d.global_named("device_faults"), 0);
-        assert_eq!(d.event_named("NOPE", "notifications"), 0);
+        assert_eq!(d.event("CLEAR").unwrap().notifications, 3);
+        assert_eq!(d.global().device_faults, 0);
+        assert_eq!(d.global().bytes_written, 7);
+        assert!(d.event("NOPE").is_none());
     }
 
     #[test]
     fn report_json_has_every_event_and_escapes_strings() {
-        let mut after = RawCounters::default();
-        after.0[2 * EVENT_STRIDE + 1] = 7; // PROTECTION_VMA ats_invalidations
-        after.0[128] = 3;
-        let d = CounterDelta::between(&RawCounters::default(), &after);
+        let mut after = Counters::default();
+        after.events[2].ats_invalidations = 7; // PROTECTION_VMA
+        after.global.device_faults = 3;
+        let d = CounterDelta::between(&Counters::default(), &after);
         let failures = vec!["a \"quoted\"\nline".to_string()];
         let j = WorkloadReport {
             name: "touch",

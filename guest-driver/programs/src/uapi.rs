@@ -51,19 +51,8 @@ pub const STATUS_OK: u32 = 0;
 /// Device status: a fault the driver could not serve (no CPU mapping, or no permission).
 pub const STATUS_FAULT: u32 = 5;
 
-/// Bytes of `struct vgpu_counters` (device-model/SPEC.md): 8 events of 16 u64, then 32 u64.
-pub const COUNTERS_WORDS: usize = 8 * 16 + 32;
-
-/// The device's counters as the `VGPU_IOC_COUNTERS` ioctl returns them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RawCounters(pub [u64; COUNTERS_WORDS]);
-
-impl Default for RawCounters {
-    fn default() -> Self {
-        RawCounters([0; COUNTERS_WORDS])
-    }
-}
+/// `struct vgpu_counters`, which `VGPU_IOC_COUNTERS` returns as the device wrote it.
+pub use device_model::wire::Counters;
 
 const IOC_MAGIC: u32 = b'V' as u32;
 const IOC_WRITE: u32 = 1;
@@ -79,7 +68,7 @@ pub const IOC_BIND: u32 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<VgpuB
 /// `VGPU_IOC_JOB`.
 pub const IOC_JOB: u32 = ioc(IOC_READ | IOC_WRITE, 2, std::mem::size_of::<VgpuJob>());
 /// `VGPU_IOC_COUNTERS`.
-pub const IOC_COUNTERS: u32 = ioc(IOC_READ, 3, std::mem::size_of::<RawCounters>());
+pub const IOC_COUNTERS: u32 = ioc(IOC_READ, 3, std::mem::size_of::<Counters>());
 
 #[cfg(test)]
 mod tests {
@@ -160,7 +149,7 @@ int main(void)
             ("vgpu_job.status", offset_of!(VgpuJob, status)),
             ("vgpu_job.result", offset_of!(VgpuJob, result)),
             ("vgpu_job.faults", offset_of!(VgpuJob, faults)),
-            ("vgpu_counters", size_of::<RawCounters>()),
+            ("vgpu_counters", size_of::<Counters>()),
             ("VGPU_IOC_BIND", IOC_BIND as usize),
             ("VGPU_IOC_JOB", IOC_JOB as usize),
             ("VGPU_IOC_COUNTERS", IOC_COUNTERS as usize),
