@@ -282,3 +282,21 @@ fn missing_qemu_says_how_to_install_it() {
     );
     assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
 }
+
+#[test]
+fn a_hostile_process_gets_errors_and_the_device_keeps_working() {
+    require_guest!();
+    let vmm = Vmm::new("abuse");
+    let run = vmm.run(&["run", "--run", "abuse", "-v"], &[]);
+    assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
+    // Every case printed its line, the last one a well-behaved job after the misuse.
+    assert!(
+        run.stdout.contains("check device still works: ok"),
+        "{}",
+        tail(&run.stdout, 40)
+    );
+    assert!(!run.stdout.contains(": FAIL"), "{}", tail(&run.stdout, 40));
+    for oops in ["BUG:", "WARNING:", "Oops", "general protection fault"] {
+        assert!(!run.stdout.contains(oops), "guest kernel said {oops:?}");
+    }
+}

@@ -64,6 +64,11 @@ impl Vgpu {
         })
     }
 
+    /// The open device file (for callers that want to misuse it on purpose).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The device's counters now.
     pub fn counters(&self) -> io::Result<Counters> {
         let mut c = Counters::default();
@@ -77,7 +82,9 @@ fn annotate(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn ioctl<T>(file: &File, request: u32, arg: &mut T) -> io::Result<()> {
+/// Issues `request` on `file` with `arg`; `request` must be one of the `uapi::IOC_*` values,
+/// whose encoded size is that of `T`.
+pub fn ioctl<T>(file: &File, request: u32, arg: &mut T) -> io::Result<()> {
     // SAFETY: `request` encodes the size of `T` (see uapi), so the driver reads and writes
     // at most `size_of::<T>()` bytes of `arg`, which is a valid, exclusive reference.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::Ioctl::from(request), arg as *mut T) };
