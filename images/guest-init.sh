@@ -11,13 +11,16 @@ echo "VGPU-INIT"
 echo "VGPU-KERNEL $(uname -r)"
 
 # Kernel command line: vgpu.run=a,b,c selects the programs (selfcheck when
-# absent); vgpu.policy=naive|event-aware is passed to vgpu_mirror as policy=.
+# absent); vgpu.policy=naive|event-aware is passed to vgpu_mirror as policy=,
+# vgpu.inject=NAME (a deliberate driver bug, vmm/src/injections.rs) as inject=.
 run=selfcheck
 policy=
+inject=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	vgpu.run=*) run="${arg#vgpu.run=}" ;;
 	vgpu.policy=*) policy="${arg#vgpu.policy=}" ;;
+	vgpu.inject=*) inject="${arg#vgpu.inject=}" ;;
 	esac
 done
 
@@ -25,8 +28,9 @@ done
 while read -r m; do
 	[ -n "$m" ] || continue
 	set --
-	if [ "$m" = vgpu_mirror ] && [ -n "$policy" ]; then
-		set -- "policy=$policy"
+	if [ "$m" = vgpu_mirror ]; then
+		[ -z "$policy" ] || set -- "$@" "policy=$policy"
+		[ -z "$inject" ] || set -- "$@" "inject=$inject"
 	fi
 	if ! out=$(insmod "/lib/modules/$m.ko" "$@" 2>&1); then
 		echo "VGPU-ERROR module $m: $(printf "%s" "$out" | tr "\n" " ")"

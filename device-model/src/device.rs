@@ -22,6 +22,7 @@ use crate::engine::{Job, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, RemovalLog};
 use crate::mmu::{Mmu, MmuError};
+use crate::oracle::{Oracle, OracleMode, ViolationSample};
 use crate::page_table::PageTableError;
 use crate::wire::{self, opcode, status};
 
@@ -75,6 +76,7 @@ pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     faults: Faults,
     stalled: BTreeMap<FaultId, Stalled>,
     counters: Counters,
+    oracle: Oracle,
     completions: Vec<Completion>,
     active: Option<Active<M>>,
 }
@@ -106,6 +108,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             faults: Faults::default(),
             stalled: BTreeMap::new(),
             counters: Counters::default(),
+            oracle: Oracle::default(),
             completions: Vec::new(),
             active: None,
             config,
@@ -154,11 +157,28 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.faults.clear();
         self.stalled.clear();
         self.completions.clear();
+        self.oracle.clear_history();
     }
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// The coherence oracle's first violations (host side; the count is the global
+    /// `violations` counter). They survive reset, like the counters.
+    pub fn violations(&self) -> &[ViolationSample] {
+        self.oracle.samples()
+    }
+
+    /// How often the coherence oracle checks a translation.
+    pub fn oracle_mode(&self) -> OracleMode {
+        self.oracle.mode()
+    }
+
+    /// Sets how often the coherence oracle checks a translation.
+    pub fn set_oracle_mode(&mut self, mode: OracleMode) {
+        self.oracle.set_mode(mode);
     }
 
     /// Jobs waiting for a fault answer.
@@ -298,6 +318,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             return resp(status::BAD_PASID, 0, 0);
         };
         self.log.forget_pasid(pasid);
+        self.oracle.forget_pasid(pasid);
         let orphans: Vec<FaultId> = self
             .stalled
             .iter()
@@ -320,7 +341,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
             Err(st) => return resp(st, 0, 0),
         };
         match invalidate::invalidate(&mut self.mmu, &mut self.log, &mut self.counters, &inv) {
-            Ok(done) => resp(status::OK, done.ats_requests, done.pages),
+            Ok(done) => {
+                self.oracle.record_invalidation(&inv);
+                resp(status::OK, done.ats_requests, done.pages)
+            }
             Err(MmuError::Unbound(_) | MmuError::CannotBind(_)) => resp(status::BAD_PASID, 0, 0),
         }
     }
@@ -455,7 +479,13 @@ impl<M: GuestMemory> VgpuDevice<M> {
     }
 
     fn run_job(&mut self, mem: &M, mut job: Job, reply: Reply) {
-        match job.run(&mut self.mmu, mem, &mut self.counters.global) {
+        let step = job.run_checked(
+            &mut self.mmu,
+            mem,
+            &mut self.counters.global,
+            Some(&mut self.oracle),
+        );
+        match step {
             Step::Done(value) => {
                 self.counters.global.jobs_completed += 1;
                 self.respond(reply, resp(status::OK, value, job.faults));

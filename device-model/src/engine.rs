@@ -7,6 +7,7 @@ use vm_memory::{Bytes, GuestMemory};
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::mmu::{Miss, Mmu};
+use crate::oracle::{Access, DeviceTranslation, Oracle};
 use crate::wire::{self, job_op, status};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -103,12 +104,24 @@ impl Job {
         })
     }
 
-    /// Runs until the job ends or faults.
+    /// Runs until the job ends or faults, without the coherence oracle.
     pub fn run<M: GuestMemory>(
         &mut self,
         mmu: &mut Mmu,
         mem: &M,
         counters: &mut GlobalCounters,
+    ) -> Step {
+        self.run_checked(mmu, mem, counters, None)
+    }
+
+    /// Runs until the job ends or faults; `oracle` (when given) sees every translation the
+    /// job uses, before the job uses it.
+    pub fn run_checked<M: GuestMemory>(
+        &mut self,
+        mmu: &mut Mmu,
+        mem: &M,
+        counters: &mut GlobalCounters,
+        mut oracle: Option<&mut Oracle>,
     ) -> Step {
         let mut buf = [0u8; PAGE_SIZE as usize];
         while self.done < self.range.len() {
@@ -120,7 +133,7 @@ impl Job {
                 JobOp::Copy { source } => {
                     let src = Iova(source.0 + self.done);
                     chunk = chunk.min(PAGE_SIZE - src.page_offset());
-                    match self.translate(mmu, src, false, counters) {
+                    match self.translate(mmu, mem, src, false, counters, oracle.as_deref_mut()) {
                         Ok(gpa) => Some(gpa),
                         Err(step) => return step,
                     }
@@ -128,7 +141,7 @@ impl Job {
                 _ => None,
             };
             let write = !matches!(self.op, JobOp::Checksum);
-            let gpa = match self.translate(mmu, dst, write, counters) {
+            let gpa = match self.translate(mmu, mem, dst, write, counters, oracle.as_deref_mut()) {
                 Ok(gpa) => gpa,
                 Err(step) => return step,
             };
@@ -167,21 +180,34 @@ impl Job {
         })
     }
 
-    fn translate(
+    fn translate<M: GuestMemory>(
         &self,
         mmu: &mut Mmu,
+        mem: &M,
         iova: Iova,
         write: bool,
         counters: &mut GlobalCounters,
+        oracle: Option<&mut Oracle>,
     ) -> Result<vm_memory::GuestAddress, Step> {
-        mmu.translate(self.pasid, iova, write, counters)
+        let t = mmu
+            .translate_leaf(self.pasid, iova, write, counters)
             .map_err(|miss| match miss {
                 Miss::Fault => Step::Fault {
                     address: iova.page_base(),
                     write,
                 },
                 Miss::Unbound => Step::Failed(status::FAULT),
-            })
+            })?;
+        let gpa = t.gpa(iova);
+        if let (Some(oracle), Some(root)) = (oracle, mmu.process_root(self.pasid)) {
+            let device = DeviceTranslation {
+                gpa,
+                writable: t.writable,
+            };
+            let access = if write { Access::Write } else { Access::Read };
+            oracle.observe(mem, root, self.pasid, iova, device, access, counters);
+        }
+        Ok(gpa)
     }
 }
 

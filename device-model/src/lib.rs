@@ -4,8 +4,9 @@
 //! [`device`] takes commands off the virtio queues ([`chain`] parses the descriptor chains),
 //! [`engine`] runs jobs page by page through [`mmu`], which asks the [`atc`] and then walks the
 //! [`page_table`] of the job's PASID; a miss becomes a device fault ([`fault`]) and the job
-//! stalls until the driver answers. [`invalidate`] applies the driver's invalidations and
-//! [`counters`] counts everything.
+//! stalls until the driver answers. [`invalidate`] applies the driver's invalidations,
+//! [`oracle`] checks every translation an engine uses against the guest's CPU page table,
+//! and [`counters`] counts everything.
 
 pub mod address;
 pub mod atc;
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod fault;
 pub mod invalidate;
 pub mod mmu;
+pub mod oracle;
 pub mod page_table;
 pub mod wire;
 

@@ -8,7 +8,7 @@ use vm_memory::GuestAddress;
 use crate::address::{Iova, Pasid};
 use crate::atc::{Atc, Lookup};
 use crate::counters::GlobalCounters;
-use crate::page_table::PageTable;
+use crate::page_table::{PageTable, Translation};
 
 /// Errors of address-space management.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,20 +107,39 @@ impl Mmu {
         write: bool,
         counters: &mut GlobalCounters,
     ) -> Result<GuestAddress, Miss> {
+        self.translate_leaf(pasid, iova, write, counters)
+            .map(|t| t.gpa(iova))
+    }
+
+    /// Like [`Mmu::translate`], but returns the whole leaf used (the oracle reports its
+    /// permission too).
+    pub fn translate_leaf(
+        &mut self,
+        pasid: Pasid,
+        iova: Iova,
+        write: bool,
+        counters: &mut GlobalCounters,
+    ) -> Result<Translation, Miss> {
         if let Lookup::Hit(t) = self.atc.lookup(pasid, iova, write) {
             counters.atc_hits += 1;
-            return Ok(t.gpa(iova));
+            return Ok(t);
         }
         counters.atc_misses += 1;
         let space = self.spaces.get(&pasid).ok_or(Miss::Unbound)?;
         counters.page_walks += 1;
         let t = space.table.translate(iova).ok_or(Miss::Fault)?;
+        // A write that finds a read-only translation is an ordinary device fault (the
+        // driver upgrades it); `violations` counts only what the coherence oracle finds.
         if write && !t.writable {
-            counters.violations += 1;
             return Err(Miss::Fault);
         }
         self.atc.insert(pasid, t);
-        Ok(t.gpa(iova))
+        Ok(t)
+    }
+
+    /// The process's CPU page-table root given at BIND, if `pasid` is bound.
+    pub fn process_root(&self, pasid: Pasid) -> Option<GuestAddress> {
+        self.spaces.get(&pasid).map(|s| s.process_root)
     }
 }
 
@@ -180,12 +199,13 @@ mod tests {
             Ok(GuestAddress(0x9010))
         );
         assert_eq!((c.atc_hits, c.atc_misses, c.page_walks), (1, 2, 2));
-        // A write to a read-only page is a violation and a fault.
+        // A write to a read-only page is a fault, not a violation (that is the oracle's).
         assert_eq!(
             m.translate(Pasid(1), Iova(0x1000), true, &mut c),
             Err(Miss::Fault)
         );
-        assert_eq!(c.violations, 1);
+        assert_eq!(c.violations, 0);
+        assert_eq!(m.process_root(Pasid(1)), Some(GuestAddress(0)));
         // Unbinding drops the translations, cached ones too.
         assert_eq!(m.unbind(Pasid(1)), Ok(1));
         assert_eq!(

@@ -45,6 +45,38 @@
 extern unsigned int vgpu_timeout_ms;
 extern int vgpu_default_policy;
 
+/*
+ * Bug injections (module parameter inject=, set at load only): each one
+ * re-creates a classic mirroring mistake so that the device's coherence
+ * oracle can be shown to catch it. vmm/src/injections.rs lists the names.
+ */
+enum vgpu_inject {
+	VGPU_INJECT_NONE,
+	VGPU_INJECT_SKIP_EVENT,		/* ignore one notifier event entirely */
+	VGPU_INJECT_THP_TRUNCATE,	/* invalidate only the first 4 KiB */
+	VGPU_INJECT_LATE_INVALIDATE,	/* invalidate after the PTE changed */
+	VGPU_INJECT_NO_SEQ_RETRY,	/* map a stale hmm_range_fault snapshot */
+	VGPU_INJECT_EARLY_COMPLETE,	/* do not wait for the device's ack */
+};
+
+extern int vgpu_inject;
+/* The event skipped by VGPU_INJECT_SKIP_EVENT (enum mmu_notifier_event). */
+extern int vgpu_inject_event;
+
+/* Invalidations a late-invalidate mirror holds back before it gives up and
+ * invalidates everything at once.
+ */
+#define VGPU_LATE_MAX		16
+
+/* One held-back invalidation, with what the callback knew then. */
+struct vgpu_late_inv {
+	unsigned long start;
+	unsigned long end;
+	u32 flags;
+	u32 prot;
+	int event;
+};
+
 /* One request on the command queue; its address is the token. */
 struct vgpu_req {
 	struct vgpu_cmd cmd;
@@ -117,6 +149,17 @@ struct vgpu_mirror {
 	struct mutex mutex;
 	/* Preallocated INVALIDATE request (used under mutex). */
 	struct vgpu_req *inv_req;
+
+	/*
+	 * inject=late-invalidate: invalidations queued by the callback and sent
+	 * by late_work after it returned. late_batch belongs to late_work.
+	 */
+	spinlock_t late_lock;		/* late, nlate, late_overflow */
+	struct vgpu_late_inv late[VGPU_LATE_MAX];
+	unsigned int nlate;
+	bool late_overflow;
+	struct vgpu_late_inv late_batch[VGPU_LATE_MAX];
+	struct delayed_work late_work;
 };
 
 /* A job being waited for; the fault callback hands it faults by job id. */
@@ -159,5 +202,6 @@ int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
 void vgpu_mirror_unbind(struct vgpu_mirror *m);
 int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
 const char *vgpu_policy_name(int policy);
+void vgpu_late_work(struct work_struct *work);
 
 #endif /* VGPU_H */

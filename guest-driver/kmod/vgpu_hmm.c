@@ -115,9 +115,26 @@ static bool vgpu_plan(const struct vgpu_mirror *m,
 	return *start < *end;
 }
 
-/* Sends INVALIDATE and waits for it; called with m->mutex held. */
-static void vgpu_send_invalidate(struct vgpu_mirror *m,
-				 const struct mmu_notifier_range *range,
+static void vgpu_fill_invalidate(struct vgpu_req *req,
+				 const struct vgpu_mirror *m, int event,
+				 u32 prot, unsigned long start,
+				 unsigned long end, u32 flags)
+{
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_INVALIDATE);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(start);
+	req->cmd.length = cpu_to_le64(end - start);
+	req->cmd.arg0 = cpu_to_le64(prot);
+	req->cmd.event = cpu_to_le32(event);
+	req->cmd.flags = cpu_to_le32(flags);
+}
+
+/*
+ * Sends INVALIDATE and waits for it; called with m->mutex held. @prot is
+ * what the vma allows now (taken by the caller: a deferred invalidation no
+ * longer has the vma).
+ */
+static void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 				 unsigned long start, unsigned long end,
 				 u32 flags)
 {
@@ -137,13 +154,7 @@ static void vgpu_send_invalidate(struct vgpu_mirror *m,
 		m->inv_req = req;
 	}
 	vgpu_req_reset(req);
-	req->cmd.opcode = cpu_to_le32(VGPU_CMD_INVALIDATE);
-	req->cmd.pasid = cpu_to_le32(m->pasid);
-	req->cmd.start = cpu_to_le64(start);
-	req->cmd.length = cpu_to_le64(end - start);
-	req->cmd.arg0 = cpu_to_le64(vgpu_vma_prot(range->vma));
-	req->cmd.event = cpu_to_le32(range->event);
-	req->cmd.flags = cpu_to_le32(flags);
+	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
 
 	err = vgpu_cmd_sync(vd, req);
 	if (err == -ETIMEDOUT)
@@ -151,7 +162,107 @@ static void vgpu_send_invalidate(struct vgpu_mirror *m,
 	if (err && err != -ENODEV)
 		dev_err_ratelimited(&vd->vdev->dev,
 				    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
-				    m->pasid, range->event, start, end, err);
+				    m->pasid, event, start, end, err);
+}
+
+/*
+ * inject=early-complete: sends INVALIDATE on a request of its own and
+ * returns without waiting for the device's answer. The request is abandoned
+ * at once, so the queue frees it whenever the device returns it; the
+ * preallocated m->inv_req is never left in flight.
+ */
+static void vgpu_send_invalidate_early(struct vgpu_mirror *m, int event,
+				       u32 prot, unsigned long start,
+				       unsigned long end, u32 flags)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct vgpu_req *req;
+	int err;
+
+	req = vgpu_req_alloc(0, false, GFP_NOWAIT | __GFP_NOWARN);
+	if (!req) {
+		vgpu_send_invalidate(m, event, prot, start, end, flags);
+		return;
+	}
+	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
+	err = vgpu_submit(vd, req);
+	if (err) {
+		vgpu_req_free(req);
+		if (err != -ENODEV)
+			dev_err_ratelimited(&vd->vdev->dev,
+					    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
+					    m->pasid, event, start, end, err);
+		return;
+	}
+	if (!vgpu_abandon(vd, req))
+		vgpu_req_free(req);	/* already answered */
+}
+
+/* Delay before held-back invalidations go out: long enough that the CPU
+ * page-table change the callback announced has happened.
+ */
+#define VGPU_LATE_DELAY_MS	5
+
+/*
+ * inject=late-invalidate: queues the invalidation for late_work and returns
+ * at once. When the queue is full everything is invalidated later instead.
+ */
+static void vgpu_defer_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+				  unsigned long start, unsigned long end,
+				  u32 flags)
+{
+	spin_lock(&m->late_lock);
+	if (m->nlate < VGPU_LATE_MAX) {
+		m->late[m->nlate++] = (struct vgpu_late_inv){
+			.start = start,
+			.end = end,
+			.flags = flags,
+			.prot = prot,
+			.event = event,
+		};
+	} else {
+		m->late_overflow = true;
+	}
+	spin_unlock(&m->late_lock);
+	queue_delayed_work(system_wq, &m->late_work,
+			   msecs_to_jiffies(VGPU_LATE_DELAY_MS));
+}
+
+/*
+ * Sends the held-back invalidations. vgpu_mirror_unbind() flushes this work
+ * after removing the notifier, so m, its pasid and user_end are valid here;
+ * a work item never runs concurrently with itself, so late_batch is ours.
+ */
+void vgpu_late_work(struct work_struct *work)
+{
+	struct vgpu_mirror *m = container_of(to_delayed_work(work),
+					     struct vgpu_mirror, late_work);
+	unsigned int i, n;
+	bool overflow;
+
+	spin_lock(&m->late_lock);
+	n = m->nlate;
+	memcpy(m->late_batch, m->late, n * sizeof(m->late[0]));
+	overflow = m->late_overflow;
+	m->nlate = 0;
+	m->late_overflow = false;
+	spin_unlock(&m->late_lock);
+
+	mutex_lock(&m->mutex);
+	if (READ_ONCE(m->vdev->removed)) {
+		/* Nothing to tell a device that is gone. */
+	} else if (overflow) {
+		vgpu_send_invalidate(m, MMU_NOTIFY_CLEAR, 0, 0, m->user_end,
+				     VGPU_INV_F_BLOCKABLE);
+	} else {
+		for (i = 0; i < n; i++) {
+			const struct vgpu_late_inv *l = &m->late_batch[i];
+
+			vgpu_send_invalidate(m, l->event, l->prot, l->start,
+					     l->end, l->flags);
+		}
+	}
+	mutex_unlock(&m->mutex);
 }
 
 static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
@@ -159,8 +270,14 @@ static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
 			    unsigned long cur_seq)
 {
 	struct vgpu_mirror *m = container_of(sub, struct vgpu_mirror, notifier);
+	u32 prot = vgpu_vma_prot(range->vma);
 	unsigned long start, end;
 	u32 flags;
+
+	/* inject=skip-event: the event is ignored entirely, sequence too. */
+	if (vgpu_inject == VGPU_INJECT_SKIP_EVENT &&
+	    (int)range->event == vgpu_inject_event)
+		return true;
 
 	/* Waiting for the device needs to sleep. */
 	if (!mmu_notifier_range_blockable(range))
@@ -168,9 +285,28 @@ static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
 
 	mutex_lock(&m->mutex);
 	mmu_interval_set_seq(sub, cur_seq);
-	if (!READ_ONCE(m->vdev->removed) &&
-	    vgpu_plan(m, range, &start, &end, &flags))
-		vgpu_send_invalidate(m, range, start, end, flags);
+	if (READ_ONCE(m->vdev->removed) ||
+	    !vgpu_plan(m, range, &start, &end, &flags))
+		goto out;
+
+	switch (vgpu_inject) {
+	case VGPU_INJECT_THP_TRUNCATE:
+		/* The huge-page mistake: one small page per range. */
+		end = min(end, start + PAGE_SIZE);
+		vgpu_send_invalidate(m, range->event, prot, start, end, flags);
+		break;
+	case VGPU_INJECT_LATE_INVALIDATE:
+		vgpu_defer_invalidate(m, range->event, prot, start, end, flags);
+		break;
+	case VGPU_INJECT_EARLY_COMPLETE:
+		vgpu_send_invalidate_early(m, range->event, prot, start, end,
+					   flags);
+		break;
+	default:
+		vgpu_send_invalidate(m, range->event, prot, start, end, flags);
+		break;
+	}
+out:
 	mutex_unlock(&m->mutex);
 	return true;
 }
@@ -258,6 +394,8 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 	}
 	/* Waits for running callbacks; drops the notifier's mm reference. */
 	mmu_interval_notifier_remove(&m->notifier);
+	/* No callback can queue more: send what late-invalidate held back. */
+	flush_delayed_work(&m->late_work);
 	if (!READ_ONCE(vd->removed)) {
 		err = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, m->pasid, 0, 0,
 				      NULL);
@@ -337,7 +475,9 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 			goto out_mmput;
 		}
 		mutex_lock(&m->mutex);
-		if (mmu_interval_read_retry(range.notifier,
+		/* inject=no-seq-retry: trust a snapshot an invalidation raced. */
+		if (vgpu_inject != VGPU_INJECT_NO_SEQ_RETRY &&
+		    mmu_interval_read_retry(range.notifier,
 					    range.notifier_seq)) {
 			mutex_unlock(&m->mutex);
 			continue;

@@ -14,6 +14,10 @@
  *                             invalidations (default event-aware; a bind may
  *                             override it)
  *   timeout_ms=N              how long to wait for the device (default 5000)
+ *   inject=NAME               a deliberate bug, for testing the device's
+ *                             coherence oracle (default none; load only):
+ *                             skip-event:<EVENT>, thp-truncate,
+ *                             late-invalidate, no-seq-retry, early-complete
  */
 #include <linux/fs.h>
 #include <linux/idr.h>
@@ -76,6 +80,91 @@ module_param_cb(timeout_ms, &vgpu_timeout_ops, &vgpu_timeout_ms, 0644);
 MODULE_PARM_DESC(timeout_ms,
 		 "milliseconds to wait for the device (10..600000, default 5000)");
 
+int vgpu_inject = VGPU_INJECT_NONE;
+int vgpu_inject_event = -1;
+
+/* Names of enum vgpu_event, as skip-event:<EVENT> spells them. */
+static const char *const vgpu_event_names[VGPU_EV_COUNT] = {
+	[VGPU_EV_UNMAP] = "UNMAP",
+	[VGPU_EV_CLEAR] = "CLEAR",
+	[VGPU_EV_PROTECTION_VMA] = "PROTECTION_VMA",
+	[VGPU_EV_PROTECTION_PAGE] = "PROTECTION_PAGE",
+	[VGPU_EV_SOFT_DIRTY] = "SOFT_DIRTY",
+	[VGPU_EV_RELEASE] = "RELEASE",
+	[VGPU_EV_MIGRATE] = "MIGRATE",
+	[VGPU_EV_EXCLUSIVE] = "EXCLUSIVE",
+};
+
+/* The injections that take no argument. */
+static const struct {
+	const char *name;
+	int inject;
+} vgpu_injections[] = {
+	{ "none", VGPU_INJECT_NONE },
+	{ "thp-truncate", VGPU_INJECT_THP_TRUNCATE },
+	{ "late-invalidate", VGPU_INJECT_LATE_INVALIDATE },
+	{ "no-seq-retry", VGPU_INJECT_NO_SEQ_RETRY },
+	{ "early-complete", VGPU_INJECT_EARLY_COMPLETE },
+};
+
+#define VGPU_SKIP_EVENT "skip-event:"
+
+static int vgpu_inject_set(const char *val, const struct kernel_param *kp)
+{
+	const char *ev;
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(vgpu_injections); i++) {
+		if (sysfs_streq(val, vgpu_injections[i].name)) {
+			vgpu_inject = vgpu_injections[i].inject;
+			vgpu_inject_event = -1;
+			return 0;
+		}
+	}
+	if (strncmp(val, VGPU_SKIP_EVENT, strlen(VGPU_SKIP_EVENT)))
+		return -EINVAL;
+	ev = val + strlen(VGPU_SKIP_EVENT);
+	for (i = 0; i < VGPU_EV_COUNT; i++) {
+		if (sysfs_streq(ev, vgpu_event_names[i])) {
+			vgpu_inject = VGPU_INJECT_SKIP_EVENT;
+			vgpu_inject_event = i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* Writes the injection's name and a newline into @buf of @size bytes. */
+static int vgpu_inject_print(char *buf, size_t size)
+{
+	int i;
+
+	if (vgpu_inject == VGPU_INJECT_SKIP_EVENT &&
+	    vgpu_inject_event >= 0 && vgpu_inject_event < VGPU_EV_COUNT)
+		return scnprintf(buf, size, VGPU_SKIP_EVENT "%s\n",
+				 vgpu_event_names[vgpu_inject_event]);
+	for (i = 0; i < ARRAY_SIZE(vgpu_injections); i++)
+		if (vgpu_injections[i].inject == vgpu_inject)
+			return scnprintf(buf, size, "%s\n",
+					 vgpu_injections[i].name);
+	return scnprintf(buf, size, "?\n");
+}
+
+static int vgpu_inject_get(char *buf, const struct kernel_param *kp)
+{
+	return vgpu_inject_print(buf, PAGE_SIZE);
+}
+
+static const struct kernel_param_ops vgpu_inject_ops = {
+	.set = vgpu_inject_set,
+	.get = vgpu_inject_get,
+};
+
+/* Read-only after load: the deferred work of late-invalidate relies on it. */
+module_param_cb(inject, &vgpu_inject_ops, NULL, 0444);
+MODULE_PARM_DESC(inject,
+		 "deliberate bug: none (default), skip-event:<EVENT>, thp-truncate, late-invalidate, no-seq-retry, early-complete");
+
 static DEFINE_IDA(vgpu_index_ida);
 
 static void vgpu_dev_release(struct kref *ref)
@@ -111,6 +200,8 @@ static int vgpu_open(struct inode *inode, struct file *file)
 	m->vdev = vd;
 	mutex_init(&m->bind_lock);
 	mutex_init(&m->mutex);
+	spin_lock_init(&m->late_lock);
+	INIT_DELAYED_WORK(&m->late_work, vgpu_late_work);
 	file->private_data = m;
 	return 0;
 }
@@ -348,6 +439,12 @@ static int __init vgpu_init(void)
 		return err;
 	pr_info(VGPU_NAME ": loaded, policy %s\n",
 		vgpu_policy_name(READ_ONCE(vgpu_default_policy)));
+	if (vgpu_inject != VGPU_INJECT_NONE) {
+		char name[40];
+
+		vgpu_inject_print(name, sizeof(name));
+		pr_warn(VGPU_NAME ": bug injection on: %s", name);
+	}
 	return 0;
 }
 

@@ -11,6 +11,7 @@ pub mod control;
 pub mod devices;
 pub mod host;
 pub mod images;
+pub mod injections;
 pub mod interrupt;
 pub mod irq_routing;
 pub mod logger;

@@ -669,3 +669,79 @@ fn no_interrupt_flag_and_reset() {
     // Counters survive a reset for the host's report.
     assert_eq!(r.counters().global.command_errors, 0);
 }
+
+/// Writes a 4-level CPU page table at `root` (tables right after it) mapping each
+/// `(va, frame, writable)` with a 4 KiB leaf; all the `va`s share one PT.
+fn cpu_tables(mem: &GuestMemoryMmap, root: u64, pages: &[(u64, u64, bool)]) {
+    let rw = 0b11;
+    let mut table = root;
+    for (i, shift) in [39u32, 30, 21].into_iter().enumerate() {
+        let next = root + (i as u64 + 1) * PAGE_SIZE;
+        let slot = table + ((pages[0].0 >> shift) & 0x1ff) * 8;
+        mem.write_obj(next | rw, GuestAddress(slot)).unwrap();
+        table = next;
+    }
+    for &(va, frame, writable) in pages {
+        let e = frame | 1 | if writable { 2 } else { 0 };
+        mem.write_obj(e, GuestAddress(table + ((va >> 12) & 0x1ff) * 8))
+            .unwrap();
+    }
+}
+
+#[test]
+fn oracle_counts_a_translation_the_cpu_does_not_have() {
+    let mut r = rig();
+    let root = 0x80_0000;
+    let va = 0x7000_0000;
+    // The CPU maps page 0 to FRAMES and page 1 to FRAMES + 2 pages.
+    cpu_tables(
+        &r.mem,
+        root,
+        &[
+            (va, FRAMES, true),
+            (va + PAGE_SIZE, FRAMES + 2 * PAGE_SIZE, true),
+        ],
+    );
+    let mut b = cmd(opcode::BIND, 1, 0, 0);
+    b.arg0 = root;
+    assert_eq!(r.run(&b, &[]).status, status::OK);
+    // The device agrees on page 0 and holds a stale frame for page 1.
+    r.map(
+        1,
+        va,
+        &[entry(FRAMES, true), entry(FRAMES + PAGE_SIZE, true)],
+    );
+    let s = r.job(1, job_op::FILL, va, PAGE_SIZE, 1);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    assert_eq!(r.resp(&s).status, status::OK);
+    assert_eq!(r.counters().global.violations, 0);
+    r.invalidate(1, va, 2 * PAGE_SIZE, event::CLEAR, 0);
+    r.map(
+        1,
+        va,
+        &[entry(FRAMES, true), entry(FRAMES + PAGE_SIZE, true)],
+    );
+    let s = r.job(1, job_op::FILL, va, 2 * PAGE_SIZE, 1);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    // The oracle only observes: the job still completes, through the stale frame.
+    assert_eq!(r.resp(&s).status, status::OK);
+    assert_eq!(r.counters().global.violations, 1);
+    let v = &r.dev.violations()[0];
+    assert_eq!(v.violation.va, Iova(va + PAGE_SIZE));
+    assert_eq!(v.violation.device.gpa, GuestAddress(FRAMES + PAGE_SIZE));
+    assert_eq!(
+        v.violation.cpu.map(|c| c.gpa),
+        Some(GuestAddress(FRAMES + 2 * PAGE_SIZE))
+    );
+    assert_eq!(v.history.len(), 1);
+    assert_eq!(v.history[0].event, event::CLEAR);
+    // Off: the same stale use is not counted.
+    r.dev.set_oracle_mode(crate::oracle::OracleMode::Off);
+    let s = r.job(1, job_op::FILL, va, 2 * PAGE_SIZE, 1);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    assert_eq!(r.resp(&s).status, status::OK);
+    assert_eq!(r.counters().global.violations, 1);
+}

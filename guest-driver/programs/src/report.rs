@@ -35,8 +35,8 @@ pub fn event_fields(e: &EventCounters) -> [(&'static str, u64); 9] {
     ]
 }
 
-/// The global counters by name, without `violations` (null until the coherence oracle
-/// reports them).
+/// The global counters by name, without `violations` (the workload line has it at the top
+/// level).
 pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 11] {
     [
         ("device_faults", g.device_faults),
@@ -107,11 +107,13 @@ impl WorkloadReport<'_> {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{{\"name\":{},\"policy\":{},\"ok\":{},\"device_faults\":{},\"violations\":null",
+            "{{\"name\":{},\"policy\":{},\"ok\":{},\"device_faults\":{},\"violations\":{}",
             json_str(self.name),
             json_str(self.policy),
             self.ok,
             self.delta.global().device_faults,
+            // Coherence-oracle violations during the workload (device-model/src/oracle.rs).
+            self.delta.global().violations,
         );
         s.push_str(",\"failures\":[");
         for (i, f) in self.failures.iter().enumerate() {
@@ -190,6 +192,7 @@ mod tests {
         let mut after = Counters::default();
         after.events[2].ats_invalidations = 7; // PROTECTION_VMA
         after.global.device_faults = 3;
+        after.global.violations = 2;
         let d = CounterDelta::between(&Counters::default(), &after);
         let failures = vec!["a \"quoted\"\nline".to_string()];
         let j = WorkloadReport {
@@ -200,7 +203,7 @@ mod tests {
             delta: &d,
         }
         .to_json();
-        assert!(j.starts_with("{\"name\":\"touch\",\"policy\":\"naive\",\"ok\":false,\"device_faults\":3,\"violations\":null"));
+        assert!(j.starts_with("{\"name\":\"touch\",\"policy\":\"naive\",\"ok\":false,\"device_faults\":3,\"violations\":2,"));
         assert!(j.contains("\"PROTECTION_VMA\":{\"notifications\":0,\"ats_invalidations\":7,"));
         for e in EVENTS {
             assert!(j.contains(&format!("\"{e}\":{{")), "{e} missing");

@@ -1,0 +1,683 @@
+//! The coherence oracle: because the device lives in the VMM it can read the guest's own CPU
+//! page tables. Whenever an engine uses a translation (from the ATC or the device page table)
+//! the oracle walks the process's x86-64 4-level table from the root given at BIND and checks
+//! that the CPU still maps the same frame, writable if the access writes. The mmu-notifier
+//! contract makes the check exact: `invalidate_range_start` runs before the CPU page table
+//! changes, so a correct driver never leaves the device a translation the CPU no longer has.
+//!
+//! The oracle only observes: a job that uses a stale translation still runs (a real device
+//! would too). A violation is counted and the first few are kept as samples, each with the
+//! recent invalidations that touched its page.
+//!
+//! Guest page tables are guest-controlled data: the walk is bounded to four levels, and an
+//! entry it cannot read is "absent", never a panic.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::counters::GlobalCounters;
+use crate::invalidate::Invalidation;
+
+/// Present bit of an x86-64 paging entry.
+const PTE_PRESENT: u64 = 1 << 0;
+/// Read/write bit: the CPU may write only if every level has it.
+const PTE_WRITABLE: u64 = 1 << 1;
+/// Page-size bit: in a PDPT entry a 1 GiB leaf, in a PD entry a 2 MiB leaf.
+const PTE_LEAF: u64 = 1 << 7;
+/// Physical-address bits of an entry (bits 12..=51, the architectural maximum).
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Entries in one table.
+const TABLE_INDEX_MASK: u64 = 0x1ff;
+/// Bytes of one entry.
+const PTE_SIZE: u64 = 8;
+/// User addresses end here (4-level paging, lower canonical half). Only these are checked:
+/// with PTI the root given at BIND is the kernel PGD, whose user half maps the same pages as
+/// the user PGD.
+pub const USER_VA_LIMIT: u64 = 1 << 47;
+/// Most samples kept.
+pub const MAX_SAMPLES: usize = 16;
+/// Invalidations remembered per PASID.
+pub const HISTORY_PER_PASID: usize = 64;
+/// Invalidations attached to one sample.
+pub const HISTORY_PER_SAMPLE: usize = 4;
+
+/// How often the oracle checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OracleMode {
+    /// Never.
+    Off,
+    /// Every translation an engine uses.
+    #[default]
+    Every,
+    /// One translation in `n` (0 and 1 mean every one).
+    Sampled(u32),
+}
+
+/// Size of a CPU leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuLeaf {
+    /// 4 KiB (a PT entry).
+    Small,
+    /// 2 MiB (a PD entry with PS).
+    Huge2M,
+    /// 1 GiB (a PDPT entry with PS).
+    Huge1G,
+}
+
+impl CpuLeaf {
+    /// Bytes covered by the leaf.
+    pub fn bytes(self) -> u64 {
+        match self {
+            CpuLeaf::Small => PAGE_SIZE,
+            CpuLeaf::Huge2M => 1 << 21,
+            CpuLeaf::Huge1G => 1 << 30,
+        }
+    }
+}
+
+/// What the guest CPU's page table says about one virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTranslation {
+    /// Guest-physical address of the virtual address (frame plus offset).
+    pub gpa: GuestAddress,
+    /// Whether every level allows writes.
+    pub writable: bool,
+    /// The leaf that maps it.
+    pub leaf: CpuLeaf,
+}
+
+/// Walks the 4-level table at `root` for the user address `va`. `None` when any level is
+/// not present, an entry is not guest memory, or `va` is not a user address.
+pub fn walk<M: GuestMemory>(mem: &M, root: GuestAddress, va: u64) -> Option<CpuTranslation> {
+    if va >= USER_VA_LIMIT {
+        return None;
+    }
+    let mut table = root.0 & PTE_ADDR_MASK;
+    let mut writable = true;
+    // One iteration per level, PML4 to PT: the loop cannot run longer than the table is deep.
+    for shift in [39u32, 30, 21, 12] {
+        let slot = table + ((va >> shift) & TABLE_INDEX_MASK) * PTE_SIZE;
+        // An atomic load: other vCPUs update entries while the device reads them, and an
+        // aligned 8-byte load sees either the old or the new entry, never a mix.
+        let entry: u64 = mem.load(GuestAddress(slot), Ordering::Relaxed).ok()?;
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        writable &= entry & PTE_WRITABLE != 0;
+        let leaf = match shift {
+            12 => Some(CpuLeaf::Small),
+            21 if entry & PTE_LEAF != 0 => Some(CpuLeaf::Huge2M),
+            30 if entry & PTE_LEAF != 0 => Some(CpuLeaf::Huge1G),
+            // PS in a PML4 entry is reserved: the CPU would fault, so it maps nothing.
+            39 if entry & PTE_LEAF != 0 => return None,
+            _ => None,
+        };
+        if let Some(leaf) = leaf {
+            let size = leaf.bytes();
+            // Masking with the leaf size also drops the large-page PAT bit (bit 12).
+            let frame = entry & PTE_ADDR_MASK & !(size - 1);
+            return Some(CpuTranslation {
+                gpa: GuestAddress(frame | (va & (size - 1))),
+                writable,
+                leaf,
+            });
+        }
+        table = entry & PTE_ADDR_MASK;
+    }
+    None
+}
+
+/// The kind of access an engine makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        })
+    }
+}
+
+/// The translation an engine used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceTranslation {
+    /// Guest-physical address of the virtual address.
+    pub gpa: GuestAddress,
+    /// Whether the device translation allows writes.
+    pub writable: bool,
+}
+
+/// A device translation the CPU does not agree with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The address space.
+    pub pasid: Pasid,
+    /// The virtual address.
+    pub va: Iova,
+    /// What the device used.
+    pub device: DeviceTranslation,
+    /// What the CPU maps (`None`: nothing).
+    pub cpu: Option<CpuTranslation>,
+    /// The access.
+    pub access: Access,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}: device {:#x}{}, cpu ",
+            self.pasid,
+            self.access,
+            self.va,
+            self.device.gpa.0,
+            if self.device.writable { " rw" } else { " ro" }
+        )?;
+        match self.cpu {
+            Some(c) => write!(
+                f,
+                "{:#x}{}",
+                c.gpa.0,
+                if c.writable { " rw" } else { " ro" }
+            ),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Checks one device translation of `va` against the CPU table at `root`: a violation when
+/// the CPU maps nothing there, another frame, or read-only for a write.
+pub fn check<M: GuestMemory>(
+    mem: &M,
+    root: GuestAddress,
+    pasid: Pasid,
+    va: Iova,
+    device: DeviceTranslation,
+    access: Access,
+) -> Result<(), Violation> {
+    let cpu = walk(mem, root, va.0);
+    let page = |a: GuestAddress| a.0 & !(PAGE_SIZE - 1);
+    let agrees = cpu
+        .is_some_and(|c| page(c.gpa) == page(device.gpa) && (access == Access::Read || c.writable));
+    if agrees {
+        Ok(())
+    } else {
+        Err(Violation {
+            pasid,
+            va,
+            device,
+            cpu,
+            access,
+        })
+    }
+}
+
+/// One INVALIDATE as the oracle remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidationRecord {
+    /// Order among all invalidations the device received (from 1).
+    pub seq: u64,
+    /// Microseconds since the device was created.
+    pub micros: u64,
+    /// The mmu-notifier event.
+    pub event: u32,
+    /// The range.
+    pub range: IovaRange,
+    /// Whether it only removed write permission.
+    pub downgrade: bool,
+}
+
+/// A violation with the invalidations that touched its page before it, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViolationSample {
+    /// The violation.
+    pub violation: Violation,
+    /// Microseconds since the device was created.
+    pub micros: u64,
+    /// Invalidations received before it (the `seq` of the latest).
+    pub after_seq: u64,
+    /// The last few invalidations whose range holds the page.
+    pub history: Vec<InvalidationRecord>,
+}
+
+/// The oracle's state: mode, samples and a bounded invalidation history per PASID.
+#[derive(Debug)]
+pub struct Oracle {
+    mode: OracleMode,
+    /// Translations seen, for sampling.
+    seen: u64,
+    next_seq: u64,
+    start: Instant,
+    history: BTreeMap<Pasid, VecDeque<InvalidationRecord>>,
+    samples: Vec<ViolationSample>,
+}
+
+impl Default for Oracle {
+    fn default() -> Self {
+        Oracle::new(OracleMode::default())
+    }
+}
+
+impl Oracle {
+    /// An oracle with no history and no samples.
+    pub fn new(mode: OracleMode) -> Self {
+        Oracle {
+            mode,
+            seen: 0,
+            next_seq: 1,
+            start: Instant::now(),
+            history: BTreeMap::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// How often it checks.
+    pub fn mode(&self) -> OracleMode {
+        self.mode
+    }
+
+    /// Changes how often it checks.
+    pub fn set_mode(&mut self, mode: OracleMode) {
+        self.mode = mode;
+    }
+
+    /// The first [`MAX_SAMPLES`] violations.
+    pub fn samples(&self) -> &[ViolationSample] {
+        &self.samples
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Remembers an applied invalidation; the oldest of its PASID goes when the ring is full.
+    pub fn record_invalidation(&mut self, inv: &Invalidation) {
+        let record = InvalidationRecord {
+            seq: self.next_seq,
+            micros: self.micros(),
+            event: inv.event,
+            range: inv.range,
+            downgrade: inv.downgrade,
+        };
+        self.next_seq += 1;
+        let ring = self.history.entry(inv.pasid).or_default();
+        if ring.len() >= HISTORY_PER_PASID {
+            ring.pop_front();
+        }
+        ring.push_back(record);
+    }
+
+    /// Drops the history of an unbound PASID (samples stay).
+    pub fn forget_pasid(&mut self, pasid: Pasid) {
+        self.history.remove(&pasid);
+    }
+
+    /// Drops all history (device reset); samples stay, like the counters.
+    pub fn clear_history(&mut self) {
+        self.history.clear();
+    }
+
+    fn due(&mut self) -> bool {
+        self.seen = self.seen.wrapping_add(1);
+        match self.mode {
+            OracleMode::Off => false,
+            OracleMode::Every | OracleMode::Sampled(0 | 1) => true,
+            OracleMode::Sampled(n) => self.seen.is_multiple_of(u64::from(n)),
+        }
+    }
+
+    /// Checks a translation an engine is about to use, if the mode says so; counts a
+    /// violation in `counters.violations` and keeps it as a sample while there is room.
+    /// A zero `root` means the driver gave no CPU table: nothing to check against.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        root: GuestAddress,
+        pasid: Pasid,
+        va: Iova,
+        device: DeviceTranslation,
+        access: Access,
+        counters: &mut GlobalCounters,
+    ) {
+        if root.0 == 0 || !self.due() {
+            return;
+        }
+        let Err(violation) = check(mem, root, pasid, va, device, access) else {
+            return;
+        };
+        counters.violations += 1;
+        if self.samples.len() >= MAX_SAMPLES {
+            return;
+        }
+        log::warn!("vgpu: coherence violation: {violation}");
+        let mut history: Vec<InvalidationRecord> = self
+            .history
+            .get(&pasid)
+            .into_iter()
+            .flatten()
+            .rev()
+            .filter(|r| r.range.start <= va.0 && va.0 < r.range.end)
+            .take(HISTORY_PER_SAMPLE)
+            .copied()
+            .collect();
+        history.reverse();
+        self.samples.push(ViolationSample {
+            violation,
+            micros: self.micros(),
+            after_seq: self.next_seq - 1,
+            history,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+
+    const RAM: u64 = 0x80_0000;
+    const ROOT: u64 = 0x1000;
+
+    /// Guest memory with an empty PML4 at `ROOT` and a bump allocator for more tables.
+    struct Tables {
+        mem: GuestMemoryMmap,
+        next: u64,
+    }
+
+    impl Tables {
+        fn new() -> Self {
+            Tables {
+                mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
+                next: ROOT + PAGE_SIZE,
+            }
+        }
+
+        fn entry(&self, table: u64, va: u64, shift: u32) -> GuestAddress {
+            GuestAddress(table + ((va >> shift) & TABLE_INDEX_MASK) * 8)
+        }
+
+        /// The table below `table`'s entry for `va`, created read/write if absent.
+        fn child(&mut self, table: u64, va: u64, shift: u32) -> u64 {
+            let at = self.entry(table, va, shift);
+            let e: u64 = self.mem.read_obj(at).unwrap();
+            if e & PTE_PRESENT != 0 {
+                return e & PTE_ADDR_MASK;
+            }
+            let new = self.next;
+            self.next += PAGE_SIZE;
+            self.mem
+                .write_obj(new | PTE_PRESENT | PTE_WRITABLE, at)
+                .unwrap();
+            new
+        }
+
+        /// Maps `va` with a leaf at level `shift` (12, 21 or 30) holding `raw` flags.
+        fn map(&mut self, va: u64, frame: u64, shift: u32, writable: bool) {
+            let mut table = ROOT;
+            for s in [39, 30, 21, 12] {
+                if s == shift {
+                    let mut e = frame | PTE_PRESENT;
+                    if writable {
+                        e |= PTE_WRITABLE;
+                    }
+                    if s != 12 {
+                        e |= PTE_LEAF;
+                    }
+                    self.mem.write_obj(e, self.entry(table, va, s)).unwrap();
+                    return;
+                }
+                table = self.child(table, va, s);
+            }
+        }
+
+        fn walk(&self, va: u64) -> Option<CpuTranslation> {
+            walk(&self.mem, GuestAddress(ROOT), va)
+        }
+    }
+
+    #[test]
+    fn small_leaf() {
+        let mut t = Tables::new();
+        t.map(0x7f00_1234_5000, 0x30_0000, 12, true);
+        assert_eq!(
+            t.walk(0x7f00_1234_5abc),
+            Some(CpuTranslation {
+                gpa: GuestAddress(0x30_0abc),
+                writable: true,
+                leaf: CpuLeaf::Small
+            })
+        );
+        assert_eq!(t.walk(0x7f00_1234_6000), None);
+        assert_eq!(t.walk(0x7f00_1234_4fff), None);
+    }
+
+    #[test]
+    fn huge_leaves() {
+        let mut t = Tables::new();
+        // A 2 MiB leaf with the large-page PAT bit (12) set: it is not an address bit.
+        t.map(0x4000_0000, 0x60_0000 | (1 << 12), 21, true);
+        assert_eq!(
+            t.walk(0x401f_f008),
+            Some(CpuTranslation {
+                gpa: GuestAddress(0x7f_f008),
+                writable: true,
+                leaf: CpuLeaf::Huge2M
+            })
+        );
+        // A 1 GiB leaf: the frame need not be guest RAM for the walk, only for the tables.
+        t.map(0x80_0000_0000, 0x1_4000_0000, 30, false);
+        assert_eq!(
+            t.walk(0x80_3fff_ffff),
+            Some(CpuTranslation {
+                gpa: GuestAddress(0x1_7fff_ffff),
+                writable: false,
+                leaf: CpuLeaf::Huge1G
+            })
+        );
+    }
+
+    #[test]
+    fn read_only_at_any_level_is_read_only() {
+        let mut t = Tables::new();
+        t.map(0x1000, 0x5000, 12, true);
+        assert!(t.walk(0x1000).unwrap().writable);
+        // Clear R/W in the PML4 entry: the whole walk becomes read-only.
+        let at = t.entry(ROOT, 0x1000, 39);
+        let e: u64 = t.mem.read_obj(at).unwrap();
+        t.mem.write_obj(e & !PTE_WRITABLE, at).unwrap();
+        assert!(!t.walk(0x1000).unwrap().writable);
+    }
+
+    #[test]
+    fn absent_garbage_and_kernel_addresses() {
+        let mut t = Tables::new();
+        assert_eq!(t.walk(0), None);
+        t.map(0x2000, 0x5000, 12, true);
+        // Kernel half and non-canonical addresses are never checked.
+        assert_eq!(t.walk(USER_VA_LIMIT), None);
+        assert_eq!(t.walk(u64::MAX), None);
+        // A PDPT entry pointing outside guest memory.
+        let at = t.entry(ROOT, 0x2000, 39);
+        let pdpt: u64 = t.mem.read_obj::<u64>(at).unwrap() & PTE_ADDR_MASK;
+        t.mem
+            .write_obj(
+                0x000f_ffff_ffff_f000 | PTE_PRESENT,
+                t.entry(pdpt, 0x2000, 30),
+            )
+            .unwrap();
+        assert_eq!(t.walk(0x2000), None);
+        // A root outside guest memory, and one at the very end of the address bits.
+        assert_eq!(walk(&t.mem, GuestAddress(RAM), 0x2000), None);
+        assert_eq!(walk(&t.mem, GuestAddress(u64::MAX), 0x2000), None);
+        // PS in a PML4 entry is reserved: nothing is mapped.
+        t.mem
+            .write_obj(PTE_PRESENT | PTE_LEAF | 0x5000, t.entry(ROOT, 0, 39))
+            .unwrap();
+        assert_eq!(t.walk(0x2000), None);
+        // A self-referencing table stays bounded to four levels.
+        t.mem
+            .write_obj(ROOT | PTE_PRESENT | PTE_WRITABLE, t.entry(ROOT, 0, 39))
+            .unwrap();
+        assert_eq!(
+            t.walk(0).map(|c| c.gpa),
+            Some(GuestAddress(ROOT)),
+            "four levels through the root itself land on the root page"
+        );
+    }
+
+    fn device(gpa: u64, writable: bool) -> DeviceTranslation {
+        DeviceTranslation {
+            gpa: GuestAddress(gpa),
+            writable,
+        }
+    }
+
+    #[test]
+    fn check_rules() {
+        let mut t = Tables::new();
+        t.map(0x1000, 0x5000, 12, false);
+        t.map(0x2000, 0x6000, 12, true);
+        let c = |va: u64, d: DeviceTranslation, a: Access| {
+            check(&t.mem, GuestAddress(ROOT), Pasid(1), Iova(va), d, a)
+        };
+        assert_eq!(c(0x1008, device(0x5008, false), Access::Read), Ok(()));
+        assert_eq!(c(0x2008, device(0x6008, true), Access::Write), Ok(()));
+        // Read-only on the CPU: a read is fine even through a writable device entry.
+        assert_eq!(c(0x1000, device(0x5000, true), Access::Read), Ok(()));
+        let v = c(0x1000, device(0x5000, true), Access::Write).unwrap_err();
+        assert_eq!(v.cpu.map(|c| c.writable), Some(false));
+        // Another frame.
+        let v = c(0x2000, device(0x7000, true), Access::Read).unwrap_err();
+        assert_eq!(v.cpu.map(|c| c.gpa), Some(GuestAddress(0x6000)));
+        assert_eq!(v.device, device(0x7000, true));
+        // No CPU mapping at all.
+        let v = c(0x3000, device(0x8000, false), Access::Read).unwrap_err();
+        assert_eq!((v.cpu, v.access, v.va), (None, Access::Read, Iova(0x3000)));
+    }
+
+    fn inv(start: u64, len: u64, event: u32) -> Invalidation {
+        Invalidation {
+            pasid: Pasid(1),
+            range: IovaRange::pages(start, len).unwrap(),
+            event,
+            downgrade: false,
+        }
+    }
+
+    #[test]
+    fn observe_counts_samples_and_keeps_history() {
+        let mut t = Tables::new();
+        t.map(0x1000, 0x5000, 12, true);
+        let mut o = Oracle::default();
+        let mut c = GlobalCounters::default();
+        o.record_invalidation(&inv(0x1000, 0x1000, 1));
+        o.record_invalidation(&inv(0x10_0000, 0x1000, 0));
+        o.record_invalidation(&inv(0, 0x4000, 2));
+        let root = GuestAddress(ROOT);
+        o.observe(
+            &t.mem,
+            root,
+            Pasid(1),
+            Iova(0x1000),
+            device(0x5000, true),
+            Access::Write,
+            &mut c,
+        );
+        assert_eq!(c.violations, 0);
+        o.observe(
+            &t.mem,
+            root,
+            Pasid(1),
+            Iova(0x1000),
+            device(0x9000, true),
+            Access::Write,
+            &mut c,
+        );
+        assert_eq!(c.violations, 1);
+        let s = &o.samples()[0];
+        assert_eq!(s.after_seq, 3);
+        let seqs: Vec<u64> = s.history.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 3],
+            "only invalidations that touched the page, oldest first"
+        );
+        // No root: nothing to check against.
+        o.observe(
+            &t.mem,
+            GuestAddress(0),
+            Pasid(1),
+            Iova(0x1000),
+            device(0x9000, true),
+            Access::Write,
+            &mut c,
+        );
+        assert_eq!(c.violations, 1);
+        // Samples are bounded, the count is not.
+        for _ in 0..2 * MAX_SAMPLES {
+            o.observe(
+                &t.mem,
+                root,
+                Pasid(1),
+                Iova(0x3000),
+                device(0x9000, false),
+                Access::Read,
+                &mut c,
+            );
+        }
+        assert_eq!(c.violations, 1 + 2 * MAX_SAMPLES as u64);
+        assert_eq!(o.samples().len(), MAX_SAMPLES);
+        // Off and sampled modes.
+        o.set_mode(OracleMode::Off);
+        o.observe(
+            &t.mem,
+            root,
+            Pasid(1),
+            Iova(0x3000),
+            device(0x9000, false),
+            Access::Read,
+            &mut c,
+        );
+        assert_eq!(c.violations, 1 + 2 * MAX_SAMPLES as u64);
+        o.set_mode(OracleMode::Sampled(4));
+        let before = c.violations;
+        for _ in 0..8 {
+            o.observe(
+                &t.mem,
+                root,
+                Pasid(1),
+                Iova(0x3000),
+                device(0x9000, false),
+                Access::Read,
+                &mut c,
+            );
+        }
+        assert_eq!(c.violations - before, 2);
+    }
+
+    #[test]
+    fn history_is_bounded_per_pasid() {
+        let mut o = Oracle::default();
+        for i in 0..(HISTORY_PER_PASID as u64 + 10) {
+            o.record_invalidation(&inv(i * 0x1000, 0x1000, 0));
+        }
+        assert_eq!(o.history[&Pasid(1)].len(), HISTORY_PER_PASID);
+        assert_eq!(o.history[&Pasid(1)][0].seq, 11);
+        o.forget_pasid(Pasid(1));
+        assert!(o.history.is_empty());
+    }
+}
