@@ -60,10 +60,19 @@ impl Report {
                 .push("guest did not finish its programs (no VGPU-DONE line)".into());
         }
         for w in &c.workloads {
+            let name = w.get("name").and_then(|v| v.as_str()).unwrap_or("?");
             if w.get("ok").and_then(|v| v.as_bool()) != Some(true) {
-                let name = w.get("name").and_then(|v| v.as_str()).unwrap_or("?");
                 self.errors
                     .push(format!("workload {name}: data verification failed"));
+            }
+            // The coherence oracle saw the device use a translation the CPU no longer had.
+            if let Some(n) = w
+                .get("violations")
+                .and_then(|v| v.as_u64())
+                .filter(|n| *n > 0)
+            {
+                self.errors
+                    .push(format!("workload {name}: {n} coherence violations"));
             }
         }
         for r in c.results.iter().filter(|r| r.exit != 0) {
@@ -218,7 +227,13 @@ mod tests {
         let mut r = Report::default();
         r.absorb_console(&c);
         assert_eq!(r.errors, vec!["workload touch: data verification failed"]);
+        c.workloads[0]["ok"] = serde_json::json!(true);
+        c.workloads[0]["violations"] = serde_json::json!(3);
+        let mut r = Report::default();
+        r.absorb_console(&c);
+        assert_eq!(r.errors, vec!["workload touch: 3 coherence violations"]);
         let s = r.summary();
+        assert!(s.contains("violations 3"), "{s}");
         assert!(s.contains("workload touch"), "{s}");
         assert!(s.contains("device faults 64"), "{s}");
         assert!(s.contains("UNMAP"), "{s}");

@@ -156,6 +156,10 @@ fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
     assert_eq!(w["policy"], policy, "{w}");
     assert_eq!(w["ok"], true, "{w}");
     assert!(w["device_faults"].as_u64() > Some(0), "{w}");
+    assert_eq!(
+        w["violations"], 0,
+        "the coherence oracle found stale translations: {w}"
+    );
     // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device.
     for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
         let n = w["events"][event]["notifications"].as_u64();
