@@ -503,7 +503,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if req.writable_len() < RESP_SIZE + size {
             return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
         }
-        let data = self.counters.to_wire().as_slice().to_vec();
+        let data = self.counters.as_slice().to_vec();
         if cmd.flags & wire::COUNTERS_F_RESET != 0 {
             self.counters = Counters::default();
         }

@@ -37,7 +37,7 @@ pub fn event_fields(e: &EventCounters) -> [(&'static str, u64); 9] {
 
 /// The global counters by name, without `violations` (null until the coherence oracle
 /// reports them).
-pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 11] {
+pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 12] {
     [
         ("device_faults", g.device_faults),
         ("jobs_completed", g.jobs_completed),
@@ -50,6 +50,7 @@ pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 11] {
         ("page_walks", g.page_walks),
         ("bytes_read", g.bytes_read),
         ("bytes_written", g.bytes_written),
+        ("permission_faults", g.permission_faults),
     ]
 }
 
