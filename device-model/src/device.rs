@@ -315,7 +315,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
     }
 
     fn invalidate(&mut self, cmd: &wire::Cmd) -> wire::Resp {
-        let inv = match invalidate::parse(cmd) {
+        let inv = match invalidate::parse(cmd, self.config.pasid_inval_threshold) {
             Ok(inv) => inv,
             Err(st) => return resp(st, 0, 0),
         };

@@ -154,6 +154,7 @@ mod tests {
             range: IovaRange::pages(0x3000, 0x1000).unwrap(),
             event: wire::event::MIGRATE,
             downgrade: false,
+            whole_pasid: false,
         };
         invalidate(&mut mmu, &mut log, &mut c, &inv).unwrap();
         let a = faults.raise(Pasid(1), 9, Iova(0x3123), true, &mut c, &mut log);

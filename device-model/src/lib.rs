@@ -20,6 +20,6 @@ pub mod mmu;
 pub mod page_table;
 pub mod wire;
 
-pub use config::{ConfigError, VgpuConfig};
+pub use config::{ConfigError, OptionError, VgpuConfig};
 pub use counters::Counters;
 pub use device::{UsedQueues, VgpuDevice};

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use device_model::VgpuConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::console::{ConsoleState, ProgramResult};
@@ -40,6 +41,9 @@ pub struct Report {
     /// For nested runs: wall milliseconds of the whole virtual-host run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_host_run_ms: Option<u64>,
+    /// The virtual GPU's tunables (`--device`), by option name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device_config: Option<serde_json::Value>,
     /// The last console lines, kept when the run failed.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub console_tail: Vec<String>,
@@ -70,6 +74,16 @@ impl Report {
             self.errors
                 .push(format!("guest program {} exited with {}", r.name, r.exit));
         }
+    }
+
+    /// Echoes the device's tunables as `device_config`.
+    pub fn set_device_config(&mut self, config: &VgpuConfig) {
+        let map: serde_json::Map<String, serde_json::Value> = config
+            .options()
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        self.device_config = Some(map.into());
     }
 
     /// True if the run passed.
@@ -186,6 +200,20 @@ mod tests {
             assert!(v.get(key).is_some(), "missing key {key}");
         }
         assert!(v["workloads"].as_array().unwrap().is_empty());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn device_config_is_echoed_and_survives_the_nested_relay() {
+        let mut r = Report::default();
+        let c = VgpuConfig::from_options("atc_entries=64,atc_ways=4,fault_ahead=64K").unwrap();
+        r.set_device_config(&c);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["device_config"]["atc_entries"], 64);
+        assert_eq!(v["device_config"]["atc_ways"], 4);
+        assert_eq!(v["device_config"]["fault_ahead"], 65536);
+        // The outer VMM reads the inner report back as a Report.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
     }
