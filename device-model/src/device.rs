@@ -17,7 +17,7 @@ use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE
 use crate::atc::Atc;
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
-use crate::counters::Counters;
+use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, RemovalLog};
@@ -159,6 +159,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// How long the driver took to answer faults (host-only, not on the wire).
+    pub fn fault_latency(&self) -> FaultLatency {
+        self.faults.latency()
     }
 
     /// Jobs waiting for a fault answer.
@@ -357,6 +362,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             if self.stalled.get(&id).is_some_and(|s| s.job.pasid == pasid) {
                 if let Some(s) = self.stalled.remove(&id) {
                     resumed = 1;
+                    self.faults.answered(id);
                     self.run_job(mem, s.job, s.reply);
                 }
             } else {
@@ -491,6 +497,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             return resp(status::BAD_JOB, 0, 0);
         }
         if let Some(s) = self.stalled.remove(&id) {
+            self.faults.answered(id);
             self.faults.withdraw(id);
             self.counters.global.jobs_failed += 1;
             self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use device_model::VgpuConfig;
+use device_model::counters::{FaultLatency, EVENT_NAMES};
+use device_model::{Counters, VgpuConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::console::{ConsoleState, ProgramResult};
@@ -44,6 +45,10 @@ pub struct Report {
     /// The virtual GPU's tunables (`--device`), by option name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_config: Option<serde_json::Value>,
+    /// The VMM's own view of the virtual GPU at the end of the run: counter totals per
+    /// event and global, and the fault service latency histogram.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device: Option<serde_json::Value>,
     /// The last console lines, kept when the run failed.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub console_tail: Vec<String>,
@@ -84,6 +89,37 @@ impl Report {
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
             .collect();
         self.device_config = Some(map.into());
+    }
+
+    /// Records the device's final counters and fault latencies as `device`.
+    pub fn set_device(&mut self, counters: &Counters, latency: &FaultLatency) {
+        use serde_json::{Map, Value};
+        let object = |fields: &[(&str, u64)]| -> Value {
+            fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect::<Map<_, _>>()
+                .into()
+        };
+        let events: Map<String, Value> = EVENT_NAMES
+            .iter()
+            .zip(&counters.events)
+            .map(|(name, e)| (name.to_string(), object(&e.fields())))
+            .collect();
+        let buckets: Vec<Value> = latency
+            .nonzero()
+            .map(|(from_us, count)| serde_json::json!({"from_us": from_us, "count": count}))
+            .collect();
+        self.device = Some(serde_json::json!({
+            "global": object(&counters.global.fields()),
+            "events": events,
+            "fault_latency_us": {
+                "count": latency.count(),
+                "total": latency.total_us,
+                "max": latency.max_us,
+                "buckets": buckets,
+            },
+        }));
     }
 
     /// True if the run passed.
@@ -216,6 +252,32 @@ mod tests {
         // The outer VMM reads the inner report back as a Report.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn device_section_names_every_counter_and_keeps_stable_keys() {
+        let mut c = Counters::default();
+        c.event(device_model::wire::event::CLEAR).refaults = 3;
+        c.global.permission_faults = 2;
+        let mut h = FaultLatency::default();
+        h.record(std::time::Duration::from_micros(5));
+        let mut r = Report {
+            host: "kvm".into(),
+            ..Default::default()
+        };
+        r.set_device(&c, &h);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["device"]["events"]["CLEAR"]["refaults"], 3);
+        assert_eq!(v["device"]["events"]["UNMAP"]["pages_invalidated"], 0);
+        assert_eq!(v["device"]["global"]["permission_faults"], 2);
+        assert_eq!(v["device"]["fault_latency_us"]["count"], 1);
+        assert_eq!(
+            v["device"]["fault_latency_us"]["buckets"][0],
+            serde_json::json!({"from_us": 4, "count": 1})
+        );
+        for key in ["host", "kernel", "boot_ms", "workloads"] {
+            assert!(v.get(key).is_some(), "missing key {key}");
+        }
     }
 
     #[test]

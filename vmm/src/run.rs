@@ -182,6 +182,7 @@ pub fn run_direct(
         device: spec.device.clone(),
     };
     let vm = Vm::new(&cfg, sink.clone())?;
+    let vgpu = vm.vgpu();
     let control = vm.control();
     let running = vm.start().map_err(|source| crate::vm::VmError::Device {
         name: "vcpu threads",
@@ -207,6 +208,7 @@ pub fn run_direct(
     };
     report.absorb_console(&console);
     report.set_device_config(&spec.device);
+    report.set_device(&vgpu.counters(), &vgpu.fault_latency());
     let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
     if !clean_end {
         report.errors.push(format!("VM ended abnormally: {reason}"));
