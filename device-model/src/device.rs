@@ -7,7 +7,7 @@
 //! never blocks later commands, which is what lets the driver's mmu-notifier invalidate a
 //! range while a job waits for its fault to be served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -18,7 +18,7 @@ use crate::atc::Atc;
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
-use crate::engine::{Job, Step};
+use crate::engine::{Job, JobOp, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, RemovalLog};
 use crate::mmu::{Mmu, MmuError};
@@ -46,11 +46,13 @@ impl UsedQueues {
     }
 }
 
-/// A job waiting for the driver to answer its fault.
+/// A job waiting for the driver to answer its faults: one, or up to `fault_batch`.
 #[derive(Debug)]
 struct Stalled {
     job: Job,
     reply: Reply,
+    /// The faults of the batch not yet answered; the job resumes when none is left.
+    pending: BTreeSet<FaultId>,
 }
 
 /// A response ready to go on the command queue.
@@ -310,8 +312,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
             .map(|(id, _)| *id)
             .collect();
         for id in orphans {
-            self.faults.withdraw(id);
             if let Some(s) = self.stalled.remove(&id) {
+                for f in &s.pending {
+                    self.faults.withdraw(*f);
+                }
                 self.counters.global.jobs_failed += 1;
                 self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
             }
@@ -359,10 +363,14 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let mut resumed = 0;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             let id = FaultId(cmd.arg0);
-            if self.stalled.get(&id).is_some_and(|s| s.job.pasid == pasid) {
-                if let Some(s) = self.stalled.remove(&id) {
+            if let Some(key) = self.batch_of(id, pasid) {
+                self.faults.answered(id);
+                let done = self.stalled.get_mut(&key).is_some_and(|s| {
+                    s.pending.remove(&id);
+                    s.pending.is_empty()
+                });
+                if let Some(s) = done.then(|| self.stalled.remove(&key)).flatten() {
                     resumed = 1;
-                    self.faults.answered(id);
                     self.run_job(mem, s.job, s.reply);
                 }
             } else {
@@ -475,16 +483,37 @@ impl<M: GuestMemory> VgpuDevice<M> {
                     self.counters.global.jobs_failed += 1;
                     return self.respond(reply, resp(status::BUSY, 0, job.faults));
                 }
-                job.faults += 1;
-                let id = self.faults.raise(
-                    job.pasid,
-                    job.id,
-                    address,
-                    write,
-                    &mut self.counters,
-                    &mut self.log,
+                // The faulting page, then (with fault_batch > 1) the next pages the job
+                // would fault on, each its own record; bounded by the configured batch.
+                let ahead = self.config.fault_batch.saturating_sub(1) as usize;
+                let more = job.missing_ahead(&mut self.mmu, address, ahead);
+                let batch = std::iter::once((address, write)).chain(
+                    more.into_iter()
+                        .map(|a| (a, !matches!(job.op, JobOp::Checksum))),
                 );
-                self.stalled.insert(id, Stalled { job, reply });
+                let mut pending = BTreeSet::new();
+                for (address, write) in batch {
+                    job.faults += 1;
+                    pending.insert(self.faults.raise(
+                        job.pasid,
+                        job.id,
+                        address,
+                        write,
+                        &mut self.counters,
+                        &mut self.log,
+                    ));
+                }
+                // The batch is keyed by its first fault, which is the smallest id.
+                if let Some(&key) = pending.first() {
+                    self.stalled.insert(
+                        key,
+                        Stalled {
+                            job,
+                            reply,
+                            pending,
+                        },
+                    );
+                }
             }
         }
     }
@@ -493,16 +522,28 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(pasid) {
             return resp(status::BAD_PASID, 0, 0);
         }
-        if self.stalled.get(&id).is_none_or(|s| s.job.pasid != pasid) {
+        let Some(key) = self.batch_of(id, pasid) else {
             return resp(status::BAD_JOB, 0, 0);
-        }
-        if let Some(s) = self.stalled.remove(&id) {
+        };
+        if let Some(s) = self.stalled.remove(&key) {
             self.faults.answered(id);
-            self.faults.withdraw(id);
+            // The rest of the batch no longer has a job to resume.
+            for f in &s.pending {
+                self.faults.withdraw(*f);
+            }
             self.counters.global.jobs_failed += 1;
             self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
         }
         resp(status::OK, 0, 0)
+    }
+
+    /// The key of the stalled job on `pasid` still waiting for fault `id`. The search is
+    /// bounded: at most max_stalled_jobs jobs with at most fault_batch faults each.
+    fn batch_of(&self, id: FaultId, pasid: Pasid) -> Option<FaultId> {
+        self.stalled
+            .iter()
+            .find(|(_, s)| s.job.pasid == pasid && s.pending.contains(&id))
+            .map(|(key, _)| *key)
     }
 
     fn read_counters(&mut self, cmd: &wire::Cmd, req: &Request, reply: Reply) {
