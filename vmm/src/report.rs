@@ -172,6 +172,9 @@ impl Report {
         for w in &self.workloads {
             s.push_str(&workload_summary(w));
         }
+        if let Some(d) = &self.device {
+            s.push_str(&device_summary(d, self.device_config.as_ref()));
+        }
         for e in &self.errors {
             s.push_str(&format!("   error: {e}\n"));
         }
@@ -218,6 +221,30 @@ fn workload_summary(w: &serde_json::Value) -> String {
         }
     }
     s
+}
+
+/// One line of the host's device totals: the options, faults, ATC use, fault service time.
+fn device_summary(d: &serde_json::Value, config: Option<&serde_json::Value>) -> String {
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let options = config
+        .and_then(|c| c.as_object())
+        .map(|c| {
+            c.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let g = &d["global"];
+    let l = &d["fault_latency_us"];
+    let mean = num(l, "total").checked_div(num(l, "count")).unwrap_or(0);
+    format!(
+        "   device {options}: faults {}  atc hits {} misses {}  fault service mean {mean} us max {} us\n",
+        num(g, "device_faults"),
+        num(g, "atc_hits"),
+        num(g, "atc_misses"),
+        num(l, "max"),
+    )
 }
 
 #[cfg(test)]
@@ -278,6 +305,10 @@ mod tests {
         for key in ["host", "kernel", "boot_ms", "workloads"] {
             assert!(v.get(key).is_some(), "missing key {key}");
         }
+        r.set_device_config(&VgpuConfig::default());
+        let s = r.summary();
+        assert!(s.contains("device atc_entries=512,"), "{s}");
+        assert!(s.contains("fault service mean 5 us max 5 us"), "{s}");
     }
 
     #[test]
