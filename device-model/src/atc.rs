@@ -54,7 +54,7 @@ struct Entry {
 }
 
 /// The translation cache.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Atc {
     sets: usize,
     ways: usize,
@@ -405,5 +405,101 @@ mod tests {
         assert_eq!(atc.len(), 8);
         atc.clear();
         assert!(atc.is_empty());
+    }
+}
+
+/// The ATC in front of page tables driven by random sequences (the page-table properties'
+/// operations), with invalidation after every change as the mmu-notifier rule demands:
+/// every hit agrees with the reference, and an invalidated range leaves no entry behind.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::address::PAGE_SIZE;
+    use crate::page_table::properties::{
+        apply_model, apply_table, op, Model, Op, WINDOW_BASE, WINDOW_PAGES,
+    };
+    use crate::page_table::PageTable;
+
+    /// Entries of `pasid` that overlap `range`, straight from the slots.
+    fn overlapping(atc: &Atc, pasid: Pasid, range: IovaRange) -> usize {
+        atc.slots
+            .iter()
+            .flatten()
+            .filter(|e| {
+                let t = e.translation;
+                e.pasid == pasid && t.base.0 < range.end && range.start < t.base.0 + t.size.bytes()
+            })
+            .count()
+    }
+
+    /// Small caches, so replacement happens all the time.
+    fn geometry() -> impl Strategy<Value = (u32, u32)> {
+        prop_oneof![
+            Just((8, 1)),
+            Just((8, 8)),
+            Just((16, 4)),
+            Just((32, 2)),
+            Just((64, 8))
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn atc_hits_agree_and_invalidation_leaves_nothing(
+            (entries, ways) in geometry(),
+            ops in prop::collection::vec((1..=2u32, op(), any::<bool>()), 1..20),
+        ) {
+            let mut atc = Atc::new(entries, ways).unwrap();
+            let mut tables = [PageTable::new(64), PageTable::new(64)];
+            let mut models = [Model::new(), Model::new()];
+            for (pasid, op, write) in &ops {
+                let pasid = Pasid(*pasid);
+                let (table, model) = (&mut tables[pasid.0 as usize - 1], &mut models[pasid.0 as usize - 1]);
+                if let Op::Translate { page, offset } = *op {
+                    let page = WINDOW_BASE + page;
+                    let iova = Iova(page * PAGE_SIZE + offset);
+                    let want = model.get(&page).copied();
+                    match atc.lookup(pasid, iova, *write) {
+                        Lookup::Hit(t) => {
+                            let (frame, writable) = want.expect("a hit on an unmapped page");
+                            prop_assert_eq!(t.gpa(iova), GuestAddress(frame * PAGE_SIZE + offset));
+                            prop_assert_eq!(t.writable, writable);
+                        }
+                        Lookup::Denied => prop_assert_eq!(want.map(|w| w.1), Some(false)),
+                        // A miss walks and caches, as the MMU does.
+                        Lookup::Miss => {
+                            if let Some(t) = table.translate(iova) {
+                                if !*write || t.writable {
+                                    atc.insert(pasid, t);
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let (start, end) = apply_table(table, op).unwrap();
+                apply_model(model, op);
+                let range = IovaRange::pages(start * PAGE_SIZE, (end - start) * PAGE_SIZE).unwrap();
+                atc.invalidate_range(pasid, range);
+                prop_assert_eq!(overlapping(&atc, pasid, range), 0, "survived {:?}", range);
+                // The other PASID's entries are not the range's.
+                prop_assert_eq!(atc.lookup(pasid, Iova(start * PAGE_SIZE), false), Lookup::Miss);
+            }
+            // Whatever is still cached agrees with its table.
+            for (p, model) in models.iter().enumerate() {
+                for page in (WINDOW_BASE..WINDOW_BASE + WINDOW_PAGES).step_by(7) {
+                    if let Lookup::Hit(t) = atc.lookup(Pasid(p as u32 + 1), Iova(page * PAGE_SIZE), false) {
+                        let (frame, writable) = model.get(&page).copied().expect("stale hit");
+                        prop_assert_eq!(t.gpa(Iova(page * PAGE_SIZE)), GuestAddress(frame * PAGE_SIZE));
+                        prop_assert_eq!(t.writable, writable);
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! never blocks later commands, which is what lets the driver's mmu-notifier invalidate a
 //! range while a job waits for its fault to be served.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -17,8 +17,8 @@ use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE
 use crate::atc::Atc;
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
-use crate::counters::Counters;
-use crate::engine::{Job, Step};
+use crate::counters::{Counters, FaultLatency};
+use crate::engine::{Job, JobOp, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, RemovalLog};
 use crate::mmu::{Mmu, MmuError};
@@ -47,11 +47,13 @@ impl UsedQueues {
     }
 }
 
-/// A job waiting for the driver to answer its fault.
+/// A job waiting for the driver to answer its faults: one, or up to `fault_batch`.
 #[derive(Debug)]
 struct Stalled {
     job: Job,
     reply: Reply,
+    /// The faults of the batch not yet answered; the job resumes when none is left.
+    pending: BTreeSet<FaultId>,
 }
 
 /// A response ready to go on the command queue.
@@ -179,6 +181,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
     /// Sets how often the coherence oracle checks a translation.
     pub fn set_oracle_mode(&mut self, mode: OracleMode) {
         self.oracle.set_mode(mode);
+    }
+
+    /// How long the driver took to answer faults (host-only, not on the wire).
+    pub fn fault_latency(&self) -> FaultLatency {
+        self.faults.latency()
     }
 
     /// Jobs waiting for a fault answer.
@@ -326,8 +333,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
             .map(|(id, _)| *id)
             .collect();
         for id in orphans {
-            self.faults.withdraw(id);
             if let Some(s) = self.stalled.remove(&id) {
+                for f in &s.pending {
+                    self.faults.withdraw(*f);
+                }
                 self.counters.global.jobs_failed += 1;
                 self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
             }
@@ -336,7 +345,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
     }
 
     fn invalidate(&mut self, cmd: &wire::Cmd) -> wire::Resp {
-        let inv = match invalidate::parse(cmd) {
+        let inv = match invalidate::parse(cmd, self.config.pasid_inval_threshold) {
             Ok(inv) => inv,
             Err(st) => return resp(st, 0, 0),
         };
@@ -378,8 +387,13 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let mut resumed = 0;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             let id = FaultId(cmd.arg0);
-            if self.stalled.get(&id).is_some_and(|s| s.job.pasid == pasid) {
-                if let Some(s) = self.stalled.remove(&id) {
+            if let Some(key) = self.batch_of(id, pasid) {
+                self.faults.answered(id);
+                let done = self.stalled.get_mut(&key).is_some_and(|s| {
+                    s.pending.remove(&id);
+                    s.pending.is_empty()
+                });
+                if let Some(s) = done.then(|| self.stalled.remove(&key)).flatten() {
                     resumed = 1;
                     self.run_job(mem, s.job, s.reply);
                 }
@@ -499,16 +513,37 @@ impl<M: GuestMemory> VgpuDevice<M> {
                     self.counters.global.jobs_failed += 1;
                     return self.respond(reply, resp(status::BUSY, 0, job.faults));
                 }
-                job.faults += 1;
-                let id = self.faults.raise(
-                    job.pasid,
-                    job.id,
-                    address,
-                    write,
-                    &mut self.counters,
-                    &mut self.log,
+                // The faulting page, then (with fault_batch > 1) the next pages the job
+                // would fault on, each its own record; bounded by the configured batch.
+                let ahead = self.config.fault_batch.saturating_sub(1) as usize;
+                let more = job.missing_ahead(&mut self.mmu, address, ahead);
+                let batch = std::iter::once((address, write)).chain(
+                    more.into_iter()
+                        .map(|a| (a, !matches!(job.op, JobOp::Checksum))),
                 );
-                self.stalled.insert(id, Stalled { job, reply });
+                let mut pending = BTreeSet::new();
+                for (address, write) in batch {
+                    job.faults += 1;
+                    pending.insert(self.faults.raise(
+                        job.pasid,
+                        job.id,
+                        address,
+                        write,
+                        &mut self.counters,
+                        &mut self.log,
+                    ));
+                }
+                // The batch is keyed by its first fault, which is the smallest id.
+                if let Some(&key) = pending.first() {
+                    self.stalled.insert(
+                        key,
+                        Stalled {
+                            job,
+                            reply,
+                            pending,
+                        },
+                    );
+                }
             }
         }
     }
@@ -517,15 +552,28 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(pasid) {
             return resp(status::BAD_PASID, 0, 0);
         }
-        if self.stalled.get(&id).is_none_or(|s| s.job.pasid != pasid) {
+        let Some(key) = self.batch_of(id, pasid) else {
             return resp(status::BAD_JOB, 0, 0);
-        }
-        if let Some(s) = self.stalled.remove(&id) {
-            self.faults.withdraw(id);
+        };
+        if let Some(s) = self.stalled.remove(&key) {
+            self.faults.answered(id);
+            // The rest of the batch no longer has a job to resume.
+            for f in &s.pending {
+                self.faults.withdraw(*f);
+            }
             self.counters.global.jobs_failed += 1;
             self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
         }
         resp(status::OK, 0, 0)
+    }
+
+    /// The key of the stalled job on `pasid` still waiting for fault `id`. The search is
+    /// bounded: at most max_stalled_jobs jobs with at most fault_batch faults each.
+    fn batch_of(&self, id: FaultId, pasid: Pasid) -> Option<FaultId> {
+        self.stalled
+            .iter()
+            .find(|(_, s)| s.job.pasid == pasid && s.pending.contains(&id))
+            .map(|(key, _)| *key)
     }
 
     fn read_counters(&mut self, cmd: &wire::Cmd, req: &Request, reply: Reply) {
@@ -533,7 +581,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if req.writable_len() < RESP_SIZE + size {
             return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
         }
-        let data = self.counters.to_wire().as_slice().to_vec();
+        let data = self.counters.as_slice().to_vec();
         if cmd.flags & wire::COUNTERS_F_RESET != 0 {
             self.counters = Counters::default();
         }

@@ -180,6 +180,34 @@ impl Job {
         })
     }
 
+    /// Up to `limit` more pages after the faulting page `after` that this job will access
+    /// and that would fault too (no translation, or read-only for a write), so one stall can
+    /// ask for a batch of pages. Only the range the job writes (or, for CHECKSUM, reads) is
+    /// looked at; a COPY's source faults one page at a time. The page table is read
+    /// directly: a lookahead is not an access, so no ATC or walk counter moves.
+    pub fn missing_ahead(&self, mmu: &mut Mmu, after: Iova, limit: usize) -> Vec<Iova> {
+        let write = !matches!(self.op, JobOp::Checksum);
+        let Ok(space) = mmu.space(self.pasid) else {
+            return Vec::new();
+        };
+        let mut missing = Vec::new();
+        let mut page = after.page_base().0;
+        while missing.len() < limit {
+            page += PAGE_SIZE;
+            if page >= self.range.end {
+                break;
+            }
+            let usable = space
+                .table
+                .translate(Iova(page))
+                .is_some_and(|t| t.writable || !write);
+            if !usable {
+                missing.push(Iova(page));
+            }
+        }
+        missing
+    }
+
     fn translate<M: GuestMemory>(
         &self,
         mmu: &mut Mmu,
@@ -380,6 +408,27 @@ mod tests {
             1 ^ 0x2ff8
         );
         assert_eq!(r.c.bytes_written, 0x3000);
+    }
+
+    #[test]
+    fn lookahead_finds_the_next_missing_pages_within_the_range() {
+        let mut r = rig();
+        r.map(0x1000, 0x1000, true);
+        r.map(0x3000, 0x3000, false);
+        let fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x5000, 1), 1 << 20).unwrap();
+        // Page 1 is writable; page 3 is read-only, so a FILL needs it too.
+        assert_eq!(
+            fill.missing_ahead(&mut r.mmu, Iova(0), 8),
+            [Iova(0x2000), Iova(0x3000), Iova(0x4000)]
+        );
+        assert_eq!(fill.missing_ahead(&mut r.mmu, Iova(0), 1), [Iova(0x2000)]);
+        let sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0, 0x5000, 0), 1 << 20).unwrap();
+        assert_eq!(
+            sum.missing_ahead(&mut r.mmu, Iova(0), 8),
+            [Iova(0x2000), Iova(0x4000)]
+        );
+        assert!(fill.missing_ahead(&mut r.mmu, Iova(0x4000), 8).is_empty());
+        assert_eq!((r.c.atc_hits, r.c.atc_misses, r.c.page_walks), (0, 0, 0));
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //! carrying `MAP_F_FAULT_REPLY` and the fault id (the job resumes) or with FAULT_FAIL (the
 //! job fails). Faults wait here until the driver posts a fault buffer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 
 use crate::address::{Iova, Pasid};
 use crate::chain::{ChainError, Request};
-use crate::counters::Counters;
+use crate::counters::{Counters, FaultLatency};
 use crate::invalidate::RemovalLog;
 use crate::wire;
 
@@ -23,6 +24,10 @@ pub struct FaultId(pub u64);
 pub struct Faults {
     next_id: u64,
     undelivered: VecDeque<wire::Fault>,
+    /// When each unanswered fault was raised. One entry per stalled job, which the device
+    /// bounds (max_stalled_jobs); entries leave on answer, withdrawal or reset.
+    raised_at: HashMap<FaultId, Instant>,
+    latency: FaultLatency,
 }
 
 impl Default for Faults {
@@ -30,6 +35,8 @@ impl Default for Faults {
         Faults {
             next_id: 1,
             undelivered: VecDeque::new(),
+            raised_at: HashMap::new(),
+            latency: FaultLatency::default(),
         }
     }
 }
@@ -50,6 +57,7 @@ impl Faults {
         // Ids stay nonzero even if the counter wraps (it will not in practice).
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         counters.global.device_faults += 1;
+        self.raised_at.insert(id, Instant::now());
         if let Some(event) = log.take(pasid, address.page_base()) {
             counters.event(event).refaults += 1;
         }
@@ -71,11 +79,26 @@ impl Faults {
     /// Drops the undelivered fault `id` (its job went away before the driver saw it).
     pub fn withdraw(&mut self, id: FaultId) {
         self.undelivered.retain(|f| f.fault_id != id.0);
+        self.raised_at.remove(&id);
     }
 
-    /// Forgets everything (device reset).
+    /// The driver answered fault `id` (MAP or FAULT_FAIL): its service latency counts.
+    pub fn answered(&mut self, id: FaultId) {
+        if let Some(t) = self.raised_at.remove(&id) {
+            self.latency.record(t.elapsed());
+        }
+    }
+
+    /// The service latencies of the faults answered so far (they survive resets, like the
+    /// counters).
+    pub fn latency(&self) -> FaultLatency {
+        self.latency
+    }
+
+    /// Forgets every pending fault (device reset).
     pub fn clear(&mut self) {
         self.undelivered.clear();
+        self.raised_at.clear();
     }
 
     /// Writes waiting faults into the fault buffers the driver posted. Returns whether any
@@ -138,6 +161,27 @@ mod tests {
     use vm_memory::GuestAddress;
 
     #[test]
+    fn answers_time_their_fault_once_and_withdrawn_faults_not_at_all() {
+        let mut faults = Faults::default();
+        let mut c = Counters::default();
+        let mut log = RemovalLog::new(16);
+        let a = faults.raise(Pasid(1), 1, Iova(0x1000), false, &mut c, &mut log);
+        let b = faults.raise(Pasid(1), 2, Iova(0x2000), false, &mut c, &mut log);
+        faults.answered(a);
+        faults.answered(a);
+        faults.withdraw(b);
+        faults.answered(b);
+        assert_eq!(faults.latency().count(), 1);
+        // An unknown id (never raised) is ignored.
+        faults.answered(FaultId(99));
+        assert_eq!(faults.latency().count(), 1);
+        let d = faults.raise(Pasid(1), 3, Iova(0x3000), false, &mut c, &mut log);
+        faults.clear();
+        faults.answered(d);
+        assert_eq!(faults.latency().count(), 1, "reset forgets pending faults");
+    }
+
+    #[test]
     fn ids_are_unique_and_refaults_are_attributed() {
         let mut faults = Faults::default();
         let mut c = Counters::default();
@@ -154,6 +198,7 @@ mod tests {
             range: IovaRange::pages(0x3000, 0x1000).unwrap(),
             event: wire::event::MIGRATE,
             downgrade: false,
+            whole_pasid: false,
         };
         invalidate(&mut mmu, &mut log, &mut c, &inv).unwrap();
         let a = faults.raise(Pasid(1), 9, Iova(0x3123), true, &mut c, &mut log);

@@ -24,6 +24,9 @@ pub struct Invalidation {
     pub event: u32,
     /// Remove write permission only.
     pub downgrade: bool,
+    /// Invalidate the ATC with one whole-PASID request instead of per-block ATS requests
+    /// (the range is the whole address space, or longer than the configured threshold).
+    pub whole_pasid: bool,
 }
 
 /// What the response reports.
@@ -105,7 +108,7 @@ pub fn invalidate(
     let changes = space.table.update_range(inv.range, op, &mut |base, size| {
         log.record(inv.pasid, base, size, inv.event)
     });
-    let (ats_requests, dropped, whole_pasid) = if inv.range.is_everything() {
+    let (ats_requests, dropped, whole_pasid) = if inv.whole_pasid {
         (0, mmu.atc.invalidate_pasid(inv.pasid), 1)
     } else {
         let r = mmu.atc.invalidate_range(inv.pasid, inv.range);
@@ -131,8 +134,10 @@ pub fn invalidate(
     })
 }
 
-/// Builds an [`Invalidation`] from a command; the error is the response status.
-pub fn parse(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
+/// Builds an [`Invalidation`] from a command; the error is the response status. Ranges
+/// longer than `pasid_threshold` bytes (0: none) use a whole-PASID ATC invalidation, as a
+/// real IOMMU driver does when per-block requests would outnumber the cache.
+pub fn parse(cmd: &wire::Cmd, pasid_threshold: u64) -> Result<Invalidation, u32> {
     let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| wire::status::BAD_RANGE)?;
     if cmd.event as usize >= wire::event::COUNT {
         return Err(wire::status::BAD_RANGE);
@@ -142,6 +147,8 @@ pub fn parse(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
         range,
         event: cmd.event,
         downgrade: cmd.flags & wire::INV_F_DOWNGRADE != 0,
+        whole_pasid: range.is_everything()
+            || (pasid_threshold != 0 && range.len() > pasid_threshold),
     })
 }
 
@@ -195,6 +202,7 @@ mod tests {
                 range: IovaRange::pages(start, len).unwrap(),
                 event,
                 downgrade,
+                whole_pasid: start == 0 && len == VA_LIMIT,
             };
             invalidate(&mut self.mmu, &mut self.log, &mut self.c, &inv).unwrap()
         }
@@ -289,6 +297,7 @@ mod tests {
             range: IovaRange::pages(0, 0x1000).unwrap(),
             event: 0,
             downgrade: false,
+            whole_pasid: false,
         };
         assert_eq!(
             invalidate(&mut r.mmu, &mut r.log, &mut r.c, &inv),
@@ -302,18 +311,57 @@ mod tests {
             event,
             ..Default::default()
         };
-        assert_eq!(parse(&cmd(0x1000, 0, 0)), Err(wire::status::BAD_RANGE));
-        assert_eq!(parse(&cmd(0x1001, 0x1000, 0)), Err(wire::status::BAD_RANGE));
+        assert_eq!(parse0(&cmd(0x1000, 0, 0)), Err(wire::status::BAD_RANGE));
         assert_eq!(
-            parse(&cmd(u64::MAX - 0xfff, 0x2000, 0)),
+            parse0(&cmd(0x1001, 0x1000, 0)),
             Err(wire::status::BAD_RANGE)
         );
         assert_eq!(
-            parse(&cmd(VA_LIMIT, 0x1000, 0)),
+            parse0(&cmd(u64::MAX - 0xfff, 0x2000, 0)),
             Err(wire::status::BAD_RANGE)
         );
-        assert_eq!(parse(&cmd(0, 0x1000, 8)), Err(wire::status::BAD_RANGE));
-        assert!(parse(&cmd(0, 0x1000, 7)).is_ok());
+        assert_eq!(
+            parse0(&cmd(VA_LIMIT, 0x1000, 0)),
+            Err(wire::status::BAD_RANGE)
+        );
+        assert_eq!(parse0(&cmd(0, 0x1000, 8)), Err(wire::status::BAD_RANGE));
+        assert!(parse0(&cmd(0, 0x1000, 7)).is_ok());
+        // Whole-PASID: the whole space always, longer ranges only above the threshold.
+        assert!(parse0(&cmd(0, VA_LIMIT, 0)).unwrap().whole_pasid);
+        assert!(!parse0(&cmd(0, 1 << 30, 0)).unwrap().whole_pasid);
+        assert!(!parse(&cmd(0, 1 << 30, 0), 1 << 30).unwrap().whole_pasid);
+        assert!(
+            parse(&cmd(0, (1 << 30) + 0x1000, 0), 1 << 30)
+                .unwrap()
+                .whole_pasid
+        );
+    }
+
+    #[test]
+    fn above_the_threshold_one_pasid_invalidation_replaces_the_requests() {
+        let mut r = rig();
+        for p in [1, 0x300] {
+            r.map(p, true);
+            r.touch(p);
+        }
+        let cmd = wire::Cmd {
+            pasid: 1,
+            start: 0x1000,
+            length: 0x40_0000,
+            event: event::UNMAP,
+            ..Default::default()
+        };
+        let inv = parse(&cmd, 1 << 20).unwrap();
+        let done = invalidate(&mut r.mmu, &mut r.log, &mut r.c, &inv).unwrap();
+        assert_eq!(done.ats_requests, 0);
+        let e = r.c.events[event::UNMAP as usize];
+        assert_eq!((e.pasid_invalidations, e.ats_invalidations), (1, 0));
+        assert_eq!(e.atc_entries_dropped, 2);
+        assert!(r.mmu.atc.is_empty());
+    }
+
+    fn parse0(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
+        parse(cmd, 0)
     }
 
     #[test]

@@ -22,6 +22,6 @@ pub mod oracle;
 pub mod page_table;
 pub mod wire;
 
-pub use config::{ConfigError, VgpuConfig};
+pub use config::{ConfigError, OptionError, VgpuConfig};
 pub use counters::Counters;
 pub use device::{UsedQueues, VgpuDevice};

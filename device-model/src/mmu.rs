@@ -131,6 +131,7 @@ impl Mmu {
         // A write that finds a read-only translation is an ordinary device fault (the
         // driver upgrades it); `violations` counts only what the coherence oracle finds.
         if write && !t.writable {
+            counters.permission_faults += 1;
             return Err(Miss::Fault);
         }
         self.atc.insert(pasid, t);
@@ -199,11 +200,12 @@ mod tests {
             Ok(GuestAddress(0x9010))
         );
         assert_eq!((c.atc_hits, c.atc_misses, c.page_walks), (1, 2, 2));
-        // A write to a read-only page is a fault, not a violation (that is the oracle's).
+        // A write to a read-only page is a permission fault (not an oracle violation).
         assert_eq!(
             m.translate(Pasid(1), Iova(0x1000), true, &mut c),
             Err(Miss::Fault)
         );
+        assert_eq!(c.permission_faults, 1);
         assert_eq!(c.violations, 0);
         assert_eq!(m.process_root(Pasid(1)), Some(GuestAddress(0)));
         // Unbinding drops the translations, cached ones too.

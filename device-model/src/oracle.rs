@@ -575,6 +575,7 @@ mod tests {
             range: IovaRange::pages(start, len).unwrap(),
             event,
             downgrade: false,
+            whole_pasid: false,
         }
     }
 

@@ -693,3 +693,204 @@ mod tests {
         assert_eq!(pt.translate(Iova(0)), None);
     }
 }
+
+/// Random sequences of map (4 KiB and 2 MiB), drop, downgrade and translate against a plain
+/// reference model: a map of page number to (frame number, writable).
+#[cfg(test)]
+pub(crate) mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::address::{HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
+
+    /// Pages the sequences play in: four 2 MiB runs.
+    pub const WINDOW_PAGES: u64 = 4 * PAGES_PER_HUGE_PAGE;
+    /// First page of the window: two 2 MiB runs below a 1 GiB boundary, so ranges straddle
+    /// 2 MiB leaves and a level-2 table boundary too.
+    pub const WINDOW_BASE: u64 = (1 << 30) / PAGE_SIZE - 2 * PAGES_PER_HUGE_PAGE;
+
+    /// The reference: page number → (frame number, writable).
+    pub type Model = BTreeMap<u64, (u64, bool)>;
+
+    /// One step of a sequence; page numbers are relative to [`WINDOW_BASE`].
+    #[derive(Clone, Debug)]
+    pub enum Op {
+        /// Map one 4 KiB page.
+        Map {
+            page: u64,
+            frame: u64,
+            writable: bool,
+        },
+        /// Map one 2 MiB run (index of the run in the window).
+        MapHuge {
+            run: u64,
+            frame_run: u64,
+            writable: bool,
+        },
+        /// Drop or downgrade `pages` pages from `page`.
+        Update {
+            page: u64,
+            pages: u64,
+            downgrade: bool,
+        },
+        /// Translate an address in `page`.
+        Translate { page: u64, offset: u64 },
+    }
+
+    pub fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..WINDOW_PAGES, 0..1u64 << 20, any::<bool>())
+                .prop_map(|(page, frame, writable)| Op::Map { page, frame, writable }),
+            1 => (0..WINDOW_PAGES / PAGES_PER_HUGE_PAGE, 0..1u64 << 10, any::<bool>())
+                .prop_map(|(run, frame_run, writable)| Op::MapHuge { run, frame_run, writable }),
+            // Lengths up to a bit more than a 2 MiB run, anywhere: many straddle leaves.
+            2 => (0..WINDOW_PAGES, 1..PAGES_PER_HUGE_PAGE + 64, any::<bool>())
+                .prop_map(|(page, pages, downgrade)| Op::Update { page, pages, downgrade }),
+            3 => (0..WINDOW_PAGES, 0..PAGE_SIZE)
+                .prop_map(|(page, offset)| Op::Translate { page, offset }),
+        ]
+    }
+
+    /// The clamped range of an update, in absolute pages.
+    pub fn update_range(page: u64, pages: u64) -> (u64, u64) {
+        let end = (page + pages).min(WINDOW_PAGES);
+        (WINDOW_BASE + page, WINDOW_BASE + end)
+    }
+
+    /// Applies a map or update to the reference.
+    pub fn apply_model(model: &mut Model, op: &Op) {
+        match *op {
+            Op::Map {
+                page,
+                frame,
+                writable,
+            } => {
+                model.insert(WINDOW_BASE + page, (frame, writable));
+            }
+            Op::MapHuge {
+                run,
+                frame_run,
+                writable,
+            } => {
+                let first = WINDOW_BASE + run * PAGES_PER_HUGE_PAGE;
+                for i in 0..PAGES_PER_HUGE_PAGE {
+                    model.insert(first + i, (frame_run * PAGES_PER_HUGE_PAGE + i, writable));
+                }
+            }
+            Op::Update {
+                page,
+                pages,
+                downgrade,
+            } => {
+                let (start, end) = update_range(page, pages);
+                if downgrade {
+                    for (_, v) in model.range_mut(start..end) {
+                        v.1 = false;
+                    }
+                } else {
+                    let dropped: Vec<u64> = model.range(start..end).map(|(k, _)| *k).collect();
+                    for k in dropped {
+                        model.remove(&k);
+                    }
+                }
+            }
+            Op::Translate { .. } => {}
+        }
+    }
+
+    /// Applies a map or update to the table; returns the range it changed (absolute
+    /// pages), for the ATC to invalidate.
+    pub fn apply_table(table: &mut PageTable, op: &Op) -> Option<(u64, u64)> {
+        match *op {
+            Op::Map {
+                page,
+                frame,
+                writable,
+            } => {
+                let p = WINDOW_BASE + page;
+                table
+                    .map_page(
+                        Iova(p * PAGE_SIZE),
+                        GuestAddress(frame * PAGE_SIZE),
+                        writable,
+                    )
+                    .unwrap();
+                Some((p, p + 1))
+            }
+            Op::MapHuge {
+                run,
+                frame_run,
+                writable,
+            } => {
+                let p = WINDOW_BASE + run * PAGES_PER_HUGE_PAGE;
+                table
+                    .map_huge(
+                        Iova(p * PAGE_SIZE),
+                        GuestAddress(frame_run * HUGE_PAGE_SIZE),
+                        writable,
+                    )
+                    .unwrap();
+                Some((p, p + PAGES_PER_HUGE_PAGE))
+            }
+            Op::Update {
+                page,
+                pages,
+                downgrade,
+            } => {
+                let (start, end) = update_range(page, pages);
+                let range = IovaRange::pages(start * PAGE_SIZE, (end - start) * PAGE_SIZE).unwrap();
+                let op = if downgrade {
+                    RangeOp::Downgrade
+                } else {
+                    RangeOp::Drop
+                };
+                table.update_range(range, op, &mut |_, _| {});
+                Some((start, end))
+            }
+            Op::Translate { .. } => None,
+        }
+    }
+
+    /// Whether the table's translation of `page` + `offset` is the reference's.
+    pub fn agrees(table: &PageTable, model: &Model, page: u64, offset: u64) -> bool {
+        let iova = Iova(page * PAGE_SIZE + offset);
+        match (table.translate(iova), model.get(&page)) {
+            (None, None) => true,
+            (Some(t), Some(&(frame, writable))) => {
+                t.covers(iova)
+                    && t.gpa(iova) == GuestAddress(frame * PAGE_SIZE + offset)
+                    && t.writable == writable
+            }
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn page_table_matches_the_reference(ops in prop::collection::vec(op(), 1..16)) {
+            // Room for every node the window can need: no budget-forced whole-leaf drops.
+            let mut table = PageTable::new(64);
+            let mut model = Model::new();
+            for op in &ops {
+                if let Op::Translate { page, offset } = *op {
+                    prop_assert!(agrees(&table, &model, WINDOW_BASE + page, offset), "{op:?}");
+                }
+                apply_table(&mut table, op);
+                apply_model(&mut model, op);
+            }
+            // Every 13th page of the window, then every page the reference maps.
+            for page in (0..WINDOW_PAGES).step_by(13) {
+                prop_assert!(agrees(&table, &model, WINDOW_BASE + page, 8));
+            }
+            for &page in model.keys() {
+                prop_assert!(agrees(&table, &model, page, 0));
+            }
+            let (small, huge) = table.leaf_counts();
+            prop_assert_eq!(small + huge * PAGES_PER_HUGE_PAGE, model.len() as u64);
+        }
+    }
+}

@@ -249,14 +249,17 @@ pub struct GlobalCounters {
     pub atc_misses: u64,
     /// Page-table walks.
     pub page_walks: u64,
-    /// Writes that found a read-only translation.
+    /// Reserved for the coherence oracle: device accesses that disagreed with the
+    /// process's page table. The device model's translation path never counts here.
     pub violations: u64,
     /// Bytes jobs read from guest memory.
     pub bytes_read: u64,
     /// Bytes jobs wrote to guest memory.
     pub bytes_written: u64,
+    /// Writes that found only a read-only translation (and so faulted).
+    pub permission_faults: u64,
     /// Zero.
-    pub reserved: [u64; 20],
+    pub reserved: [u64; 19],
 }
 
 /// `struct vgpu_counters`: what COUNTERS writes.

@@ -82,6 +82,7 @@ fn rust_layouts() -> Vec<Layout> {
                 violations,
                 bytes_read,
                 bytes_written,
+                permission_faults,
                 reserved,
             ]
         ),

@@ -140,7 +140,8 @@ struct vgpu_global_counters {
 	__le64 violations;
 	__le64 bytes_read;
 	__le64 bytes_written;
-	__le64 reserved[20];
+	__le64 permission_faults;
+	__le64 reserved[19];
 };
 
 struct vgpu_counters {

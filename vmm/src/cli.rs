@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// How the guest driver turns mmu-notifier events into device invalidations.
     #[arg(long, value_enum, default_value = "event-aware")]
     pub policy: Policy,
+    /// Virtual GPU options, `key=value` separated by commas: atc_entries (0..=65536),
+    /// atc_ways (dividing atc_entries), fault_ahead (0, 64K, 2M), fault_batch (1..=16),
+    /// pasid_inval_threshold (a size such as 1G; 0 = off).
+    #[arg(long, default_value = "")]
+    pub device: String,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,

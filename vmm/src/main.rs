@@ -85,7 +85,10 @@ fn check_file(what: &str, p: &Path) -> Result<(), String> {
 fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
     let mem_size = run::parse_size(&args.mem).map_err(|e| format!("--mem: {e}"))?;
     let kind = host::resolve(args.host).map_err(|e| format!("--host kvm cannot work here: {e}"))?;
+    let device = device_model::VgpuConfig::from_options(&args.device)
+        .map_err(|e| format!("--device: {e}"))?;
     let spec = RunSpec {
+        device,
         cpus: args.cpus,
         mem_size,
         programs: run::programs_to_run(&args.programs, &args.workloads),

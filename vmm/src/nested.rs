@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use crate::console::{ConsoleState, TAIL_LINES};
 use crate::host::HostKind;
 use crate::report::Report;
+use device_model::VgpuConfig;
+
 use crate::run::RunSpec;
 
 /// The QEMU binary of the virtual host.
@@ -62,6 +64,13 @@ pub fn inner_args(spec: &RunSpec) -> String {
     }
     if spec.verbose {
         a.push("--verbose".into());
+    }
+    // The device options are comma-separated on our command line, but this list is
+    // comma-joined into one kernel argument and split on commas by host-init.sh: send
+    // them `+`-separated, which `VgpuConfig::from_options` also accepts.
+    if spec.device != VgpuConfig::default() {
+        a.push("--device".into());
+        a.push(spec.device.to_options('+'));
     }
     a.join(",")
 }
@@ -223,6 +232,7 @@ mod tests {
             timeout: Duration::from_secs(300),
             verbose: true,
             extra_cmdline: None,
+            device: VgpuConfig::default(),
         };
         let a = inner_args(&spec);
         assert_eq!(
@@ -231,5 +241,32 @@ mod tests {
         );
         assert!(!a.contains(' '));
         assert_eq!(host_mem_mib(&spec), 1536);
+    }
+
+    #[test]
+    fn device_options_survive_the_comma_split_of_the_inner_hop() {
+        use clap::Parser;
+        let device =
+            VgpuConfig::from_options("atc_entries=64,atc_ways=4,fault_ahead=64K,fault_batch=4")
+                .unwrap();
+        let spec = RunSpec {
+            cpus: 1,
+            mem_size: 256 << 20,
+            programs: vec!["touch".into()],
+            policy: crate::run::Policy::EventAware,
+            timeout: Duration::from_secs(60),
+            verbose: false,
+            extra_cmdline: None,
+            device: device.clone(),
+        };
+        let a = inner_args(&spec);
+        assert!(!a.contains(' '));
+        // What images/host-init.sh does: split the kernel argument on commas.
+        let argv = ["vmm", "run"].into_iter().chain(a.split(','));
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not a run");
+        };
+        assert_eq!(VgpuConfig::from_options(&args.device), Ok(device));
     }
 }

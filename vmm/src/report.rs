@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use device_model::counters::{FaultLatency, EVENT_NAMES};
+use device_model::{Counters, VgpuConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::console::{ConsoleState, ProgramResult};
@@ -40,6 +42,13 @@ pub struct Report {
     /// For nested runs: wall milliseconds of the whole virtual-host run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_host_run_ms: Option<u64>,
+    /// The virtual GPU's tunables (`--device`), by option name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device_config: Option<serde_json::Value>,
+    /// The VMM's own view of the virtual GPU at the end of the run: counter totals per
+    /// event and global, and the fault service latency histogram.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device: Option<serde_json::Value>,
     /// The last console lines, kept when the run failed.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub console_tail: Vec<String>,
@@ -79,6 +88,47 @@ impl Report {
             self.errors
                 .push(format!("guest program {} exited with {}", r.name, r.exit));
         }
+    }
+
+    /// Echoes the device's tunables as `device_config`.
+    pub fn set_device_config(&mut self, config: &VgpuConfig) {
+        let map: serde_json::Map<String, serde_json::Value> = config
+            .options()
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        self.device_config = Some(map.into());
+    }
+
+    /// Records the device's final counters and fault latencies as `device`.
+    pub fn set_device(&mut self, counters: &Counters, latency: &FaultLatency) {
+        use serde_json::{Map, Value};
+        let object = |fields: &[(&str, u64)]| -> Value {
+            fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect::<Map<_, _>>()
+                .into()
+        };
+        let events: Map<String, Value> = EVENT_NAMES
+            .iter()
+            .zip(&counters.events)
+            .map(|(name, e)| (name.to_string(), object(&e.fields())))
+            .collect();
+        let buckets: Vec<Value> = latency
+            .nonzero()
+            .map(|(from_us, count)| serde_json::json!({"from_us": from_us, "count": count}))
+            .collect();
+        self.device = Some(serde_json::json!({
+            "global": object(&counters.global.fields()),
+            "events": events,
+            "fault_latency_us": {
+                "count": latency.count(),
+                "total": latency.total_us,
+                "max": latency.max_us,
+                "buckets": buckets,
+            },
+        }));
     }
 
     /// True if the run passed.
@@ -131,6 +181,9 @@ impl Report {
         for w in &self.workloads {
             s.push_str(&workload_summary(w));
         }
+        if let Some(d) = &self.device {
+            s.push_str(&device_summary(d, self.device_config.as_ref()));
+        }
         for e in &self.errors {
             s.push_str(&format!("   error: {e}\n"));
         }
@@ -179,6 +232,30 @@ fn workload_summary(w: &serde_json::Value) -> String {
     s
 }
 
+/// One line of the host's device totals: the options, faults, ATC use, fault service time.
+fn device_summary(d: &serde_json::Value, config: Option<&serde_json::Value>) -> String {
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let options = config
+        .and_then(|c| c.as_object())
+        .map(|c| {
+            c.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let g = &d["global"];
+    let l = &d["fault_latency_us"];
+    let mean = num(l, "total").checked_div(num(l, "count")).unwrap_or(0);
+    format!(
+        "   device {options}: faults {}  atc hits {} misses {}  fault service mean {mean} us max {} us\n",
+        num(g, "device_faults"),
+        num(g, "atc_hits"),
+        num(g, "atc_misses"),
+        num(l, "max"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +274,50 @@ mod tests {
         assert!(v["workloads"].as_array().unwrap().is_empty());
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn device_config_is_echoed_and_survives_the_nested_relay() {
+        let mut r = Report::default();
+        let c = VgpuConfig::from_options("atc_entries=64,atc_ways=4,fault_ahead=64K").unwrap();
+        r.set_device_config(&c);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["device_config"]["atc_entries"], 64);
+        assert_eq!(v["device_config"]["atc_ways"], 4);
+        assert_eq!(v["device_config"]["fault_ahead"], 65536);
+        // The outer VMM reads the inner report back as a Report.
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn device_section_names_every_counter_and_keeps_stable_keys() {
+        let mut c = Counters::default();
+        c.event(device_model::wire::event::CLEAR).refaults = 3;
+        c.global.permission_faults = 2;
+        let mut h = FaultLatency::default();
+        h.record(std::time::Duration::from_micros(5));
+        let mut r = Report {
+            host: "kvm".into(),
+            ..Default::default()
+        };
+        r.set_device(&c, &h);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["device"]["events"]["CLEAR"]["refaults"], 3);
+        assert_eq!(v["device"]["events"]["UNMAP"]["pages_invalidated"], 0);
+        assert_eq!(v["device"]["global"]["permission_faults"], 2);
+        assert_eq!(v["device"]["fault_latency_us"]["count"], 1);
+        assert_eq!(
+            v["device"]["fault_latency_us"]["buckets"][0],
+            serde_json::json!({"from_us": 4, "count": 1})
+        );
+        for key in ["host", "kernel", "boot_ms", "workloads"] {
+            assert!(v.get(key).is_some(), "missing key {key}");
+        }
+        r.set_device_config(&VgpuConfig::default());
+        let s = r.summary();
+        assert!(s.contains("device atc_entries=512,"), "{s}");
+        assert!(s.contains("fault service mean 5 us max 5 us"), "{s}");
     }
 
     #[test]

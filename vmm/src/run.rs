@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use device_model::VgpuConfig;
+
 use crate::console::{ConsoleSink, TAIL_LINES};
 use crate::control::ExitReason;
 use crate::host::HostKind;
@@ -62,6 +64,8 @@ pub struct RunSpec {
     pub verbose: bool,
     /// Appended to the kernel command line.
     pub extra_cmdline: Option<String>,
+    /// How the virtual GPU is built (`--device`).
+    pub device: VgpuConfig,
 }
 
 /// The kernel command line for a run.
@@ -175,8 +179,10 @@ pub fn run_direct(
         kernel,
         initrd,
         cmdline: kernel_cmdline(spec),
+        device: spec.device.clone(),
     };
     let vm = Vm::new(&cfg, sink.clone())?;
+    let vgpu = vm.vgpu();
     let control = vm.control();
     let running = vm.start().map_err(|source| crate::vm::VmError::Device {
         name: "vcpu threads",
@@ -201,6 +207,8 @@ pub fn run_direct(
         ..Default::default()
     };
     report.absorb_console(&console);
+    report.set_device_config(&spec.device);
+    report.set_device(&vgpu.counters(), &vgpu.fault_latency());
     let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
     if !clean_end {
         report.errors.push(format!("VM ended abnormally: {reason}"));
@@ -233,6 +241,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: None,
+            device: VgpuConfig::default(),
         }
     }
 
@@ -289,6 +298,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: Some("foo=bar".into()),
+            device: VgpuConfig::default(),
         };
         let c = kernel_cmdline(&spec);
         assert!(c.contains("console=ttyS0"));

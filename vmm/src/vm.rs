@@ -44,6 +44,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
     pub cmdline: String,
+    /// How the virtual GPU is built.
+    pub device: VgpuConfig,
 }
 
 /// Errors of VM construction.
@@ -180,8 +182,8 @@ impl Vm {
             .map_err(|e| VmError::Pci(e.to_string()))?;
         // The virtual GPU takes the next slot. Its tunables are the defaults until the
         // command line grows an option for them.
-        let vgpu = VirtioVgpu::new(VgpuConfig::default())
-            .map_err(|e| VmError::Pci(format!("vgpu: {e}")))?;
+        let vgpu =
+            VirtioVgpu::new(cfg.device.clone()).map_err(|e| VmError::Pci(format!("vgpu: {e}")))?;
         let vgpu_handle = vgpu.handle();
         let vectors = VirtioPciDevice::msix_vectors_for(&vgpu);
         let msi = KvmMsiGroup::new(routing, vectors).map_err(dev_err("vgpu MSI-X"))?;

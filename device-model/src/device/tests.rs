@@ -745,3 +745,83 @@ fn oracle_counts_a_translation_the_cpu_does_not_have() {
     assert_eq!(r.resp(&s).status, status::OK);
     assert_eq!(r.counters().global.violations, 1);
 }
+
+#[test]
+fn a_fault_batch_posts_one_record_per_page_and_resumes_when_all_are_answered() {
+    let mut r = rig_with(VgpuConfig {
+        fault_batch: 3,
+        ..VgpuConfig::default()
+    });
+    r.bind(1);
+    // Page 1 is mapped; pages 0, 2, 3 and 4 are not. A batch of 3: pages 0, 2, 3.
+    r.map(1, 0x1000, &[entry(FRAMES + 0x1000, true)]);
+    let job = r.job(1, job_op::FILL, 0, 0x5000, 5);
+    let bufs = r.post_fault_buffers(8);
+    r.dev.process_command_queue();
+    let f = r.faults(&bufs);
+    let addrs: Vec<u64> = f.iter().map(|f| f.address).collect();
+    assert_eq!(addrs, [0, 0x2000, 0x3000]);
+    assert!(f
+        .iter()
+        .all(|f| f.flags == wire::FAULT_F_WRITE && f.job_id == 0x10b));
+    assert_eq!(r.dev.stalled_jobs(), 1);
+    // Answer all but one, out of order: the job stays stalled.
+    let reply = |r: &mut Rig, f: &wire::Fault| {
+        let mut m = cmd(opcode::MAP, 1, f.address, 0x1000);
+        m.flags = wire::MAP_F_FAULT_REPLY;
+        m.arg0 = f.fault_id;
+        send_and_drain(r, &m, &[entry(FRAMES + f.address, true)])
+    };
+    assert_eq!(reply(&mut r, &f[2]), resp(status::OK, 1, 0));
+    assert_eq!(reply(&mut r, &f[0]), resp(status::OK, 1, 0));
+    assert_eq!(r.dev.stalled_jobs(), 1);
+    // The last answer resumes it; page 4 then faults as a batch of one.
+    assert_eq!(reply(&mut r, &f[1]), resp(status::OK, 1, 1));
+    let g = r.faults(&bufs);
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].address, 0x4000);
+    // FAULT_FAIL of that one fails the job with all four faults counted.
+    let mut ff = cmd(opcode::FAULT_FAIL, 1, 0, 0);
+    ff.arg0 = g[0].fault_id;
+    ff.arg1 = 14;
+    assert_eq!(send_and_drain(&mut r, &ff, &[]).status, status::OK);
+    assert_eq!(r.resp(&job), resp(status::FAULT, 14, 4));
+    assert_eq!(r.counters().global.device_faults, 4);
+    assert_eq!(r.dev.fault_latency().count(), 4);
+}
+
+#[test]
+fn failing_one_fault_of_a_batch_withdraws_the_rest() {
+    let mut r = rig_with(VgpuConfig {
+        fault_batch: 4,
+        ..VgpuConfig::default()
+    });
+    r.bind(1);
+    let job = r.job(1, job_op::CHECKSUM, 0, 0x4000, 0);
+    r.dev.process_command_queue();
+    // Only two buffers: two records wait in the device.
+    let bufs = r.post_fault_buffers(2);
+    r.dev.process_fault_queue();
+    let f = r.faults(&bufs);
+    assert_eq!(f.len(), 2);
+    assert!(f.iter().all(|f| f.flags == 0), "a CHECKSUM reads");
+    let mut ff = cmd(opcode::FAULT_FAIL, 1, 0, 0);
+    ff.arg0 = f[1].fault_id;
+    assert_eq!(send_and_drain(&mut r, &ff, &[]).status, status::OK);
+    assert_eq!(r.resp(&job).status, status::FAULT);
+    // The undelivered records of the failed batch never reach the driver.
+    let more = r.post_fault_buffers(2);
+    r.dev.process_fault_queue();
+    assert!(r.faults(&more).is_empty());
+    // Its other ids are unknown now.
+    ff.arg0 = f[0].fault_id;
+    assert_eq!(r.run(&ff, &[]).status, status::BAD_JOB);
+}
+
+/// Sends one command and runs the device; other chains (resumed jobs) may complete too.
+fn send_and_drain(r: &mut Rig, c: &wire::Cmd, payload: &[u64]) -> wire::Resp {
+    let s = r.send_with(c, payload, 0);
+    r.dev.process_command_queue();
+    assert!(r.used().contains(&(s.head, 24)));
+    r.resp(&s)
+}

@@ -9,48 +9,20 @@ use vm_memory::ByteValued;
 use crate::uapi::Counters;
 
 /// The mmu-notifier events, in the device's counter order (the kernel's enum order).
-pub const EVENTS: [&str; 8] = [
-    "UNMAP",
-    "CLEAR",
-    "PROTECTION_VMA",
-    "PROTECTION_PAGE",
-    "SOFT_DIRTY",
-    "RELEASE",
-    "MIGRATE",
-    "EXCLUSIVE",
-];
+pub const EVENTS: [&str; 8] = device_model::counters::EVENT_NAMES;
 
-/// The per-event counters by name (the JSON keys of each event).
+/// The per-event counters by name (the JSON keys of each event): the device model's list.
 pub fn event_fields(e: &EventCounters) -> [(&'static str, u64); 9] {
-    [
-        ("notifications", e.notifications),
-        ("ats_invalidations", e.ats_invalidations),
-        ("pasid_invalidations", e.pasid_invalidations),
-        ("pages_invalidated", e.pages_invalidated),
-        ("atc_entries_dropped", e.atc_entries_dropped),
-        ("useless_invalidations", e.useless_invalidations),
-        ("refaults", e.refaults),
-        ("downgrades", e.downgrades),
-        ("leaf_splits", e.leaf_splits),
-    ]
+    e.fields()
 }
 
-/// The global counters by name, without `violations` (the workload line has it at the top
-/// level).
-pub fn global_fields(g: &GlobalCounters) -> [(&'static str, u64); 11] {
-    [
-        ("device_faults", g.device_faults),
-        ("jobs_completed", g.jobs_completed),
-        ("jobs_failed", g.jobs_failed),
-        ("maps", g.maps),
-        ("pages_mapped", g.pages_mapped),
-        ("command_errors", g.command_errors),
-        ("atc_hits", g.atc_hits),
-        ("atc_misses", g.atc_misses),
-        ("page_walks", g.page_walks),
-        ("bytes_read", g.bytes_read),
-        ("bytes_written", g.bytes_written),
-    ]
+/// The global counters by name, without `violations` (the workload line has it at the
+/// top level).
+pub fn global_fields(g: &GlobalCounters) -> Vec<(&'static str, u64)> {
+    g.fields()
+        .into_iter()
+        .filter(|(name, _)| *name != "violations")
+        .collect()
 }
 
 /// How the device's counters moved over a workload.

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use device_model::counters::FaultLatency;
 use device_model::wire::{
     COMMAND_QUEUE_SIZE, FAULT_QUEUE_SIZE, QUEUE_COMMAND, QUEUE_FAULT, VIRTIO_ID_VGPU,
 };
@@ -27,6 +28,11 @@ impl VgpuHandle {
     /// A snapshot of the device's counters (they survive device resets).
     pub fn counters(&self) -> Counters {
         self.lock().counters()
+    }
+
+    /// How long the guest driver took to answer device faults.
+    pub fn fault_latency(&self) -> FaultLatency {
+        self.lock().fault_latency()
     }
 
     fn lock(&self) -> MutexGuard<'_, VgpuDevice> {
