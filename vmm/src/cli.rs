@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest, run its programs and report (builds the images first if needed).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Build or inspect the guest and virtual-host images.
     Image {
         /// What to do with the images.
@@ -84,6 +84,13 @@ pub struct RunArgs {
     /// pasid_inval_threshold (a size such as 1G; 0 = off).
     #[arg(long, default_value = "")]
     pub device: String,
+    /// Load the guest driver with a deliberate bug (see --list-injections), to show that
+    /// the coherence oracle catches it.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::injections::INJECTIONS))]
+    pub inject: Option<String>,
+    /// Print the bug injections, one name per line, and exit.
+    #[arg(long)]
+    pub list_injections: bool,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,

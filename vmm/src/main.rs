@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
     init_logging(verbose);
     let result = match cli.command {
-        Command::Run(args) => cmd_run(args, start),
+        Command::Run(args) => cmd_run(*args, start),
         Command::Image {
             action: ImageAction::Build(args),
         } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
@@ -83,6 +83,12 @@ fn check_file(what: &str, p: &Path) -> Result<(), String> {
 }
 
 fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
+    if args.list_injections {
+        for name in vmm::injections::INJECTIONS {
+            println!("{name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mem_size = run::parse_size(&args.mem).map_err(|e| format!("--mem: {e}"))?;
     let kind = host::resolve(args.host).map_err(|e| format!("--host kvm cannot work here: {e}"))?;
     let device = device_model::VgpuConfig::from_options(&args.device)
@@ -96,6 +102,7 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,
         extra_cmdline: args.cmdline_extra.clone(),
+        inject: args.inject.clone(),
     };
     run::validate(&spec).map_err(|e| e.to_string())?;
     if kind == HostKind::Nested && spec.extra_cmdline.is_some() {

@@ -65,6 +65,10 @@ pub fn inner_args(spec: &RunSpec) -> String {
     if spec.verbose {
         a.push("--verbose".into());
     }
+    if let Some(name) = &spec.inject {
+        a.push("--inject".into());
+        a.push(name.clone());
+    }
     // The device options are comma-separated on our command line, but this list is
     // comma-joined into one kernel argument and split on commas by host-init.sh: send
     // them `+`-separated, which `VgpuConfig::from_options` also accepts.
@@ -233,6 +237,7 @@ mod tests {
             verbose: true,
             extra_cmdline: None,
             device: VgpuConfig::default(),
+            inject: None,
         };
         let a = inner_args(&spec);
         assert_eq!(
@@ -258,6 +263,7 @@ mod tests {
             verbose: false,
             extra_cmdline: None,
             device: device.clone(),
+            inject: None,
         };
         let a = inner_args(&spec);
         assert!(!a.contains(' '));

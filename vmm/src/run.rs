@@ -66,6 +66,8 @@ pub struct RunSpec {
     pub extra_cmdline: Option<String>,
     /// How the virtual GPU is built (`--device`).
     pub device: VgpuConfig,
+    /// A guest-driver bug injection (`vmm::injections`), if any.
+    pub inject: Option<String>,
 }
 
 /// The kernel command line for a run.
@@ -96,6 +98,9 @@ pub fn kernel_cmdline(spec: &RunSpec) -> String {
         format!("vgpu.expect_cpus={}", spec.cpus),
         format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
     ];
+    if let Some(name) = &spec.inject {
+        c.push(format!("vgpu.inject={name}"));
+    }
     if let Some(extra) = &spec.extra_cmdline {
         c.push(extra.clone());
     }
@@ -242,6 +247,7 @@ mod tests {
             verbose: false,
             extra_cmdline: None,
             device: VgpuConfig::default(),
+            inject: None,
         }
     }
 
@@ -299,11 +305,18 @@ mod tests {
             verbose: false,
             extra_cmdline: Some("foo=bar".into()),
             device: VgpuConfig::default(),
+            inject: None,
         };
         let c = kernel_cmdline(&spec);
         assert!(c.contains("console=ttyS0"));
         assert!(c.contains("vgpu.run=selfcheck,touch"));
         assert!(c.contains("vgpu.policy=naive"));
+        assert!(!c.contains("vgpu.inject"));
+        let c = kernel_cmdline(&RunSpec {
+            inject: Some("thp-truncate".into()),
+            ..spec
+        });
+        assert!(c.contains(" vgpu.inject=thp-truncate"), "{c}");
         assert!(c.contains("vgpu.expect_cpus=2"));
         assert!(c.contains("vgpu.expect_mem_mib=512"));
         assert!(c.ends_with("foo=bar"));
