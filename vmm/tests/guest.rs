@@ -306,3 +306,31 @@ fn a_hostile_process_gets_errors_and_the_device_keeps_working() {
         assert!(!run.stdout.contains(oops), "guest kernel said {oops:?}");
     }
 }
+
+#[test]
+fn the_oracle_catches_an_injected_driver_bug() {
+    require_guest!();
+    let vmm = Vmm::new("inject");
+    let run = vmm.run(
+        &["run", "--workload", "touch", "--inject", "thp-truncate"],
+        &[],
+    );
+    // The run fails, and it fails because the device used translations the CPU no longer had.
+    assert_eq!(run.code, 1, "stdout:\n{}", tail(&run.stdout, 60));
+    let r = run.report.expect("report written");
+    let w = &r["workloads"][0];
+    assert!(w["violations"].as_u64() > Some(0), "{w}");
+    assert!(
+        r["errors"].to_string().contains("coherence violations"),
+        "{r}"
+    );
+}
+
+#[test]
+fn list_injections_prints_one_name_per_line() {
+    let vmm = Vmm::new("list");
+    let run = vmm.run(&["run", "--list-injections"], &[]);
+    assert_eq!(run.code, 0);
+    let names: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(names, vmm::injections::INJECTIONS);
+}
