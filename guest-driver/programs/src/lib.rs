@@ -2,5 +2,21 @@
 //! ([`uapi`]), a safe handle on it ([`device`]) and the pieces the workloads share.
 
 pub mod device;
+
+/// Prints `check <name>: ok` or `check <name>: FAIL <why>` for each check and returns how
+/// many failed (the line format the guest tests look for).
+pub fn print_checks(checks: &[(&str, Result<(), String>)]) -> u32 {
+    let mut failed = 0;
+    for (name, result) in checks {
+        match result {
+            Ok(()) => println!("check {name}: ok"),
+            Err(why) => {
+                failed += 1;
+                println!("check {name}: FAIL {why}");
+            }
+        }
+    }
+    failed
+}
 pub mod report;
 pub mod uapi;

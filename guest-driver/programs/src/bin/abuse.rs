@@ -153,15 +153,5 @@ fn run() -> io::Result<u32> {
         },
     ));
 
-    let mut failed = 0;
-    for (name, result) in &checks {
-        match result {
-            Ok(()) => println!("check {name}: ok"),
-            Err(why) => {
-                failed += 1;
-                println!("check {name}: FAIL {why}");
-            }
-        }
-    }
-    Ok(failed)
+    Ok(guest_programs::print_checks(&checks))
 }

@@ -25,16 +25,7 @@ fn main() -> ExitCode {
     if let Some(m) = cmdline_param(&cmdline, "vgpu.expect_mem_mib") {
         checks.push(("mem", check_mem(m)));
     }
-    let mut failed = 0;
-    for (name, result) in &checks {
-        match result {
-            Ok(()) => println!("check {name}: ok"),
-            Err(why) => {
-                failed += 1;
-                println!("check {name}: FAIL {why}");
-            }
-        }
-    }
+    let failed = guest_programs::print_checks(&checks);
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
