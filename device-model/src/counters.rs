@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use vm_memory::ByteValued;
+
 use crate::wire;
 pub use crate::wire::{Counters, EventCounters, GlobalCounters};
 
@@ -105,6 +107,24 @@ impl FaultLatency {
 }
 
 impl Counters {
+    /// Adds how every counter moved from `before` to `after` (a counter that went down, as
+    /// after a guest-requested reset, adds nothing). Every field is a u64, so this works word
+    /// by word on the wire layout and needs no update when a counter is added.
+    pub fn add_movement(&mut self, before: &Counters, after: &Counters) {
+        let words = |c: &Counters| -> Vec<u64> {
+            c.as_slice()
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8-byte chunks")))
+                .collect()
+        };
+        let (b, a) = (words(before), words(after));
+        for (i, slot) in self.as_mut_slice().chunks_exact_mut(8).enumerate() {
+            let now = u64::from_le_bytes((&*slot).try_into().expect("8-byte chunks"));
+            let moved = a[i].saturating_sub(b[i]);
+            slot.copy_from_slice(&now.wrapping_add(moved).to_le_bytes());
+        }
+    }
+
     /// The counters of `event`. Events at or above [`wire::event::COUNT`] (the caller
     /// validates them; this only keeps a bug from indexing out of bounds) land on the last.
     pub fn event(&mut self, event: u32) -> &mut EventCounters {

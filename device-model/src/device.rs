@@ -78,6 +78,10 @@ pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     faults: Faults,
     stalled: BTreeMap<FaultId, Stalled>,
     counters: Counters,
+    /// The same counters split by the PASID of the command that moved them (host side).
+    pasid_counters: BTreeMap<u32, Counters>,
+    /// The PASID of the command being handled, once its head is parsed.
+    current_pasid: Option<Pasid>,
     oracle: Oracle,
     completions: Vec<Completion>,
     active: Option<Active<M>>,
@@ -110,6 +114,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
             faults: Faults::default(),
             stalled: BTreeMap::new(),
             counters: Counters::default(),
+            pasid_counters: BTreeMap::new(),
+            current_pasid: None,
             oracle: Oracle::default(),
             completions: Vec::new(),
             active: None,
@@ -167,6 +173,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.counters
     }
 
+    /// The counters by PASID: what each address space's commands (and the jobs and faults
+    /// they resumed) caused. Only valid PASIDs appear, so the map is bounded by `max_pasids`.
+    pub fn pasid_counters(&self) -> &BTreeMap<u32, Counters> {
+        &self.pasid_counters
+    }
+
     /// The coherence oracle's first violations (host side; the count is the global
     /// `violations` counter). They survive reset, like the counters.
     pub fn violations(&self) -> &[ViolationSample] {
@@ -201,7 +213,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let mut used = UsedQueues::default();
         while let Some(chain) = a.command.pop_descriptor_chain(a.mem.as_ref()) {
             let req = Request::parse(chain);
+            let before = self.counters;
+            self.current_pasid = None;
             self.handle(a.mem.as_ref(), &req);
+            self.attribute(&before);
             used.command |= self.flush(&mut a);
         }
         used.fault = self
@@ -268,6 +283,21 @@ impl<M: GuestMemory> VgpuDevice<M> {
         });
     }
 
+    /// Adds the counter movement since `before` to the current command's PASID, if it is
+    /// one the device could have bound (a bogus PASID must not grow the map).
+    fn attribute(&mut self, before: &Counters) {
+        let Some(Pasid(p)) = self.current_pasid else {
+            return;
+        };
+        if p == 0 || p > self.config.max_pasids {
+            return;
+        }
+        self.pasid_counters
+            .entry(p)
+            .or_default()
+            .add_movement(before, &self.counters);
+    }
+
     fn handle(&mut self, mem: &M, req: &Request) {
         let reply = req.reply_to();
         if let Some(defect) = req.defect {
@@ -301,6 +331,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         cmd.as_mut_slice().copy_from_slice(&bytes[..CMD_SIZE]);
         let payload = &bytes[CMD_SIZE..];
         let pasid = Pasid(cmd.pasid);
+        self.current_pasid = Some(pasid);
         let r = match cmd.opcode {
             opcode::BIND => match self.mmu.bind(pasid, GuestAddress(cmd.arg0)) {
                 Ok(()) => resp(status::OK, 0, 0),
@@ -581,8 +612,15 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if req.writable_len() < RESP_SIZE + size {
             return self.respond(reply, resp(status::BAD_CHAIN, 0, 0));
         }
-        let data = self.counters.as_slice().to_vec();
-        if cmd.flags & wire::COUNTERS_F_RESET != 0 {
+        // PASID 0: the whole device; otherwise that address space's share (zero if it
+        // never did anything). Reset only applies to the whole-device set.
+        let data = match cmd.pasid {
+            0 => self.counters,
+            p => self.pasid_counters.get(&p).copied().unwrap_or_default(),
+        }
+        .as_slice()
+        .to_vec();
+        if cmd.pasid == 0 && cmd.flags & wire::COUNTERS_F_RESET != 0 {
             self.counters = Counters::default();
         }
         self.completions.push(Completion {

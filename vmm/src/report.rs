@@ -3,6 +3,7 @@
 //! Stable keys (do not rename): `host`, `kernel`, `boot_ms`, `workloads`. The others describe
 //! the run and may grow.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use device_model::counters::{FaultLatency, EVENT_NAMES};
@@ -100,8 +101,14 @@ impl Report {
         self.device_config = Some(map.into());
     }
 
-    /// Records the device's final counters and fault latencies as `device`.
-    pub fn set_device(&mut self, counters: &Counters, latency: &FaultLatency) {
+    /// Records the device's final counters (in total and by PASID) and fault latencies as
+    /// `device`.
+    pub fn set_device(
+        &mut self,
+        counters: &Counters,
+        by_pasid: &BTreeMap<u32, Counters>,
+        latency: &FaultLatency,
+    ) {
         use serde_json::{Map, Value};
         let object = |fields: &[(&str, u64)]| -> Value {
             fields
@@ -110,10 +117,22 @@ impl Report {
                 .collect::<Map<_, _>>()
                 .into()
         };
-        let events: Map<String, Value> = EVENT_NAMES
+        let events = |c: &Counters| -> Map<String, Value> {
+            EVENT_NAMES
+                .iter()
+                .zip(&c.events)
+                .map(|(name, e)| (name.to_string(), object(&e.fields())))
+                .collect()
+        };
+        let pasids: Map<String, Value> = by_pasid
             .iter()
-            .zip(&counters.events)
-            .map(|(name, e)| (name.to_string(), object(&e.fields())))
+            .map(|(p, c)| {
+                let v = serde_json::json!({
+                    "global": object(&c.global.fields()),
+                    "events": events(c),
+                });
+                (p.to_string(), v)
+            })
             .collect();
         let buckets: Vec<Value> = latency
             .nonzero()
@@ -121,7 +140,8 @@ impl Report {
             .collect();
         self.device = Some(serde_json::json!({
             "global": object(&counters.global.fields()),
-            "events": events,
+            "events": events(counters),
+            "pasids": pasids,
             "fault_latency_us": {
                 "count": latency.count(),
                 "total": latency.total_us,
@@ -301,9 +321,12 @@ mod tests {
             host: "kvm".into(),
             ..Default::default()
         };
-        r.set_device(&c, &h);
+        let by_pasid = BTreeMap::from([(7, c)]);
+        r.set_device(&c, &by_pasid, &h);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["device"]["events"]["CLEAR"]["refaults"], 3);
+        assert_eq!(v["device"]["pasids"]["7"]["events"]["CLEAR"]["refaults"], 3);
+        assert_eq!(v["device"]["pasids"]["7"]["global"]["permission_faults"], 2);
         assert_eq!(v["device"]["events"]["UNMAP"]["pages_invalidated"], 0);
         assert_eq!(v["device"]["global"]["permission_faults"], 2);
         assert_eq!(v["device"]["fault_latency_us"]["count"], 1);

@@ -213,7 +213,11 @@ pub fn run_direct(
     };
     report.absorb_console(&console);
     report.set_device_config(&spec.device);
-    report.set_device(&vgpu.counters(), &vgpu.fault_latency());
+    report.set_device(
+        &vgpu.counters(),
+        &vgpu.pasid_counters(),
+        &vgpu.fault_latency(),
+    );
     let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
     if !clean_end {
         report.errors.push(format!("VM ended abnormally: {reason}"));

@@ -247,6 +247,15 @@ impl Rig {
     fn counters(&self) -> Counters {
         self.dev.counters()
     }
+
+    /// COUNTERS through the queue for `pasid` (0 = the whole device).
+    fn read_counters_of(&mut self, pasid: u32) -> Counters {
+        let size = std::mem::size_of::<wire::Counters>() as u32;
+        let s = self.send_with(&cmd(opcode::COUNTERS, pasid, 0, 0), &[], size);
+        self.dev.process_command_queue();
+        assert!(self.used().contains(&(s.head, 24 + size)));
+        self.mem.read_obj(GuestAddress(s.data)).unwrap()
+    }
 }
 
 fn used_since(mem: &GuestMemoryMmap, used: GuestAddress, seen: &mut u16) -> Vec<(u16, u32)> {
@@ -824,4 +833,40 @@ fn send_and_drain(r: &mut Rig, c: &wire::Cmd, payload: &[u64]) -> wire::Resp {
     r.dev.process_command_queue();
     assert!(r.used().contains(&(s.head, 24)));
     r.resp(&s)
+}
+
+#[test]
+fn counters_are_split_by_pasid_and_bogus_pasids_add_no_entry() {
+    let mut r = rig();
+    r.bind(1);
+    r.bind(2);
+    // Each PASID's job faults once on its first page.
+    let _ = r.job(1, job_op::FILL, 0, 0x2000, 1);
+    r.dev.process_command_queue();
+    let _ = r.job(2, job_op::FILL, 0, 0x1000, 2);
+    r.dev.process_command_queue();
+    r.invalidate(2, 0, 0x1000, event::CLEAR, 0);
+    // A command for a PASID that can never exist is counted globally only.
+    assert_eq!(
+        r.run(&cmd(opcode::UNBIND, 999, 0, 0), &[]).status,
+        status::BAD_PASID
+    );
+    let per = r.dev.pasid_counters();
+    assert_eq!(per.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(per[&1].global.device_faults, 1);
+    assert_eq!(per[&2].global.device_faults, 1);
+    assert_eq!(per[&1].events[event::CLEAR as usize].notifications, 0);
+    assert_eq!(per[&2].events[event::CLEAR as usize].notifications, 1);
+    let total = r.counters();
+    assert_eq!(total.global.device_faults, 2);
+    assert_eq!(total.global.command_errors, 1);
+    assert_eq!(
+        per[&1].global.command_errors + per[&2].global.command_errors,
+        0
+    );
+    // The guest reads one PASID's share with COUNTERS on that PASID.
+    let mine = r.read_counters_of(2);
+    assert_eq!(mine.global.device_faults, 1);
+    assert_eq!(mine.events[event::CLEAR as usize].notifications, 1);
+    assert_eq!(r.read_counters_of(5), Counters::default());
 }

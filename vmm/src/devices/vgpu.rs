@@ -30,6 +30,11 @@ impl VgpuHandle {
         self.lock().counters()
     }
 
+    /// The counters split by PASID (see `VgpuDevice::pasid_counters`).
+    pub fn pasid_counters(&self) -> std::collections::BTreeMap<u32, Counters> {
+        self.lock().pasid_counters().clone()
+    }
+
     /// How long the guest driver took to answer device faults.
     pub fn fault_latency(&self) -> FaultLatency {
         self.lock().fault_latency()
