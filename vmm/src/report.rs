@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use device_model::counters::{FaultLatency, EVENT_NAMES};
+use device_model::oracle::ViolationSample;
 use device_model::{Counters, VgpuConfig};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,10 @@ pub struct Report {
     /// For nested runs: wall milliseconds of the whole virtual-host run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_host_run_ms: Option<u64>,
+    /// The coherence oracle's first violations (PASID, address, both translations, the access
+    /// and the invalidations that last touched the page).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub violation_samples: Vec<serde_json::Value>,
     /// The virtual GPU's tunables (`--device`), by option name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_config: Option<serde_json::Value>,
@@ -149,6 +154,42 @@ impl Report {
                 "buckets": buckets,
             },
         }));
+    }
+
+    /// Records the oracle's samples as `violation_samples` and makes them a run error (the
+    /// workloads report their own counts; this also catches violations outside a workload).
+    pub fn set_violations(&mut self, samples: &[ViolationSample]) {
+        let hex = |v: u64| format!("{v:#x}");
+        let event = |e: u32| EVENT_NAMES.get(e as usize).copied().unwrap_or("?");
+        self.violation_samples = samples
+            .iter()
+            .map(|s| {
+                let v = &s.violation;
+                serde_json::json!({
+                    "pasid": v.pasid.0,
+                    "va": hex(v.va.0),
+                    "access": v.access.to_string(),
+                    "device": {"gpa": hex(v.device.gpa.0), "writable": v.device.writable},
+                    "cpu": v.cpu.map(|c| serde_json::json!({"gpa": hex(c.gpa.0), "writable": c.writable})),
+                    "at_us": s.micros,
+                    "history": s.history.iter().map(|h| serde_json::json!({
+                        "seq": h.seq,
+                        "at_us": h.micros,
+                        "event": event(h.event),
+                        "start": hex(h.range.start),
+                        "end": hex(h.range.end),
+                        "downgrade": h.downgrade,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        if let Some(first) = samples.first() {
+            self.errors.push(format!(
+                "coherence oracle: {} sampled violations, first: {}",
+                samples.len(),
+                first.violation
+            ));
+        }
     }
 
     /// True if the run passed.
@@ -385,5 +426,55 @@ mod tests {
             !s.contains("CLEAR"),
             "events without notifications are left out: {s}"
         );
+    }
+
+    #[test]
+    fn violation_samples_are_reported_and_fail_the_run() {
+        use device_model::address::{Iova, IovaRange, Pasid};
+        use device_model::oracle::{
+            Access, CpuLeaf, CpuTranslation, DeviceTranslation, InvalidationRecord, Violation,
+        };
+        use vm_memory::GuestAddress;
+        let sample = ViolationSample {
+            violation: Violation {
+                pasid: Pasid(1),
+                va: Iova(0x7000_1000),
+                device: DeviceTranslation {
+                    gpa: GuestAddress(0x5000),
+                    writable: true,
+                },
+                cpu: Some(CpuTranslation {
+                    gpa: GuestAddress(0x9000),
+                    writable: true,
+                    leaf: CpuLeaf::Small,
+                }),
+                access: Access::Write,
+            },
+            micros: 10,
+            after_seq: 1,
+            history: vec![InvalidationRecord {
+                seq: 1,
+                micros: 5,
+                event: device_model::wire::event::CLEAR,
+                range: IovaRange {
+                    start: 0x7000_1000,
+                    end: 0x7000_2000,
+                },
+                downgrade: false,
+            }],
+        };
+        let mut r = Report::default();
+        r.set_violations(&[]);
+        assert!(r.errors.is_empty() && r.violation_samples.is_empty());
+        r.set_violations(&[sample]);
+        let v = serde_json::to_value(&r).unwrap();
+        let s = &v["violation_samples"][0];
+        assert_eq!(s["va"], "0x70001000");
+        assert_eq!(s["device"]["gpa"], "0x5000");
+        assert_eq!(s["cpu"]["gpa"], "0x9000");
+        assert_eq!(s["history"][0]["event"], "CLEAR");
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.violation_samples.len(), 1, "survives the nested relay");
     }
 }

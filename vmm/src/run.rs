@@ -218,6 +218,7 @@ pub fn run_direct(
         &vgpu.pasid_counters(),
         &vgpu.fault_latency(),
     );
+    report.set_violations(&vgpu.violation_samples());
     let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
     if !clean_end {
         report.errors.push(format!("VM ended abnormally: {reason}"));

@@ -35,6 +35,11 @@ impl VgpuHandle {
         self.lock().pasid_counters().clone()
     }
 
+    /// The coherence oracle's first violations, with the invalidations that preceded them.
+    pub fn violation_samples(&self) -> Vec<device_model::oracle::ViolationSample> {
+        self.lock().violations().to_vec()
+    }
+
     /// How long the guest driver took to answer device faults.
     pub fn fault_latency(&self) -> FaultLatency {
         self.lock().fault_latency()
