@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every workload under every guest-driver bug injection (`vmm run --list-injections`)
+# and prints the detection matrix as a Markdown table: the coherence-oracle violations each
+# run reported, "caught" when there were any. The first row is the correct driver, which
+# must show 0 everywhere. Usage: ci/detection-matrix.sh [--policy P] (builds the vmm first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p vmm >&2
+vmm=target/release/vmm
+workloads=(touch)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+cell() { # report workload -> "N (caught)" / "0" / "?"
+	python3 - "$1" "$2" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print("? (no report)"); sys.exit()
+w = [w for w in r.get("workloads", []) if w.get("name") == sys.argv[2]]
+n = w[0].get("violations") if w else None
+print("?" if n is None else (f"{n} caught" if n > 0 else "0"))
+PY
+}
+
+printf '| injection |'; printf ' %s |' "${workloads[@]}"; printf '\n|---|'
+printf -- '---|%.0s' "${workloads[@]}"; printf '\n'
+for inj in none $("$vmm" run --list-injections); do
+	printf '| %s |' "$inj"
+	for w in "${workloads[@]}"; do
+		args=(run --workload "$w" --report "$out/r.json" "$@")
+		[ "$inj" = none ] || args+=(--inject "$inj")
+		rm -f "$out/r.json"
+		echo "[matrix] $inj / $w" >&2
+		"$vmm" "${args[@]}" >/dev/null 2>&1 || true
+		printf ' %s |' "$(cell "$out/r.json" "$w")"
+	done
+	printf '\n'
+done
