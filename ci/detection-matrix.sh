@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p vmm >&2
 vmm=target/release/vmm
-workloads=(touch)
+workloads=(touch protect)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -72,7 +72,11 @@ static bool vgpu_plan(const struct vgpu_mirror *m,
 	u32 prot = vgpu_vma_prot(vma);
 
 	*start = range->start & PAGE_MASK;
-	*end = min(PAGE_ALIGN(range->end), m->user_end);
+	/*
+	 * Clip before aligning: clear_refs (SOFT_DIRTY) passes end = ULONG_MAX,
+	 * which PAGE_ALIGN() would wrap to 0 and turn into an empty range.
+	 */
+	*end = range->end >= m->user_end ? m->user_end : PAGE_ALIGN(range->end);
 	*flags = VGPU_INV_F_BLOCKABLE;
 	if (owner)
 		*flags |= VGPU_INV_F_OWNER_MATCH;

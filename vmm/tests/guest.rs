@@ -142,6 +142,25 @@ fn boots_the_default_guest_and_reports() {
         touch["events"]["PROTECTION_VMA"]["downgrades"].as_u64() > Some(0),
         "event-aware mprotect(PROT_READ) downgrades instead of dropping: {touch}"
     );
+    check_protect(&r, "event-aware");
+}
+
+/// Checks the `protect` entry: fork and clear_refs write-protected the buffer under the
+/// device, the device followed (0 violations) and the data is right.
+fn check_protect(r: &serde_json::Value, policy: &str) {
+    let w = r["workloads"]
+        .as_array()
+        .expect("workloads list")
+        .iter()
+        .find(|w| w["name"] == "protect")
+        .unwrap_or_else(|| panic!("no protect workload in {r}"));
+    assert_eq!(w["policy"], policy, "{w}");
+    assert_eq!(w["ok"], true, "{w}");
+    assert_eq!(w["violations"], 0, "{w}");
+    for event in ["PROTECTION_PAGE", "SOFT_DIRTY"] {
+        let n = w["events"][event]["notifications"].as_u64();
+        assert!(n > Some(0), "no {event} notifications: {w}");
+    }
 }
 
 /// Checks the `touch` entry of a report's workloads and returns it.
@@ -174,11 +193,15 @@ fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
 fn touch_under_the_naive_policy_drops_instead_of_downgrading() {
     require_guest!();
     let vmm = Vmm::new("naive");
-    let run = vmm.run(&["run", "--workload", "touch", "--policy", "naive"], &[]);
+    let run = vmm.run(
+        &["run", "--workload", "touch,protect", "--policy", "naive"],
+        &[],
+    );
     assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
     let r = run.report.expect("report written");
     let touch = check_touch(&r, "naive");
-    assert_eq!(r["programs"].as_array().map(Vec::len), Some(1), "{r}");
+    check_protect(&r, "naive");
+    assert_eq!(r["programs"].as_array().map(Vec::len), Some(2), "{r}");
     for (event, counters) in touch["events"].as_object().unwrap() {
         assert_eq!(
             counters["downgrades"], 0,

@@ -20,3 +20,4 @@ pub fn print_checks(checks: &[(&str, Result<(), String>)]) -> u32 {
 }
 pub mod report;
 pub mod uapi;
+pub mod workload;

@@ -10,11 +10,11 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::ptr::NonNull;
 
 use guest_programs::device::Vgpu;
 use guest_programs::report::{CounterDelta, WorkloadReport};
 use guest_programs::uapi::{self, JOB_CHECKSUM, JOB_FILL, STATUS_FAULT, STATUS_OK};
+use guest_programs::workload::{fnv1a64, policy_name, Buffer, Checks};
 
 const PAGE: usize = 4096;
 /// Pages per quarter of the buffer; each quarter gets a different mapping change.
@@ -32,134 +32,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// FNV-1a-64, the device's CHECKSUM.
-fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// The driver's current default policy, as its module parameter says.
-fn policy_name() -> String {
-    std::fs::read_to_string("/sys/module/vgpu_mirror/parameters/policy")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// An anonymous private mapping that we unmap piecewise ourselves.
-struct Buffer {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Buffer {
-    fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Buffer {
-            base: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
-            len,
-        })
-    }
-
-    fn addr(&self, offset: usize) -> usize {
-        self.base.as_ptr() as usize + offset
-    }
-
-    /// The bytes at `[offset, offset + len)`, which must still be mapped readable.
-    fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        assert!(offset + len <= self.len);
-        // SAFETY: in bounds of our mapping; callers only ask for ranges still mapped.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) }
-    }
-
-    /// The bytes at `[offset, offset + len)`, which must still be mapped writable.
-    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        assert!(offset + len <= self.len);
-        // SAFETY: as in `bytes`, and `&mut self` makes the slice exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) }
-    }
-
-    fn syscall(r: libc::c_int) -> io::Result<()> {
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    fn munmap(&mut self, offset: usize, len: usize) -> io::Result<()> {
-        // SAFETY: the range lies in our mapping and nothing borrows it (&mut self).
-        Self::syscall(unsafe { libc::munmap(self.addr(offset) as *mut _, len) })
-    }
-
-    fn dontneed(&mut self, offset: usize, len: usize) -> io::Result<()> {
-        // SAFETY: as for munmap; DONTNEED keeps the mapping, the pages read as zero after.
-        Self::syscall(unsafe {
-            libc::madvise(self.addr(offset) as *mut _, len, libc::MADV_DONTNEED)
-        })
-    }
-
-    fn protect_read_only(&mut self, offset: usize, len: usize) -> io::Result<()> {
-        // SAFETY: as for munmap; afterwards we only read this range.
-        Self::syscall(unsafe { libc::mprotect(self.addr(offset) as *mut _, len, libc::PROT_READ) })
-    }
-}
-
-/// The data checks and what failed.
-struct Checks {
-    failures: Vec<String>,
-}
-
-impl Checks {
-    fn check(&mut self, cond: bool, what: impl FnOnce() -> String) {
-        if !cond {
-            let w = what();
-            println!("touch: FAIL {w}");
-            self.failures.push(w);
-        }
-    }
-
-    /// A FILL of `pattern` is in `data` (which starts at the job's start).
-    fn filled(&mut self, step: &str, data: &[u8], pattern: u64) {
-        let bad = data.chunks_exact(8).enumerate().find(|(i, w)| {
-            u64::from_ne_bytes((*w).try_into().unwrap()) != pattern ^ (*i as u64 * 8)
-        });
-        self.check(bad.is_none(), || {
-            format!(
-                "{step}: device data wrong at offset {:#x}",
-                bad.unwrap().0 * 8
-            )
-        });
-    }
-
-    fn status(&mut self, step: &str, got: u32, want: u32) {
-        self.check(got == want, || {
-            format!("{step}: device status {got}, expected {want}")
-        });
-    }
-}
-
 fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
     let policy = policy_name();
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(4 * QUARTER)?;
-    let mut c = Checks {
-        failures: Vec::new(),
-    };
+    let mut c = Checks::default();
     let (q0, q1, q2, q3) = (0, QUARTER, 2 * QUARTER, 3 * QUARTER);
 
     // 1. The device writes a fresh buffer: every page is a device fault.

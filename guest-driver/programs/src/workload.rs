@@ -1,0 +1,134 @@
+//! What the workloads share: an anonymous buffer whose mappings they change under the
+//! device, the data checks, and the device's checksum computed on the CPU.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// FNV-1a-64, the device's CHECKSUM.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The driver's current default policy, as its module parameter says.
+pub fn policy_name() -> String {
+    std::fs::read_to_string("/sys/module/vgpu_mirror/parameters/policy")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// An anonymous private mapping that we unmap piecewise ourselves.
+pub struct Buffer {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Buffer {
+    /// Maps `len` bytes, readable and writable.
+    pub fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Buffer {
+            base: NonNull::new(p.cast()).expect("mmap never returns NULL on success"),
+            len,
+        })
+    }
+
+    /// The virtual address at `offset`.
+    pub fn addr(&self, offset: usize) -> usize {
+        self.base.as_ptr() as usize + offset
+    }
+
+    /// The bytes at `[offset, offset + len)`, which must still be mapped readable.
+    pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= self.len);
+        // SAFETY: in bounds of our mapping; callers only ask for ranges still mapped.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) }
+    }
+
+    /// The bytes at `[offset, offset + len)`, which must still be mapped writable.
+    pub fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset + len <= self.len);
+        // SAFETY: as in `bytes`, and `&mut self` makes the slice exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(offset), len) }
+    }
+
+    fn syscall(r: libc::c_int) -> io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Unmaps part of the buffer (an UNMAP notification).
+    pub fn munmap(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: the range lies in our mapping and nothing borrows it (&mut self).
+        Self::syscall(unsafe { libc::munmap(self.addr(offset) as *mut _, len) })
+    }
+
+    /// Drops the pages of a range (a CLEAR notification); they read as zero after.
+    pub fn dontneed(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: as for munmap; DONTNEED keeps the mapping, the pages read as zero after.
+        Self::syscall(unsafe {
+            libc::madvise(self.addr(offset) as *mut _, len, libc::MADV_DONTNEED)
+        })
+    }
+
+    /// Makes a range read-only (a PROTECTION_VMA notification).
+    pub fn protect_read_only(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        // SAFETY: as for munmap; afterwards we only read this range.
+        Self::syscall(unsafe { libc::mprotect(self.addr(offset) as *mut _, len, libc::PROT_READ) })
+    }
+}
+
+/// The data checks and what failed.
+#[derive(Default)]
+pub struct Checks {
+    /// What failed, in order.
+    pub failures: Vec<String>,
+}
+
+impl Checks {
+    /// Records `what` as a failure unless `cond` holds.
+    pub fn check(&mut self, cond: bool, what: impl FnOnce() -> String) {
+        if !cond {
+            let w = what();
+            println!("touch: FAIL {w}");
+            self.failures.push(w);
+        }
+    }
+
+    /// A FILL of `pattern` is in `data` (which starts at the job's start).
+    pub fn filled(&mut self, step: &str, data: &[u8], pattern: u64) {
+        let bad = data.chunks_exact(8).enumerate().find(|(i, w)| {
+            u64::from_ne_bytes((*w).try_into().unwrap()) != pattern ^ (*i as u64 * 8)
+        });
+        self.check(bad.is_none(), || {
+            format!(
+                "{step}: device data wrong at offset {:#x}",
+                bad.unwrap().0 * 8
+            )
+        });
+    }
+
+    /// The device answered `want`.
+    pub fn status(&mut self, step: &str, got: u32, want: u32) {
+        self.check(got == want, || {
+            format!("{step}: device status {got}, expected {want}")
+        });
+    }
+}
