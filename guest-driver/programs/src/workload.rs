@@ -4,6 +4,8 @@
 use std::io;
 use std::ptr::NonNull;
 
+use crate::report::{CounterDelta, WorkloadReport};
+
 /// FNV-1a-64, the device's CHECKSUM.
 pub fn fnv1a64(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -130,5 +132,31 @@ impl Checks {
         self.check(got == want, || {
             format!("{step}: device status {got}, expected {want}")
         });
+    }
+}
+
+impl Checks {
+    /// Fails unless each of `events` reached the device during the workload.
+    pub fn notified(&mut self, delta: &CounterDelta, events: &[&str]) {
+        for event in events {
+            let heard = delta.event(event).map_or(0, |e| e.notifications);
+            self.check(heard > 0, || {
+                format!("no {event} notification reached the device")
+            });
+        }
+    }
+
+    /// Prints the workload's `VGPU-WORKLOAD` line and returns whether every check passed.
+    pub fn report(&self, name: &str, delta: &CounterDelta) -> bool {
+        let ok = self.failures.is_empty();
+        let report = WorkloadReport {
+            name,
+            policy: &policy_name(),
+            ok,
+            failures: &self.failures,
+            delta,
+        };
+        println!("VGPU-WORKLOAD {}", report.to_json());
+        ok
     }
 }

@@ -13,9 +13,9 @@ use std::io;
 use std::process::ExitCode;
 
 use guest_programs::device::Vgpu;
-use guest_programs::report::{CounterDelta, WorkloadReport};
+use guest_programs::report::CounterDelta;
 use guest_programs::uapi::{self, JOB_FILL, STATUS_OK};
-use guest_programs::workload::{policy_name, Buffer, Checks};
+use guest_programs::workload::{Buffer, Checks};
 
 const PAGES: usize = 16;
 const LEN: usize = PAGES * 4096;
@@ -52,7 +52,6 @@ fn fork_and_reap() -> io::Result<()> {
 
 fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
-    let policy = policy_name();
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(LEN)?;
     let mut c = Checks::default();
@@ -76,20 +75,6 @@ fn run() -> io::Result<bool> {
     fill(&mut c, &buf, "fill after clear_refs", 0xf00d_0000_0000_0003)?;
 
     let delta = CounterDelta::between(&before, &vgpu.counters()?);
-    for event in ["PROTECTION_PAGE", "SOFT_DIRTY"] {
-        let heard = delta.event(event).map_or(0, |e| e.notifications);
-        c.check(heard > 0, || {
-            format!("no {event} notification reached the device")
-        });
-    }
-    let ok = c.failures.is_empty();
-    let report = WorkloadReport {
-        name: "protect",
-        policy: &policy,
-        ok,
-        failures: &c.failures,
-        delta: &delta,
-    };
-    println!("VGPU-WORKLOAD {}", report.to_json());
-    Ok(ok)
+    c.notified(&delta, &["PROTECTION_PAGE", "SOFT_DIRTY"]);
+    Ok(c.report("protect", &delta))
 }

@@ -12,9 +12,9 @@ use std::io;
 use std::process::ExitCode;
 
 use guest_programs::device::Vgpu;
-use guest_programs::report::{CounterDelta, WorkloadReport};
+use guest_programs::report::CounterDelta;
 use guest_programs::uapi::{self, JOB_CHECKSUM, JOB_FILL, STATUS_FAULT, STATUS_OK};
-use guest_programs::workload::{fnv1a64, policy_name, Buffer, Checks};
+use guest_programs::workload::{fnv1a64, Buffer, Checks};
 
 const PAGE: usize = 4096;
 /// Pages per quarter of the buffer; each quarter gets a different mapping change.
@@ -34,7 +34,6 @@ fn main() -> ExitCode {
 
 fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
-    let policy = policy_name();
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(4 * QUARTER)?;
     let mut c = Checks::default();
@@ -104,22 +103,8 @@ fn run() -> io::Result<bool> {
     c.filled("fill untouched quarter", buf.bytes(q2, QUARTER), p3);
 
     let delta = CounterDelta::between(&before, &vgpu.counters()?);
-    for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
-        let heard = delta.event(event).map_or(0, |e| e.notifications);
-        c.check(heard > 0, || {
-            format!("no {event} notification reached the device")
-        });
-    }
+    c.notified(&delta, &["UNMAP", "CLEAR", "PROTECTION_VMA"]);
     buf.munmap(q0, 3 * QUARTER)?;
 
-    let ok = c.failures.is_empty();
-    let report = WorkloadReport {
-        name: "touch",
-        policy: &policy,
-        ok,
-        failures: &c.failures,
-        delta: &delta,
-    };
-    println!("VGPU-WORKLOAD {}", report.to_json());
-    Ok(ok)
+    Ok(c.report("touch", &delta))
 }
