@@ -109,6 +109,11 @@ impl ConsoleState {
         }
     }
 
+    /// The last lines of output (at most [`TAIL_LINES`]), oldest first, for a failure report.
+    pub fn tail_lines(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
     /// True when the guest finished its programs and every one passed.
     pub fn guest_passed(&self) -> bool {
         self.done_failed == Some(0)

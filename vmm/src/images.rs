@@ -213,18 +213,13 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     })?;
     let programs = step("guest", "building guest programs", || {
         let programs = build_guest_programs(&opts.workspace)?;
-        let names: Vec<_> = programs.iter().map(|(n, _)| n.as_str()).collect();
-        let summary = names.join(" ");
+        let summary = names_of(&programs);
         Ok((programs, summary))
     })?;
     let modules = step("guest", "resolving modules", || {
         let mut m = module_load_order(&tree.join("lib/modules").join(&kp.release), GUEST_MODULES)?;
         m.push((DRIVER_MODULE.to_string(), kmod.clone()));
-        let summary = m
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let summary = names_of(&m);
         Ok((m, summary))
     })?;
     step("guest", "writing image", || {
@@ -302,11 +297,7 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
     })?;
     let modules = step("host", "resolving modules", || {
         let m = module_load_order(&tree.join("lib/modules").join(&kp.release), HOST_MODULES)?;
-        let summary = m
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let summary = names_of(&m);
         Ok((m, summary))
     })?;
     step("host", "writing image", || {
@@ -376,6 +367,15 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// The last `n` lines of `s`.
+/// The names of named files, space-separated, for a progress line.
+fn names_of(items: &[(String, PathBuf)]) -> String {
+    items
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.trim_end().lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

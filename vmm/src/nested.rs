@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::console::{ConsoleState, TAIL_LINES};
+use crate::console::ConsoleState;
 use crate::host::HostKind;
 use crate::report::Report;
 use device_model::VgpuConfig;
@@ -209,14 +209,7 @@ pub fn run_nested(
     if !inner_ok || !report.errors.is_empty() {
         report.verdict = "fail".into();
         if report.console_tail.is_empty() {
-            report.console_tail = console
-                .tail
-                .iter()
-                .rev()
-                .take(TAIL_LINES)
-                .rev()
-                .cloned()
-                .collect();
+            report.console_tail = console.tail_lines();
         }
     }
     Ok(report)

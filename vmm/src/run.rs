@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use device_model::VgpuConfig;
 
-use crate::console::{ConsoleSink, TAIL_LINES};
+use crate::console::ConsoleSink;
 use crate::control::ExitReason;
 use crate::host::HostKind;
 use crate::report::Report;
@@ -226,14 +226,7 @@ pub fn run_direct(
     let passed = clean_end && console.guest_passed() && report.errors.is_empty();
     report.verdict = if passed { "pass" } else { "fail" }.into();
     if !passed {
-        report.console_tail = console
-            .tail
-            .iter()
-            .rev()
-            .take(TAIL_LINES)
-            .rev()
-            .cloned()
-            .collect();
+        report.console_tail = console.tail_lines();
     }
     Ok(report)
 }

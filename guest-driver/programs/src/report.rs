@@ -4,7 +4,6 @@
 use std::fmt::Write;
 
 use device_model::wire::{EventCounters, GlobalCounters};
-use vm_memory::ByteValued;
 
 use crate::uapi::Counters;
 
@@ -31,19 +30,10 @@ pub struct CounterDelta(pub Counters);
 
 impl CounterDelta {
     /// `after - before`, counter by counter (a counter reset in between reads as 0, not as
-    /// a wrap). Every field of `struct vgpu_counters` is a u64, so it is done word by word.
+    /// a wrap).
     pub fn between(before: &Counters, after: &Counters) -> Self {
         let mut d = Counters::default();
-        let words = |c: &Counters| -> Vec<u64> {
-            c.as_slice()
-                .chunks_exact(8)
-                .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
-                .collect()
-        };
-        let (b, a) = (words(before), words(after));
-        for (i, out) in d.as_mut_slice().chunks_exact_mut(8).enumerate() {
-            out.copy_from_slice(&a[i].saturating_sub(b[i]).to_ne_bytes());
-        }
+        d.add_movement(before, after);
         CounterDelta(d)
     }
 
