@@ -32,6 +32,11 @@ pub struct VgpuConfig {
     pub max_job_bytes: u64,
     /// Most pages remembered as "removed by an invalidation" for refault counting.
     pub max_removal_records: usize,
+    /// Microseconds between taking an INVALIDATE off the queue and completing it. Until
+    /// then engines may still use the old translations, as with a real ATS invalidation in
+    /// flight; 0 completes it at once. A driver that lets the CPU page table change before
+    /// the completion arrives leaves a window the coherence oracle sees.
+    pub inval_latency_us: u32,
 }
 
 impl Default for VgpuConfig {
@@ -48,9 +53,18 @@ impl Default for VgpuConfig {
             max_table_nodes: 1024,
             max_job_bytes: 256 << 20,
             max_removal_records: 1 << 20,
+            inval_latency_us: DEFAULT_INVAL_LATENCY_US,
         }
     }
 }
+
+/// Default INVALIDATE completion latency: long enough that a job submitted right after
+/// an invalidation the driver did not wait for still finds the old translation (a guest
+/// syscall plus a queue notification takes tens of microseconds even in a nested guest).
+pub const DEFAULT_INVAL_LATENCY_US: u32 = 500;
+/// Longest INVALIDATE completion latency the options accept (the driver's command timeout
+/// is seconds).
+pub const MAX_INVAL_LATENCY_US: u32 = 100_000;
 
 /// The fault-ahead windows the driver knows (SPEC.md): none, 64 KiB, 2 MiB.
 pub const FAULT_AHEAD_CHOICES: [u32; 3] = [0, 64 << 10, 2 << 20];
@@ -61,7 +75,7 @@ pub const MAX_ATC_ENTRIES: u32 = 1 << 16;
 pub const MAX_FAULT_BATCH: u32 = wire::FAULT_QUEUE_SIZE as u32 / 4;
 
 /// The keys of a device option string, with what each accepts (for error messages).
-pub const OPTION_KEYS: [(&str, &str); 5] = [
+pub const OPTION_KEYS: [(&str, &str); 6] = [
     (
         "atc_entries",
         "0..=65536 (0 disables the ATC), a multiple of atc_ways",
@@ -72,6 +86,10 @@ pub const OPTION_KEYS: [(&str, &str); 5] = [
     (
         "pasid_inval_threshold",
         "a size such as 1G (K, M, G suffixes; 0 = only whole-space ranges)",
+    ),
+    (
+        "inval_latency_us",
+        "0..=100000 microseconds from taking an INVALIDATE to completing it",
     ),
 ];
 
@@ -187,6 +205,7 @@ impl VgpuConfig {
                 "fault_ahead" if FAULT_AHEAD_CHOICES.contains(&small) => c.fault_ahead = small,
                 "fault_batch" if (1..=MAX_FAULT_BATCH).contains(&small) => c.fault_batch = small,
                 "pasid_inval_threshold" => c.pasid_inval_threshold = bytes,
+                "inval_latency_us" if small <= MAX_INVAL_LATENCY_US => c.inval_latency_us = small,
                 _ => return Err(bad()),
             }
         }
@@ -196,13 +215,14 @@ impl VgpuConfig {
     }
 
     /// Every tunable [`Self::from_options`] accepts, by name, as the report echoes them.
-    pub fn options(&self) -> [(&'static str, u64); 5] {
+    pub fn options(&self) -> [(&'static str, u64); 6] {
         [
             ("atc_entries", u64::from(self.atc_entries)),
             ("atc_ways", u64::from(self.atc_ways)),
             ("fault_ahead", u64::from(self.fault_ahead)),
             ("fault_batch", u64::from(self.fault_batch)),
             ("pasid_inval_threshold", self.pasid_inval_threshold),
+            ("inval_latency_us", u64::from(self.inval_latency_us)),
         ]
     }
 
@@ -263,6 +283,12 @@ mod tests {
         assert_eq!(c.fault_ahead, 2 << 20);
         assert_eq!(c.fault_batch, 16);
         assert_eq!(c.pasid_inval_threshold, 1 << 30);
+        assert_eq!(
+            VgpuConfig::from_options("inval_latency_us=0")
+                .unwrap()
+                .inval_latency_us,
+            0
+        );
         assert_eq!(c.to_wire().atc_entries, 64);
         assert_eq!(c.to_wire().fault_ahead, 2 << 20);
         // What the nested run sends round-trips, and has no comma.
@@ -299,6 +325,7 @@ mod tests {
             "atc_entries=99999999999G",
             "atc_ways=0",
             "pasid_inval_threshold=-1",
+            "inval_latency_us=100001",
         ] {
             let e = VgpuConfig::from_options(bad).unwrap_err();
             assert!(matches!(e, OptionError::BadValue { .. }), "{bad}: {e}");

@@ -6,9 +6,15 @@
 //! (with `MAP_F_FAULT_REPLY`) lets it finish, or FAULT_FAIL or UNBIND ends it. A stalled job
 //! never blocks later commands, which is what lets the driver's mmu-notifier invalidate a
 //! range while a job waits for its fault to be served.
+//!
+//! INVALIDATE completes `inval_latency_us` after it is taken off the queue, like an ATS
+//! invalidation in flight on a real link: until then engines still use the old
+//! translations. The host calls [`VgpuDevice::complete_due`] when
+//! [`VgpuDevice::next_deadline`] passes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -20,7 +26,7 @@ use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, JobOp, Step};
 use crate::fault::{FaultId, Faults};
-use crate::invalidate::{self, RemovalLog};
+use crate::invalidate::{self, Invalidation, RemovalLog};
 use crate::mmu::{Mmu, MmuError};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
 use crate::page_table::PageTableError;
@@ -64,6 +70,14 @@ struct Completion {
     data: Vec<u8>,
 }
 
+/// An INVALIDATE taken off the queue whose completion is not due yet.
+#[derive(Debug)]
+struct InFlightInvalidation {
+    inv: Invalidation,
+    reply: Reply,
+    due: Instant,
+}
+
 struct Active<M> {
     mem: Arc<M>,
     command: Queue,
@@ -84,6 +98,8 @@ pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     current_pasid: Option<Pasid>,
     oracle: Oracle,
     completions: Vec<Completion>,
+    /// INVALIDATEs in flight, oldest first (all have the same latency, so also by due time).
+    in_flight: VecDeque<InFlightInvalidation>,
     active: Option<Active<M>>,
 }
 
@@ -118,6 +134,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             current_pasid: None,
             oracle: Oracle::default(),
             completions: Vec::new(),
+            in_flight: VecDeque::new(),
             active: None,
             config,
         })
@@ -165,6 +182,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.faults.clear();
         self.stalled.clear();
         self.completions.clear();
+        self.in_flight.clear();
         self.oracle.clear_history();
     }
 
@@ -222,6 +240,34 @@ impl<M: GuestMemory> VgpuDevice<M> {
         used.fault = self
             .faults
             .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
+        let used = Self::interrupts(&mut a, used);
+        self.active = Some(a);
+        used
+    }
+
+    /// When the oldest INVALIDATE in flight is due, if one is.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.in_flight.front().map(|f| f.due)
+    }
+
+    /// Applies and completes every INVALIDATE due by `now`.
+    pub fn complete_due(&mut self, now: Instant) -> UsedQueues {
+        let Some(mut a) = self.active.take() else {
+            return UsedQueues::default();
+        };
+        while self.in_flight.front().is_some_and(|f| f.due <= now) {
+            if let Some(f) = self.in_flight.pop_front() {
+                // Counted for its PASID, as if it completed with the command.
+                let before = self.counters;
+                self.current_pasid = Some(f.inv.pasid);
+                self.complete_invalidation(f);
+                self.attribute(&before);
+            }
+        }
+        let used = UsedQueues {
+            command: self.flush(&mut a),
+            fault: false,
+        };
         let used = Self::interrupts(&mut a, used);
         self.active = Some(a);
         used
@@ -339,7 +385,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             },
             opcode::UNBIND => self.unbind(pasid),
             opcode::MAP => self.map(mem, &cmd, payload),
-            opcode::INVALIDATE => self.invalidate(&cmd),
+            opcode::INVALIDATE => return self.start_invalidation(&cmd, reply),
             opcode::JOB => return self.submit(mem, &cmd, reply),
             opcode::FAULT_FAIL => self.fault_fail(pasid, FaultId(cmd.arg0), cmd.arg1),
             opcode::COUNTERS => return self.read_counters(&cmd, req, reply),
@@ -352,6 +398,14 @@ impl<M: GuestMemory> VgpuDevice<M> {
     }
 
     fn unbind(&mut self, pasid: Pasid) -> wire::Resp {
+        // Invalidations of this space still in flight complete first, in order.
+        let (mine, others) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|f| f.inv.pasid == pasid);
+        self.in_flight = others;
+        for f in mine {
+            self.complete_invalidation(f);
+        }
         let Ok(dropped) = self.mmu.unbind(pasid) else {
             return resp(status::BAD_PASID, 0, 0);
         };
@@ -375,18 +429,42 @@ impl<M: GuestMemory> VgpuDevice<M> {
         resp(status::OK, dropped, 0)
     }
 
-    fn invalidate(&mut self, cmd: &wire::Cmd) -> wire::Resp {
+    /// Checks an INVALIDATE and puts it in flight (or applies it now with no latency).
+    fn start_invalidation(&mut self, cmd: &wire::Cmd, reply: Reply) {
         let inv = match invalidate::parse(cmd, self.config.pasid_inval_threshold) {
             Ok(inv) => inv,
-            Err(st) => return resp(st, 0, 0),
+            Err(st) => return self.respond(reply, resp(st, 0, 0)),
         };
-        match invalidate::invalidate(&mut self.mmu, &mut self.log, &mut self.counters, &inv) {
+        if !self.mmu.is_bound(inv.pasid) {
+            return self.respond(reply, resp(status::BAD_PASID, 0, 0));
+        }
+        let f = InFlightInvalidation {
+            inv,
+            reply,
+            due: Instant::now() + Duration::from_micros(self.config.inval_latency_us.into()),
+        };
+        if self.config.inval_latency_us == 0 {
+            self.complete_invalidation(f);
+        } else {
+            self.in_flight.push_back(f);
+        }
+    }
+
+    /// Applies an invalidation to the page table and the ATC and queues its completion.
+    fn complete_invalidation(&mut self, f: InFlightInvalidation) {
+        let r = match invalidate::invalidate(
+            &mut self.mmu,
+            &mut self.log,
+            &mut self.counters,
+            &f.inv,
+        ) {
             Ok(done) => {
-                self.oracle.record_invalidation(&inv);
+                self.oracle.record_invalidation(&f.inv);
                 resp(status::OK, done.ats_requests, done.pages)
             }
             Err(MmuError::Unbound(_) | MmuError::CannotBind(_)) => resp(status::BAD_PASID, 0, 0),
-        }
+        };
+        self.respond(f.reply, r);
     }
 
     fn map(&mut self, mem: &M, cmd: &wire::Cmd, payload: &[u8]) -> wire::Resp {

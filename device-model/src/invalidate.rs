@@ -2,8 +2,9 @@
 //! downgrade), ATS-invalidate the ATC, count per event, and remember which event removed
 //! each page's translation so a later fault on it counts as a refault of that event.
 //!
-//! The device is single-threaded and jobs translate page by page between commands, so when
-//! this returns no engine can use an old translation: the command completes at once.
+//! The device is single-threaded and jobs translate page by page between commands, so once
+//! [`invalidate`] returns no engine can use an old translation; when the command completes
+//! is the device's choice (`inval_latency_us`, see `device.rs`).
 
 use std::collections::HashMap;
 

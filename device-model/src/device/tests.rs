@@ -8,6 +8,8 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Bytes;
 
+use std::time::{Duration, Instant};
+
 use super::*;
 use crate::address::VA_LIMIT;
 use crate::engine::fnv1a64;
@@ -71,8 +73,13 @@ fn rig_with(config: VgpuConfig) -> Rig {
     }
 }
 
+/// The default device, but invalidations complete at once (most tests are about what
+/// they do, not when).
 fn rig() -> Rig {
-    rig_with(VgpuConfig::default())
+    rig_with(VgpuConfig {
+        inval_latency_us: 0,
+        ..VgpuConfig::default()
+    })
 }
 
 fn cmd(opcode: u32, pasid: u32, start: u64, length: u64) -> wire::Cmd {
@@ -470,6 +477,7 @@ fn aligned_2mib_run_is_one_leaf_and_partial_invalidation_splits_it() {
 fn too_many_stalled_jobs_is_busy() {
     let mut r = rig_with(VgpuConfig {
         max_stalled_jobs: 1,
+        inval_latency_us: 0,
         ..Default::default()
     });
     r.bind(1);
@@ -759,6 +767,7 @@ fn oracle_counts_a_translation_the_cpu_does_not_have() {
 fn a_fault_batch_posts_one_record_per_page_and_resumes_when_all_are_answered() {
     let mut r = rig_with(VgpuConfig {
         fault_batch: 3,
+        inval_latency_us: 0,
         ..VgpuConfig::default()
     });
     r.bind(1);
@@ -803,6 +812,7 @@ fn a_fault_batch_posts_one_record_per_page_and_resumes_when_all_are_answered() {
 fn failing_one_fault_of_a_batch_withdraws_the_rest() {
     let mut r = rig_with(VgpuConfig {
         fault_batch: 4,
+        inval_latency_us: 0,
         ..VgpuConfig::default()
     });
     r.bind(1);
@@ -869,4 +879,95 @@ fn counters_are_split_by_pasid_and_bogus_pasids_add_no_entry() {
     assert_eq!(mine.global.device_faults, 1);
     assert_eq!(mine.events[event::CLEAR as usize].notifications, 1);
     assert_eq!(r.read_counters_of(5), Counters::default());
+}
+
+#[test]
+fn an_invalidation_in_flight_leaves_the_old_translation_usable_until_it_completes() {
+    let mut r = rig_with(VgpuConfig {
+        inval_latency_us: 1_000,
+        ..VgpuConfig::default()
+    });
+    let root = 0x80_0000;
+    let va = 0x7000_0000;
+    cpu_tables(&r.mem, root, &[(va, FRAMES, true)]);
+    let mut b = cmd(opcode::BIND, 1, 0, 0);
+    b.arg0 = root;
+    assert_eq!(r.run(&b, &[]).status, status::OK);
+    r.map(1, va, &[entry(FRAMES, true)]);
+    assert!(r.dev.next_deadline().is_none());
+
+    let mut c = cmd(opcode::INVALIDATE, 1, va, PAGE_SIZE);
+    c.event = event::UNMAP;
+    let inv = r.send(&c);
+    let sent_at = Instant::now();
+    r.dev.process_command_queue();
+    assert!(r.used().is_empty(), "completed before its latency");
+    let due = r.dev.next_deadline().expect("in flight");
+    assert!(due >= sent_at + Duration::from_micros(1_000) - Duration::from_millis(1));
+    // Not due yet: nothing happens.
+    assert_eq!(r.dev.complete_due(sent_at), UsedQueues::default());
+
+    // A driver that let the CPU unmap the page before the completion: a job in the
+    // window still translates through the device's old entry, and the oracle sees it.
+    r.mem
+        .write_obj(0u64, GuestAddress(root + 3 * PAGE_SIZE))
+        .unwrap();
+    let job = r.job(1, job_op::CHECKSUM, va, PAGE_SIZE, 0);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(job.head, 24)]);
+    assert_eq!(r.resp(&job).status, status::OK);
+    assert_eq!(r.counters().global.violations, 1);
+
+    let used = r.dev.complete_due(due);
+    assert!(used.command);
+    assert_eq!(r.used(), vec![(inv.head, 24)]);
+    assert_eq!(r.resp(&inv).status, status::OK);
+    assert!(r.dev.next_deadline().is_none());
+    assert_eq!(r.counters().events[event::UNMAP as usize].notifications, 1);
+    assert_eq!(
+        r.dev.pasid_counters()[&1].events[event::UNMAP as usize].notifications,
+        1
+    );
+    // After the completion the page faults instead.
+    r.post_fault_buffers(1);
+    r.job(1, job_op::CHECKSUM, va, PAGE_SIZE, 0);
+    r.dev.process_command_queue();
+    assert_eq!(r.counters().global.device_faults, 1);
+}
+
+#[test]
+fn unbind_completes_its_invalidations_in_flight_and_reset_drops_them() {
+    let mut r = rig_with(VgpuConfig {
+        inval_latency_us: 100_000,
+        ..VgpuConfig::default()
+    });
+    r.bind(1);
+    r.bind(2);
+    r.map(1, 0, &[entry(FRAMES, true)]);
+    let mut c = cmd(opcode::INVALIDATE, 1, 0, PAGE_SIZE);
+    c.event = event::CLEAR;
+    let one = r.send(&c);
+    c.pasid = 2;
+    let two = r.send(&c);
+    r.mem.write_obj(u32::MAX, GuestAddress(two.resp)).unwrap();
+    // Unbound PASIDs are refused at once, not after the latency.
+    c.pasid = 9;
+    let bad = r.send(&c);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(bad.head, 24)]);
+    assert_eq!(r.resp(&bad).status, status::BAD_PASID);
+
+    let unbind = r.send(&cmd(opcode::UNBIND, 1, 0, 0));
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(one.head, 24), (unbind.head, 24)]);
+    assert_eq!(r.resp(&one).status, status::OK);
+    // The invalidation went first, so UNBIND found nothing left to drop.
+    assert_eq!(r.resp(&unbind), resp(status::OK, 0, 0));
+    assert!(
+        r.dev.next_deadline().is_some(),
+        "PASID 2's is still in flight"
+    );
+    r.dev.reset();
+    assert!(r.dev.next_deadline().is_none());
+    assert_eq!(r.resp(&two).status, u32::MAX, "never answered");
 }

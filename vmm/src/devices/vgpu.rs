@@ -4,8 +4,14 @@
 //! at activation, forwards notifications, and raises the MSI-X interrupts the device asks
 //! for. The device sits behind a mutex shared with a [`VgpuHandle`], so the run code can
 //! read its counters for the report after the guest is done.
+//!
+//! Invalidations complete after the device's `inval_latency_us`, off the vCPU thread: one
+//! completion thread per activation sleeps until the device's next deadline, completes what
+//! is due and raises the command-queue interrupt. Notifications wake it when they put a new
+//! invalidation in flight; a reset or a new activation retires it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use device_model::counters::FaultLatency;
 use device_model::wire::{
@@ -20,35 +26,94 @@ use crate::virtio_pci::{ActivateError, VirtioDevice, VirtioInterrupt};
 /// Queue sizes: the command queue, then the fault queue.
 const QUEUE_SIZES: [u16; 2] = [COMMAND_QUEUE_SIZE, FAULT_QUEUE_SIZE];
 
+/// The device and what its completion thread waits on.
+struct Shared {
+    device: Mutex<Guarded>,
+    /// Signalled when an invalidation goes in flight or the activation ends.
+    wake: Condvar,
+}
+
+/// What the mutex guards: the device, and which activation the completion thread serves.
+struct Guarded {
+    device: VgpuDevice,
+    /// Bumped by every activation and reset; a completion thread whose number is stale exits.
+    activation: u64,
+}
+
 /// A shared handle on the device, for reading its counters from outside the vCPU threads.
 #[derive(Clone)]
-pub struct VgpuHandle(Arc<Mutex<VgpuDevice>>);
+pub struct VgpuHandle(Arc<Shared>);
 
 impl VgpuHandle {
     /// A snapshot of the device's counters (they survive device resets).
     pub fn counters(&self) -> Counters {
-        self.lock().counters()
+        self.lock_all().device.counters()
     }
 
     /// The counters split by PASID (see `VgpuDevice::pasid_counters`).
     pub fn pasid_counters(&self) -> std::collections::BTreeMap<u32, Counters> {
-        self.lock().pasid_counters().clone()
+        self.lock_all().device.pasid_counters().clone()
     }
 
     /// The coherence oracle's first violations, with the invalidations that preceded them.
     pub fn violation_samples(&self) -> Vec<device_model::oracle::ViolationSample> {
-        self.lock().violations().to_vec()
+        self.lock_all().device.violations().to_vec()
     }
 
     /// How long the guest driver took to answer device faults.
     pub fn fault_latency(&self) -> FaultLatency {
-        self.lock().fault_latency()
+        self.lock_all().device.fault_latency()
     }
 
-    fn lock(&self) -> MutexGuard<'_, VgpuDevice> {
+    fn lock_all(&self) -> MutexGuard<'_, Guarded> {
         // A panic while holding the lock cannot leave the counters half-written in a way
         // that matters for a report, so a poisoned lock is still read.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the completion thread if an invalidation is in flight.
+    fn kick_completions(&self, g: &Guarded) {
+        if g.device.next_deadline().is_some() {
+            self.0.wake.notify_all();
+        }
+    }
+
+    /// Ends the current activation: its completion thread exits.
+    fn retire_completions(&self, g: &mut Guarded) {
+        g.activation += 1;
+        self.0.wake.notify_all();
+    }
+
+    /// The completion thread of activation `activation`: completes invalidations as they
+    /// fall due and interrupts the driver for them.
+    fn complete_invalidations(self, activation: u64, irq: VirtioInterrupt) {
+        let mut g = self.lock_all();
+        while g.activation == activation {
+            let Some(due) = g.device.next_deadline() else {
+                g = self.0.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let now = Instant::now();
+            if due > now {
+                g = self
+                    .0
+                    .wake
+                    .wait_timeout(g, due - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            let used = g.device.complete_due(now);
+            drop(g);
+            signal(&irq, used);
+            g = self.lock_all();
+        }
+    }
+}
+
+fn signal(irq: &VirtioInterrupt, used: UsedQueues) {
+    for q in used.queues() {
+        irq.signal_used_queue(q);
     }
 }
 
@@ -63,7 +128,13 @@ impl VirtioVgpu {
     /// A virtual GPU built as `config` says.
     pub fn new(config: VgpuConfig) -> Result<Self, ConfigError> {
         Ok(VirtioVgpu {
-            device: VgpuHandle(Arc::new(Mutex::new(VgpuDevice::new(config)?))),
+            device: VgpuHandle(Arc::new(Shared {
+                device: Mutex::new(Guarded {
+                    device: VgpuDevice::new(config)?,
+                    activation: 0,
+                }),
+                wake: Condvar::new(),
+            })),
             interrupt: None,
             acked_features: 0,
         })
@@ -80,11 +151,8 @@ impl VirtioVgpu {
     }
 
     fn signal(&self, used: UsedQueues) {
-        let Some(irq) = &self.interrupt else {
-            return;
-        };
-        for q in used.queues() {
-            irq.signal_used_queue(q);
+        if let Some(irq) = &self.interrupt {
+            signal(irq, used);
         }
     }
 }
@@ -107,7 +175,7 @@ impl VirtioDevice for VirtioVgpu {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.device.lock().read_config(offset, data);
+        self.device.lock_all().device.read_config(offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -130,12 +198,22 @@ impl VirtioDevice for VirtioVgpu {
                     expected: QUEUE_SIZES.len(),
                     got: q.len(),
                 })?;
-        let mut dev = self.device.lock();
-        dev.activate(mem, command, fault);
+        let mut g = self.device.lock_all();
+        g.device.activate(mem, command, fault);
         // Fault buffers may have been posted before DRIVER_OK; nothing is waiting yet, but
         // serving both queues once keeps activation and notification on one path.
-        let used = dev.process_command_queue();
-        drop(dev);
+        let used = g.device.process_command_queue();
+        self.device.retire_completions(&mut g);
+        let activation = g.activation;
+        drop(g);
+        let handle = self.device.clone();
+        let irq = interrupt.clone();
+        std::thread::Builder::new()
+            .name("vgpu-inval".into())
+            .spawn(move || handle.complete_invalidations(activation, irq))
+            .map_err(|e| {
+                ActivateError::Device(format!("cannot start the completion thread: {e}"))
+            })?;
         self.interrupt = Some(interrupt);
         self.signal(used);
         Ok(())
@@ -143,21 +221,26 @@ impl VirtioDevice for VirtioVgpu {
 
     fn queue_notify(&mut self, queue_index: u16) {
         let used = {
-            let mut dev = self.device.lock();
-            match queue_index {
-                QUEUE_COMMAND => dev.process_command_queue(),
-                QUEUE_FAULT => dev.process_fault_queue(),
+            let mut g = self.device.lock_all();
+            let used = match queue_index {
+                QUEUE_COMMAND => g.device.process_command_queue(),
+                QUEUE_FAULT => g.device.process_fault_queue(),
                 other => {
                     log::warn!("vgpu: notify of absent queue {other}");
                     return;
                 }
-            }
+            };
+            self.device.kick_completions(&g);
+            used
         };
         self.signal(used);
     }
 
     fn reset(&mut self) {
-        self.device.lock().reset();
+        let mut g = self.device.lock_all();
+        g.device.reset();
+        self.device.retire_completions(&mut g);
+        drop(g);
         self.interrupt = None;
         self.acked_features = 0;
     }
@@ -297,6 +380,30 @@ mod tests {
         assert_eq!((f.pasid, f.address, f.flags), (1, 0, 0));
         v.queue_notify(5);
         assert_eq!(handle.counters().global.device_faults, 1);
+        // An INVALIDATE completes off the vCPU thread once its latency has passed, with
+        // the command-queue interrupt (this device waits 500 us).
+        let inv = send(
+            2,
+            wire::Cmd {
+                opcode: wire::opcode::INVALIDATE,
+                pasid: 1,
+                length: 0x1000,
+                ..Default::default()
+            },
+        );
+        mem.write_obj(u32::MAX, GuestAddress(inv)).unwrap();
+        v.queue_notify(0);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while irq.triggers.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(irq.take_triggers(), vec![1]);
+        assert_eq!(
+            mem.read_obj::<wire::Resp>(GuestAddress(inv))
+                .unwrap()
+                .status,
+            0
+        );
         v.reset();
         v.queue_notify(0);
         assert!(irq.take_triggers().is_empty());
