@@ -58,10 +58,12 @@ impl Default for VgpuConfig {
     }
 }
 
-/// Default INVALIDATE completion latency: long enough that a job submitted right after
-/// an invalidation the driver did not wait for still finds the old translation (a guest
-/// syscall plus a queue notification takes tens of microseconds even in a nested guest).
-pub const DEFAULT_INVAL_LATENCY_US: u32 = 500;
+/// Default INVALIDATE completion latency: long enough that a job submitted right after an
+/// invalidation the driver did not wait for still finds the old translation. In the nested
+/// guest on these machines a syscall plus a queue notification takes about a millisecond:
+/// with 500 us the early-complete bug went unseen by `touch`, with 5 ms it showed 48
+/// violations.
+pub const DEFAULT_INVAL_LATENCY_US: u32 = 5_000;
 /// Longest INVALIDATE completion latency the options accept (the driver's command timeout
 /// is seconds).
 pub const MAX_INVAL_LATENCY_US: u32 = 100_000;

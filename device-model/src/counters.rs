@@ -43,7 +43,7 @@ impl EventCounters {
 
 impl GlobalCounters {
     /// Every counter by name, reserved slots left out.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 14] {
         [
             ("device_faults", self.device_faults),
             ("jobs_completed", self.jobs_completed),
@@ -58,6 +58,7 @@ impl GlobalCounters {
             ("bytes_read", self.bytes_read),
             ("bytes_written", self.bytes_written),
             ("permission_faults", self.permission_faults),
+            ("fault_retries", self.fault_retries),
         ]
     }
 }
@@ -162,10 +163,10 @@ mod tests {
     #[test]
     fn names_cover_every_counter() {
         let g = GlobalCounters {
-            permission_faults: 4,
+            fault_retries: 4,
             ..Default::default()
         };
-        assert_eq!(g.fields().last(), Some(&("permission_faults", 4)));
+        assert_eq!(g.fields().last(), Some(&("fault_retries", 4)));
         assert_eq!(EventCounters::default().fields().len(), 9);
         assert_eq!(EVENT_NAMES[wire::event::EXCLUSIVE as usize], "EXCLUSIVE");
     }
@@ -185,7 +186,7 @@ mod tests {
             .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
             .collect();
         assert_eq!(words[8 * 16 + 12], 5);
-        assert_eq!(c.global.reserved, [0; 19]);
+        assert_eq!(c.global.reserved, [0; 18]);
         // An out-of-range event never indexes out of bounds.
         c.event(99).notifications += 1;
         assert_eq!(c.events[7].notifications, 1);

@@ -488,6 +488,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
             .collect();
         let (mapped, result) = self.apply_map(pasid, range.start, &entries);
         self.counters.global.maps += 1;
+        if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
+            // The driver's own count; guest-controlled, so it only ever adds up.
+            self.counters.global.fault_retries =
+                self.counters.global.fault_retries.saturating_add(cmd.arg1);
+        }
         self.counters.global.pages_mapped += mapped;
         if let Err(e) = result {
             log::warn!("vgpu: MAP on {pasid}: {e}");

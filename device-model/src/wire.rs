@@ -258,8 +258,11 @@ pub struct GlobalCounters {
     pub bytes_written: u64,
     /// Writes that found only a read-only translation (and so faulted).
     pub permission_faults: u64,
+    /// Times the driver's CPU snapshot for a fault was invalidated before it could map it
+    /// (MAP `arg1`, as the driver reports it): how often the fault path lost a race.
+    pub fault_retries: u64,
     /// Zero.
-    pub reserved: [u64; 19],
+    pub reserved: [u64; 18],
 }
 
 /// `struct vgpu_counters`: what COUNTERS writes.

@@ -83,6 +83,7 @@ fn rust_layouts() -> Vec<Layout> {
                 bytes_read,
                 bytes_written,
                 permission_faults,
+                fault_retries,
                 reserved,
             ]
         ),

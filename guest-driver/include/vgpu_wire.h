@@ -141,7 +141,8 @@ struct vgpu_global_counters {
 	__le64 bytes_read;
 	__le64 bytes_written;
 	__le64 permission_faults;
-	__le64 reserved[19];
+	__le64 fault_retries;
+	__le64 reserved[18];
 };
 
 struct vgpu_counters {

@@ -46,6 +46,15 @@ extern unsigned int vgpu_timeout_ms;
 extern int vgpu_default_policy;
 
 /*
+ * Test aid (module parameter fault_delay_us, 0 by default): the fault path
+ * sleeps this long between hmm_range_fault() and taking the mirror lock, so
+ * that an invalidation racing the snapshot is likely instead of rare. A
+ * correct driver retries; inject=no-seq-retry maps the stale snapshot.
+ */
+extern unsigned int vgpu_fault_delay_us;
+#define VGPU_FAULT_DELAY_MAX_US	100000
+
+/*
  * Bug injections (module parameter inject=, set at load only): each one
  * re-creates a classic mirroring mistake so that the device's coherence
  * oracle can be shown to catch it. vmm/src/injections.rs lists the names.

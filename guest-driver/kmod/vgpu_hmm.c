@@ -16,6 +16,7 @@
  * INVALIDATE, and returns only when the device completed it, so the device
  * never holds a translation the CPU page table no longer has.
  */
+#include <linux/delay.h>
 #include <linux/hmm.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
@@ -434,7 +435,8 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	unsigned long end = min(start + win, m->user_end);
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
 	unsigned long idx = (addr - start) >> PAGE_SHIFT;
-	unsigned long timeout, i;
+	unsigned long timeout, i, retries = 0;
+	unsigned int delay;
 	struct vgpu_map_entry *entries;
 	struct hmm_range range = {
 		.notifier = &m->notifier,
@@ -462,7 +464,7 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 		goto out_free;
 	}
 	timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
-	for (;;) {
+	for (;; retries++) {
 		if (time_after(jiffies, timeout)) {
 			err = -EBUSY;
 			goto out_mmput;
@@ -478,6 +480,9 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 				continue;
 			goto out_mmput;
 		}
+		delay = READ_ONCE(vgpu_fault_delay_us);
+		if (delay)
+			fsleep(delay);
 		mutex_lock(&m->mutex);
 		/* inject=no-seq-retry: trust a snapshot an invalidation raced. */
 		if (vgpu_inject != VGPU_INJECT_NO_SEQ_RETRY &&
@@ -506,6 +511,7 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	req->cmd.start = cpu_to_le64(start);
 	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
 	req->cmd.arg0 = cpu_to_le64(fault_id);
+	req->cmd.arg1 = cpu_to_le64(retries);
 	req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
 	err = vgpu_cmd_sync(vd, req);
 	if (err == -ETIMEDOUT)

@@ -80,6 +80,31 @@ module_param_cb(timeout_ms, &vgpu_timeout_ops, &vgpu_timeout_ms, 0644);
 MODULE_PARM_DESC(timeout_ms,
 		 "milliseconds to wait for the device (10..600000, default 5000)");
 
+unsigned int vgpu_fault_delay_us;
+
+static int vgpu_fault_delay_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int us;
+	int err = kstrtouint(val, 0, &us);
+
+	if (err)
+		return err;
+	if (us > VGPU_FAULT_DELAY_MAX_US)
+		return -ERANGE;
+	WRITE_ONCE(vgpu_fault_delay_us, us);
+	return 0;
+}
+
+static const struct kernel_param_ops vgpu_fault_delay_ops = {
+	.set = vgpu_fault_delay_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(fault_delay_us, &vgpu_fault_delay_ops, &vgpu_fault_delay_us,
+		0644);
+MODULE_PARM_DESC(fault_delay_us,
+		 "test aid: microseconds between a fault's CPU snapshot and its device update, to widen the race the sequence check guards (0..100000, default 0)");
+
 int vgpu_inject = VGPU_INJECT_NONE;
 int vgpu_inject_event = -1;
 

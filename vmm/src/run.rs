@@ -13,10 +13,10 @@ use crate::report::Report;
 use crate::vm::{Vm, VmConfig};
 
 /// The guest programs of a run without `--run` or `--workload`.
-pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect"];
+pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect", "race"];
 
 /// The device workloads (guest programs that print a `VGPU-WORKLOAD` report).
-pub const WORKLOADS: &[&str] = &["touch", "protect"];
+pub const WORKLOADS: &[&str] = &["touch", "protect", "race"];
 
 /// The guest driver's invalidation policy (device-model/SPEC.md, DESIGN.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -381,7 +381,7 @@ mod tests {
         v.queue_notify(5);
         assert_eq!(handle.counters().global.device_faults, 1);
         // An INVALIDATE completes off the vCPU thread once its latency has passed, with
-        // the command-queue interrupt (this device waits 500 us).
+        // the command-queue interrupt (5 ms by default).
         let inv = send(
             2,
             wire::Cmd {
