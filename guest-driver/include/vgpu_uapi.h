@@ -35,10 +35,23 @@ struct vgpu_job {
 	__u64 faults;		/* out: device faults the job took */
 };
 
+/*
+ * Moves the pages of [start, start + length) of the caller's anonymous memory
+ * to new frames with migrate_vma (the kernel sends MMU_NOTIFY_MIGRATE), as a
+ * driver does when it moves pages into its own memory; here the destination
+ * is system RAM, since the guest kernel has no DEVICE_PRIVATE.
+ */
+struct vgpu_migrate {
+	__u64 start;		/* in: virtual address, page aligned */
+	__u64 length;		/* in: bytes, page aligned */
+	__u64 migrated;		/* out: pages that moved */
+};
+
 #define VGPU_IOC_MAGIC		'V'
 #define VGPU_IOC_BIND		_IOWR(VGPU_IOC_MAGIC, 1, struct vgpu_bind)
 #define VGPU_IOC_JOB		_IOWR(VGPU_IOC_MAGIC, 2, struct vgpu_job)
 /* Reads the device's struct vgpu_counters (vgpu_wire.h). */
 #define VGPU_IOC_COUNTERS	_IOR(VGPU_IOC_MAGIC, 3, struct vgpu_counters)
+#define VGPU_IOC_MIGRATE	_IOWR(VGPU_IOC_MAGIC, 5, struct vgpu_migrate)
 
 #endif /* VGPU_UAPI_H */

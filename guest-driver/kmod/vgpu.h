@@ -213,4 +213,7 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
 const char *vgpu_policy_name(int policy);
 void vgpu_late_work(struct work_struct *work);
 
+/* vgpu_migrate.c */
+int vgpu_mirror_migrate(struct vgpu_mirror *m, struct vgpu_migrate *mig);
+
 #endif /* VGPU_H */

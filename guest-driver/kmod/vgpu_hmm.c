@@ -62,7 +62,11 @@ static u32 vgpu_vma_prot(const struct vm_area_struct *vma)
  *              PROTECTION_PAGE (fork, page_mkclean) and SOFT_DIRTY (it only
  *              write-protects; clear_refs passes no vma) downgrade;
  *              MIGRATE/EXCLUSIVE caused by this driver are skipped;
- *              RELEASE drops the whole address space.
+ *              RELEASE drops the whole address space, and the invalidations
+ *              that follow it while the mm is torn down (exit_mmap's UNMAPs,
+ *              when mm_users is already 0) are skipped: RELEASE left nothing
+ *              to drop. GPU drivers skip these the same way, which is what
+ *              makes a lost RELEASE a stale device mapping.
  */
 static bool vgpu_plan(const struct vgpu_mirror *m,
 		      const struct mmu_notifier_range *range,
@@ -86,6 +90,11 @@ static bool vgpu_plan(const struct vgpu_mirror *m,
 		*flags |= VGPU_INV_F_RELEASE_TRACKING;
 		return *start < *end;
 	}
+
+	/* Monotonic: once 0 it stays 0, and RELEASE came first. */
+	if (range->event != MMU_NOTIFY_RELEASE &&
+	    !atomic_read(&range->mm->mm_users))
+		return false;
 
 	switch (range->event) {
 	case MMU_NOTIFY_UNMAP:

@@ -298,6 +298,22 @@ static long vgpu_ioctl_counters(struct vgpu_mirror *m, void __user *uarg)
 	return err;
 }
 
+static long vgpu_ioctl_migrate(struct vgpu_mirror *m, void __user *uarg)
+{
+	struct vgpu_migrate mig;
+	int err;
+
+	if (copy_from_user(&mig, uarg, sizeof(mig)))
+		return -EFAULT;
+	mig.migrated = 0;
+	err = vgpu_mirror_migrate(m, &mig);
+	if (err)
+		return err;
+	if (copy_to_user(uarg, &mig, sizeof(mig)))
+		return -EFAULT;
+	return 0;
+}
+
 static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct vgpu_mirror *m = file->private_data;
@@ -310,6 +326,8 @@ static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return vgpu_ioctl_job(m, uarg);
 	case VGPU_IOC_COUNTERS:
 		return vgpu_ioctl_counters(m, uarg);
+	case VGPU_IOC_MIGRATE:
+		return vgpu_ioctl_migrate(m, uarg);
 	default:
 		return -ENOTTY;
 	}

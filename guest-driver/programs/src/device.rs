@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::uapi::{self, Counters, VgpuBind, VgpuJob};
+use crate::uapi::{self, Counters, VgpuBind, VgpuJob, VgpuMigrate};
 
 /// The device file.
 pub const DEVICE_PATH: &str = "/dev/vgpu0";
@@ -62,6 +62,19 @@ impl Vgpu {
             result: j.result,
             faults: j.faults,
         })
+    }
+
+    /// Has the driver move the pages of `[start, start + length)` to new frames
+    /// (`migrate_vma`, a MIGRATE notification); returns how many moved.
+    pub fn migrate(&self, start: usize, length: usize) -> io::Result<u64> {
+        let mut m = VgpuMigrate {
+            start: start as u64,
+            length: length as u64,
+            migrated: 0,
+        };
+        ioctl(&self.file, uapi::IOC_MIGRATE, &mut m)
+            .map_err(|e| annotate(e, "VGPU_IOC_MIGRATE"))?;
+        Ok(m.migrated)
     }
 
     /// The open device file (for callers that want to misuse it on purpose).

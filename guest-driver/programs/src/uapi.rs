@@ -39,6 +39,18 @@ pub struct VgpuJob {
     pub faults: u64,
 }
 
+/// `struct vgpu_migrate`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgpuMigrate {
+    /// (in) virtual address, page aligned.
+    pub start: u64,
+    /// (in) bytes, page aligned.
+    pub length: u64,
+    /// (out) pages that moved.
+    pub migrated: u64,
+}
+
 /// Job op: write `arg ^ offset` at every 8-byte offset.
 pub const JOB_FILL: u32 = 1;
 /// Job op: FNV-1a-64 of the bytes.
@@ -69,6 +81,8 @@ pub const IOC_BIND: u32 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<VgpuB
 pub const IOC_JOB: u32 = ioc(IOC_READ | IOC_WRITE, 2, std::mem::size_of::<VgpuJob>());
 /// `VGPU_IOC_COUNTERS`.
 pub const IOC_COUNTERS: u32 = ioc(IOC_READ, 3, std::mem::size_of::<Counters>());
+/// `VGPU_IOC_MIGRATE`.
+pub const IOC_MIGRATE: u32 = ioc(IOC_READ | IOC_WRITE, 5, std::mem::size_of::<VgpuMigrate>());
 
 #[cfg(test)]
 mod tests {
@@ -96,6 +110,9 @@ int main(void)
 	S(vgpu_job); O(vgpu_job, start); O(vgpu_job, length); O(vgpu_job, arg);
 	O(vgpu_job, op); O(vgpu_job, status); O(vgpu_job, result); O(vgpu_job, faults);
 	S(vgpu_counters);
+	S(vgpu_migrate); O(vgpu_migrate, start); O(vgpu_migrate, length);
+	O(vgpu_migrate, migrated);
+	printf("VGPU_IOC_MIGRATE %lu\n", (unsigned long)VGPU_IOC_MIGRATE);
 	printf("VGPU_IOC_BIND %lu\n", (unsigned long)VGPU_IOC_BIND);
 	printf("VGPU_IOC_JOB %lu\n", (unsigned long)VGPU_IOC_JOB);
 	printf("VGPU_IOC_COUNTERS %lu\n", (unsigned long)VGPU_IOC_COUNTERS);
@@ -150,6 +167,11 @@ int main(void)
             ("vgpu_job.result", offset_of!(VgpuJob, result)),
             ("vgpu_job.faults", offset_of!(VgpuJob, faults)),
             ("vgpu_counters", size_of::<Counters>()),
+            ("vgpu_migrate", size_of::<VgpuMigrate>()),
+            ("vgpu_migrate.start", offset_of!(VgpuMigrate, start)),
+            ("vgpu_migrate.length", offset_of!(VgpuMigrate, length)),
+            ("vgpu_migrate.migrated", offset_of!(VgpuMigrate, migrated)),
+            ("VGPU_IOC_MIGRATE", IOC_MIGRATE as usize),
             ("VGPU_IOC_BIND", IOC_BIND as usize),
             ("VGPU_IOC_JOB", IOC_JOB as usize),
             ("VGPU_IOC_COUNTERS", IOC_COUNTERS as usize),

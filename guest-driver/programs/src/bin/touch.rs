@@ -4,9 +4,11 @@
 //! the device checksums it. Then the workload changes the mappings under the device and checks
 //! that the device follows: after `munmap` the device cannot reach the range (UNMAP); after
 //! `madvise(MADV_DONTNEED)` it sees the new zero pages, not the old data (CLEAR); after
-//! `mprotect(PROT_READ)` it can still read but no longer write (PROTECTION_VMA). A stale device
-//! translation shows up as a wrong checksum, a write that lands, or an access that should
-//! have failed. Prints one `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
+//! `mprotect(PROT_READ)` it can still read but no longer write (PROTECTION_VMA); after the
+//! driver moves pages with `migrate_vma` it reads and writes the new frames (MIGRATE); and a
+//! child that exits while the device maps its pages leaves nothing behind (RELEASE). A stale
+//! device translation shows up as a wrong checksum, a write that lands, an access that
+//! should have failed, or in the coherence oracle's count. Prints one `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
 
 use std::io;
 use std::process::ExitCode;
@@ -30,6 +32,41 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Forks a child that binds, has the device fill a buffer and exits without unmapping it
+/// or closing the device: the kernel tears the address space down (RELEASE, then the
+/// exit's UNMAPs) while the device still maps it, and the file is closed (UNBIND) after.
+fn exit_while_mapped() -> io::Result<()> {
+    // SAFETY: single-threaded; the child uses its own copies and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = (|| -> io::Result<i32> {
+            let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
+            let buf = Buffer::new(QUARTER)?;
+            let r = vgpu.job(JOB_FILL, buf.addr(0), QUARTER, 0xe817)?;
+            // Keep both alive until _exit: no munmap, no close.
+            std::mem::forget((vgpu, buf));
+            Ok(if r.status == STATUS_OK { 0 } else { 1 })
+        })()
+        .unwrap_or(2);
+        // SAFETY: leave without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(io::Error::other(format!(
+            "the exiting child failed (wait status {status:#x})"
+        )));
+    }
+    Ok(())
 }
 
 fn run() -> io::Result<bool> {
@@ -102,8 +139,27 @@ fn run() -> io::Result<bool> {
     c.status("fill untouched quarter", r.status, STATUS_OK);
     c.filled("fill untouched quarter", buf.bytes(q2, QUARTER), p3);
 
+    // 7. migrate_vma (MIGRATE): the pages move to new frames; the device must follow.
+    let moved = vgpu.migrate(buf.addr(q2), QUARTER)?;
+    c.check(moved > 0, || "migrate: no page moved".into());
+    let r = vgpu.job(JOB_CHECKSUM, buf.addr(q2), QUARTER, 0)?;
+    c.status("checksum after migrate", r.status, STATUS_OK);
+    c.check(r.result == fnv1a64(buf.bytes(q2, QUARTER)), || {
+        "checksum after migrate: mismatch".into()
+    });
+    let p4 = 0x3160_0000_0000_0004;
+    let r = vgpu.job(JOB_FILL, buf.addr(q2), QUARTER, p4)?;
+    c.status("fill after migrate", r.status, STATUS_OK);
+    c.filled("fill after migrate", buf.bytes(q2, QUARTER), p4);
+
+    // 8. A child exits while the device maps its pages (RELEASE): nothing may stay.
+    exit_while_mapped()?;
+
     let delta = CounterDelta::between(&before, &vgpu.counters()?);
-    c.notified(&delta, &["UNMAP", "CLEAR", "PROTECTION_VMA"]);
+    c.notified(
+        &delta,
+        &["UNMAP", "CLEAR", "PROTECTION_VMA", "MIGRATE", "RELEASE"],
+    );
     buf.munmap(q0, 3 * QUARTER)?;
 
     Ok(c.report("touch", &delta))
