@@ -94,7 +94,12 @@ pub struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Give up after this many seconds.
+    /// Run the programs again and again, in order, until this many seconds have passed
+    /// in the guest (a stress run; stops at the first failing round). Every round is in
+    /// the report.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub repeat_for: u64,
+    /// Give up after this many seconds (counted after --repeat-for).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Show the kernel's boot messages and debug logs.

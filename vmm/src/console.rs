@@ -41,6 +41,8 @@ pub struct ConsoleState {
     pub workloads: Vec<serde_json::Value>,
     /// The failure count of the final `VGPU-DONE` line, once seen.
     pub done_failed: Option<u32>,
+    /// How many times the guest ran its program list (`--repeat-for`), from `VGPU-DONE`.
+    pub rounds: Option<u64>,
     /// `VGPU-ERROR` messages.
     pub errors: Vec<String>,
     /// True once the kernel printed a panic.
@@ -87,11 +89,13 @@ impl ConsoleState {
                 Err(e) => self.errors.push(format!("bad workload line {arg:?}: {e}")),
             },
             "DONE" => {
-                let failed = serde_json::from_str::<serde_json::Value>(arg)
-                    .ok()
+                let done = serde_json::from_str::<serde_json::Value>(arg).ok();
+                let failed = done
+                    .as_ref()
                     .and_then(|v| v.get("failed")?.as_u64())
                     .unwrap_or(u64::from(u32::MAX));
                 self.done_failed = Some(failed.min(u64::from(u32::MAX)) as u32);
+                self.rounds = done.and_then(|v| v.get("rounds")?.as_u64());
             }
             "ERROR" => self.errors.push(arg.to_string()),
             "HOST-INIT" => {

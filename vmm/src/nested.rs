@@ -54,13 +54,21 @@ pub fn inner_args(spec: &RunSpec) -> String {
         "--mem".into(),
         format!("{}M", spec.mem_size >> 20),
         "--timeout".into(),
-        spec.timeout.as_secs().to_string(),
+        // The inner `vmm` adds --repeat-for back, as ours did.
+        spec.timeout
+            .saturating_sub(spec.repeat_for)
+            .as_secs()
+            .to_string(),
         "--policy".into(),
         spec.policy.as_str().into(),
     ];
     for p in &spec.programs {
         a.push("--run".into());
         a.push(p.clone());
+    }
+    if !spec.repeat_for.is_zero() {
+        a.push("--repeat-for".into());
+        a.push(spec.repeat_for.as_secs().to_string());
     }
     if spec.verbose {
         a.push("--verbose".into());
@@ -226,6 +234,7 @@ mod tests {
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into(), "touch".into()],
             policy: crate::run::Policy::Naive,
+            repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(300),
             verbose: true,
             extra_cmdline: None,
@@ -252,6 +261,7 @@ mod tests {
             mem_size: 256 << 20,
             programs: vec!["touch".into()],
             policy: crate::run::Policy::EventAware,
+            repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(60),
             verbose: false,
             extra_cmdline: None,

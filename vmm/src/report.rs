@@ -22,8 +22,11 @@ pub struct Report {
     pub kernel: Option<String>,
     /// Milliseconds from VMM start to the guest init's first line.
     pub boot_ms: Option<u64>,
-    /// Device-fault workload reports, one object each.
+    /// Device-fault workload reports, one object each (per round with `--repeat-for`).
     pub workloads: Vec<serde_json::Value>,
+    /// Times the guest ran its program list (more than 1 with `--repeat-for`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rounds: Option<u64>,
     /// "pass" or "fail".
     pub verdict: String,
     /// Why the VM ended.
@@ -66,6 +69,7 @@ impl Report {
         self.kernel = c.kernel.clone();
         self.programs = c.results.clone();
         self.workloads = c.workloads.clone();
+        self.rounds = c.rounds;
         self.errors.extend(c.errors.iter().cloned());
         if c.panicked {
             self.errors.push("guest kernel panic".into());
@@ -232,15 +236,19 @@ impl Report {
             ));
         }
         s.push('\n');
-        for p in &self.programs {
-            let v = if p.exit == 0 { "ok" } else { "FAIL" };
-            s.push_str(&format!(
-                "   program {:<16} {v} (exit {})\n",
-                p.name, p.exit
-            ));
-        }
-        for w in &self.workloads {
-            s.push_str(&workload_summary(w));
+        if self.rounds.is_some_and(|r| r > 1) {
+            s.push_str(&self.repeated_summary());
+        } else {
+            for p in &self.programs {
+                let v = if p.exit == 0 { "ok" } else { "FAIL" };
+                s.push_str(&format!(
+                    "   program {:<16} {v} (exit {})\n",
+                    p.name, p.exit
+                ));
+            }
+            for w in &self.workloads {
+                s.push_str(&workload_summary(w));
+            }
         }
         if let Some(d) = &self.device {
             s.push_str(&device_summary(d, self.device_config.as_ref()));
@@ -256,6 +264,52 @@ impl Report {
             for l in &self.console_tail {
                 s.push_str(&format!("   | {l}\n"));
             }
+        }
+        s
+    }
+}
+
+impl Report {
+    /// A stress run's programs and workloads, one line per name with the rounds summed.
+    fn repeated_summary(&self) -> String {
+        let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut s = format!("   rounds {}\n", self.rounds.unwrap_or(0));
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.programs {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        for name in names {
+            let runs: Vec<_> = self.programs.iter().filter(|p| p.name == name).collect();
+            let failed = runs.iter().filter(|p| p.exit != 0).count();
+            s.push_str(&format!(
+                "   program {name:<16} x{:<4} {}\n",
+                runs.len(),
+                if failed == 0 {
+                    "ok".to_string()
+                } else {
+                    format!("FAIL ({failed} failed)")
+                }
+            ));
+            let ws: Vec<_> = self
+                .workloads
+                .iter()
+                .filter(|w| w.get("name").and_then(|v| v.as_str()) == Some(name))
+                .collect();
+            if ws.is_empty() {
+                continue;
+            }
+            let ok = ws
+                .iter()
+                .all(|w| w.get("ok").and_then(|v| v.as_bool()) == Some(true));
+            s.push_str(&format!(
+                "   workload {name:<12} x{:<4} {}  device faults {}  violations {}\n",
+                ws.len(),
+                if ok { "ok  " } else { "FAIL" },
+                ws.iter().map(|w| num(w, "device_faults")).sum::<u64>(),
+                ws.iter().map(|w| num(w, "violations")).sum::<u64>(),
+            ));
         }
         s
     }
@@ -426,6 +480,38 @@ mod tests {
             !s.contains("CLEAR"),
             "events without notifications are left out: {s}"
         );
+    }
+
+    #[test]
+    fn a_stress_run_sums_its_rounds_per_name() {
+        let mut c = ConsoleState::default();
+        for (round, faults) in [(1, 10), (2, 32)] {
+            c.results.push(ProgramResult {
+                name: "touch".into(),
+                exit: 0,
+            });
+            c.workloads.push(serde_json::json!({
+                "name": "touch", "policy": "naive", "ok": true,
+                "device_faults": faults, "violations": round - 1,
+            }));
+        }
+        let mut r = Report::default();
+        r.absorb_console(&c);
+        assert_eq!(r.rounds, None);
+        c.handle_line(
+            "VGPU-DONE {\"failed\":0,\"rounds\":2}",
+            std::time::Instant::now(),
+        );
+        let mut r = Report::default();
+        r.absorb_console(&c);
+        assert_eq!(r.rounds, Some(2));
+        let s = r.summary();
+        assert!(s.contains("rounds 2"), "{s}");
+        assert!(s.contains("program touch            x2    ok"), "{s}");
+        assert!(s.contains("device faults 42  violations 1"), "{s}");
+        assert_eq!(s.matches("   workload touch ").count(), 1, "{s}");
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["rounds"], 2);
     }
 
     #[test]

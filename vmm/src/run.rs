@@ -58,6 +58,8 @@ pub struct RunSpec {
     pub programs: Vec<String>,
     /// The guest driver's policy.
     pub policy: Policy,
+    /// Repeat the programs until this much guest time has passed (zero: run them once).
+    pub repeat_for: Duration,
     /// The whole run's time limit.
     pub timeout: Duration,
     /// Show the kernel's boot messages.
@@ -95,6 +97,7 @@ pub fn kernel_cmdline(spec: &RunSpec) -> String {
         .into(),
         format!("vgpu.run={}", spec.programs.join(",")),
         format!("vgpu.policy={}", spec.policy.as_str()),
+        format!("vgpu.repeat_for={}", spec.repeat_for.as_secs()),
         format!("vgpu.expect_cpus={}", spec.cpus),
         format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
     ];
@@ -241,6 +244,7 @@ mod tests {
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into()],
             policy: Policy::EventAware,
+            repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: None,
@@ -299,6 +303,7 @@ mod tests {
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into(), "touch".into()],
             policy: Policy::Naive,
+            repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(1),
             verbose: false,
             extra_cmdline: Some("foo=bar".into()),
