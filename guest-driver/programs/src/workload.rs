@@ -97,19 +97,28 @@ impl Buffer {
     }
 }
 
-/// The data checks and what failed.
-#[derive(Default)]
+/// The data checks of one workload and what failed.
 pub struct Checks {
+    /// The workload, for the failure lines.
+    name: &'static str,
     /// What failed, in order.
     pub failures: Vec<String>,
 }
 
 impl Checks {
+    /// No checks yet, for the workload called `name`.
+    pub fn new(name: &'static str) -> Self {
+        Checks {
+            name,
+            failures: Vec::new(),
+        }
+    }
+
     /// Records `what` as a failure unless `cond` holds.
     pub fn check(&mut self, cond: bool, what: impl FnOnce() -> String) {
         if !cond {
             let w = what();
-            println!("touch: FAIL {w}");
+            println!("{}: FAIL {w}", self.name);
             self.failures.push(w);
         }
     }

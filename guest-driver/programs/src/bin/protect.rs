@@ -54,7 +54,7 @@ fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(LEN)?;
-    let mut c = Checks::default();
+    let mut c = Checks::new("protect");
 
     let fill = |c: &mut Checks, buf: &Buffer, step: &str, pattern: u64| -> io::Result<()> {
         let r = vgpu.job(JOB_FILL, buf.addr(0), LEN, pattern)?;

@@ -17,7 +17,7 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use guest_programs::device::Vgpu;
@@ -32,11 +32,13 @@ const LEN: usize = PAGES * PAGE;
 const RACE: Duration = Duration::from_secs(3);
 /// Racer threads; each drops and rewrites its share of the buffer.
 const RACERS: usize = 1;
-/// Pause of a racer between rounds, so that a correct driver's retries get through: each
-/// invalidation holds the mirror for the device's completion latency (5 ms by default), and
-/// a fault whose snapshot is invalidated on every try gives up after a second. Two racers
-/// pausing 2 ms made every device read fail that way.
-const RACER_PAUSE: Duration = Duration::from_millis(20);
+/// Pause of a racer between rounds.
+const RACER_PAUSE: Duration = Duration::from_millis(5);
+/// Most racer rounds per device read. A fault whose snapshot is invalidated on every try
+/// gives up after a second (HMM_RANGE_DEFAULT_TIMEOUT), and a correct driver may do just
+/// that under an adversary that never stops: unbounded racers made device reads fail on a
+/// loaded machine. With a budget per read every read makes progress.
+const ROUNDS_PER_READ: u64 = 4;
 /// The driver's fault_delay_us while the race runs.
 const FAULT_DELAY_US: &str = "2000";
 const FAULT_DELAY_PARAM: &str = "/sys/module/vgpu_mirror/parameters/fault_delay_us";
@@ -77,10 +79,21 @@ fn pattern(i: usize) -> u8 {
 }
 
 /// One racer: until `stop`, drops the pages of `[addr, addr + len)` and writes the pattern
-/// back (`first` is the buffer offset of `addr`). Returns the rounds it made.
-fn race(addr: usize, first: usize, len: usize, stop: &AtomicBool) -> io::Result<u64> {
+/// back (`first` is the buffer offset of `addr`), at most [`ROUNDS_PER_READ`] rounds per
+/// device read finished (`reads`). Returns the rounds it made.
+fn race(
+    addr: usize,
+    first: usize,
+    len: usize,
+    stop: &AtomicBool,
+    reads: &AtomicU64,
+) -> io::Result<u64> {
     let mut rounds = 0;
     while !stop.load(Ordering::Relaxed) {
+        if rounds >= (reads.load(Ordering::Relaxed) + 1) * ROUNDS_PER_READ {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         // SAFETY: the range is inside the buffer, which outlives the racers (scoped
         // threads); only the racers write it on the CPU while they run, each its own half.
         if unsafe { libc::madvise(addr as *mut _, len, libc::MADV_DONTNEED) } != 0 {
@@ -100,7 +113,7 @@ fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(LEN)?;
-    let mut c = Checks::default();
+    let mut c = Checks::new("race");
     for (i, b) in buf.bytes_mut(0, LEN).iter_mut().enumerate() {
         *b = pattern(i);
     }
@@ -108,12 +121,13 @@ fn run() -> io::Result<bool> {
 
     let delay = FaultDelay::set(FAULT_DELAY_US)?;
     let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
     let (jobs, failed, rounds) = std::thread::scope(|s| -> io::Result<(u64, u64, u64)> {
         let share = LEN / RACERS;
         let racers: Vec<_> = (0..RACERS)
             .map(|k| {
-                let (addr, stop) = (buf.addr(k * share), &stop);
-                s.spawn(move || race(addr, k * share, share, stop))
+                let (addr, stop, reads) = (buf.addr(k * share), &stop, &reads);
+                s.spawn(move || race(addr, k * share, share, stop, reads))
             })
             .collect();
         let start = Instant::now();
@@ -123,6 +137,7 @@ fn run() -> io::Result<bool> {
             match vgpu.job(JOB_CHECKSUM, buf.addr(0), LEN, 0) {
                 Ok(r) => {
                     jobs += 1;
+                    reads.store(jobs, Ordering::Relaxed);
                     if r.status != STATUS_OK {
                         failed += 1;
                     }

@@ -73,7 +73,7 @@ fn run() -> io::Result<bool> {
     let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
     let before = vgpu.counters()?;
     let mut buf = Buffer::new(4 * QUARTER)?;
-    let mut c = Checks::default();
+    let mut c = Checks::new("touch");
     let (q0, q1, q2, q3) = (0, QUARTER, 2 * QUARTER, 3 * QUARTER);
 
     // 1. The device writes a fresh buffer: every page is a device fault.
