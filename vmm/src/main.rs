@@ -8,19 +8,25 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use vmm::cli::{Cli, Command, ImageAction, ImageArgs, RunArgs};
+use vmm::cli::{Cli, Command, GuestArgs, ImageAction, ImageArgs, RunArgs, SelftestArgs};
 use vmm::host::{self, HostKind};
 use vmm::images::{self, GuestImage, ImageOptions};
 use vmm::report::Report;
 use vmm::run::{self, RunSpec};
+use vmm::selftest;
 
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
-    let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
+    let verbose = match &cli.command {
+        Command::Run(a) => a.guest.verbose,
+        Command::Selftest(a) => a.guest.verbose,
+        Command::Image { .. } => false,
+    };
     init_logging(verbose);
     let result = match cli.command {
         Command::Run(args) => cmd_run(*args, start),
+        Command::Selftest(args) => cmd_selftest(*args, start),
         Command::Image {
             action: ImageAction::Build(args),
         } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
@@ -89,6 +95,33 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let programs = run::programs_to_run(&args.programs, &args.workloads);
+    let report = run_guest(&args.guest, programs, start)?;
+    finish(&report, args.report.as_deref())
+}
+
+fn cmd_selftest(args: SelftestArgs, start: Instant) -> Result<ExitCode, String> {
+    let suite = args.suite;
+    let programs = vec![suite.guest_program().to_string()];
+    let mut report = run_guest(&args.guest, programs, start)?;
+    selftest::apply(&mut report, suite, args.guest.policy);
+    if let Some(path) = &args.report {
+        let raw_path = selftest::raw_output_path(path);
+        if let Some(text) = selftest::raw_output(&report, suite) {
+            std::fs::write(&raw_path, text)
+                .map_err(|e| format!("cannot write {}: {e}", raw_path.display()))?;
+            report.kselftest_output = Some(raw_path.display().to_string());
+        }
+    }
+    let code = finish(&report, args.report.as_deref())?;
+    if let Some(raw) = &report.kselftest_output {
+        eprintln!("   kselftest output: {raw}");
+    }
+    Ok(code)
+}
+
+/// Boots the guest with `programs` on the host `args` choose and returns the run's report.
+fn run_guest(args: &GuestArgs, programs: Vec<String>, start: Instant) -> Result<Report, String> {
     let mem_size = run::parse_size(&args.mem).map_err(|e| format!("--mem: {e}"))?;
     let kind = host::resolve(args.host).map_err(|e| format!("--host kvm cannot work here: {e}"))?;
     let device = device_model::VgpuConfig::from_options(&args.device)
@@ -97,7 +130,7 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         device,
         cpus: args.cpus,
         mem_size,
-        programs: run::programs_to_run(&args.programs, &args.workloads),
+        programs,
         policy: args.policy,
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,
@@ -132,19 +165,17 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
         (None, None) => images::build_guest_image(&opts).map_err(|e| e.to_string())?,
     };
 
-    let report = match kind {
+    match kind {
         HostKind::Kvm => {
             let initrd = (!guest.initrd.as_os_str().is_empty()).then(|| guest.initrd.clone());
-            run::run_direct(&spec, guest.kernel.clone(), initrd, start)
-                .map_err(|e| e.to_string())?
+            run::run_direct(&spec, guest.kernel.clone(), initrd, start).map_err(|e| e.to_string())
         }
         HostKind::Nested => {
             let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
             vmm::nested::run_nested(&spec, &host.kernel, &host.initrd, start)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
         }
-    };
-    finish(&report, args.report.as_deref())
+    }
 }
 
 fn finish(report: &Report, path: Option<&Path>) -> Result<ExitCode, String> {

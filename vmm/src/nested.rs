@@ -192,6 +192,8 @@ pub fn run_nested(
         .map(|t| t.duration_since(start).as_millis() as u64);
     report.virtual_host_run_ms = Some(start.elapsed().as_millis() as u64);
     report.errors.extend(console.host_errors.iter().cloned());
+    // The inner VMM echoed the guest console, so selftest output reached this console too.
+    report.selftest_captures = console.selftests.clone();
     if timed_out {
         report
             .errors
@@ -266,6 +268,6 @@ mod tests {
         let crate::cli::Command::Run(args) = cli.command else {
             panic!("not a run");
         };
-        assert_eq!(VgpuConfig::from_options(&args.device), Ok(device));
+        assert_eq!(VgpuConfig::from_options(&args.guest.device), Ok(device));
     }
 }
