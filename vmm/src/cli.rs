@@ -25,6 +25,11 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a kernel selftest suite in the guest against the virtual GPU and report each test
     /// with the coherence oracle's verdict.
+    ///
+    /// Tests the guest kernel cannot run (device-private memory, device-exclusive access) are
+    /// reported as `unsupported` with the reason, never as passes. Exit status: 0 when every
+    /// other test passed or skipped and the oracle saw no violation; 1 when a test failed, the
+    /// suite did not finish or the oracle saw violations; 2 for bad input or a host error.
     Selftest(Box<SelftestArgs>),
     /// Build or inspect the guest and virtual-host images.
     Image {

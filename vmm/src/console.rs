@@ -138,9 +138,9 @@ impl ConsoleState {
                 let exit = words.next().and_then(|w| w.parse().ok());
                 match self.open_selftest() {
                     Some(c) if c.suite == suite => c.exit = Some(exit.unwrap_or(-1)),
-                    _ => self
-                        .errors
-                        .push(format!("selftest end line without its begin line: {line:?}")),
+                    _ => self.errors.push(format!(
+                        "selftest end line without its begin line: {line:?}"
+                    )),
                 }
             }
             _ => self.capture_selftest_line(line),

@@ -71,18 +71,27 @@ const HMM_UNSUPPORTED: &[(&str, &str)] = &[
     ("hmm.hmm_device_coherent.*", NO_DEVICE_COHERENT),
     ("hmm2.hmm2_device_coherent.*", NO_DEVICE_COHERENT),
     ("hmm.hmm_device_private.migrate", NO_DEVICE_PRIVATE),
-    ("hmm.hmm_device_private.migrate_file_private", NO_DEVICE_PRIVATE),
+    (
+        "hmm.hmm_device_private.migrate_file_private",
+        NO_DEVICE_PRIVATE,
+    ),
     ("hmm.hmm_device_private.migrate_fault", NO_DEVICE_PRIVATE),
     ("hmm.hmm_device_private.migrate_release", NO_DEVICE_PRIVATE),
     ("hmm.hmm_device_private.migrate_shared", NO_DEVICE_PRIVATE),
     ("hmm.hmm_device_private.migrate_multiple", NO_DEVICE_PRIVATE),
     ("hmm.hmm_device_private.hmm_gup_test", NO_DEVICE_PRIVATE),
-    ("hmm.hmm_device_private.hmm_cow_in_device", NO_DEVICE_PRIVATE),
+    (
+        "hmm.hmm_device_private.hmm_cow_in_device",
+        NO_DEVICE_PRIVATE,
+    ),
     ("hmm2.hmm2_device_private.migrate_mixed", NO_DEVICE_PRIVATE),
     ("hmm2.hmm2_device_private.snapshot", NO_DEVICE_PRIVATE),
     ("hmm2.hmm2_device_private.double_map", NO_DEVICE_PRIVATE),
     ("hmm.hmm_device_private.exclusive", NO_DEVICE_EXCLUSIVE),
-    ("hmm.hmm_device_private.exclusive_mprotect", NO_DEVICE_EXCLUSIVE),
+    (
+        "hmm.hmm_device_private.exclusive_mprotect",
+        NO_DEVICE_EXCLUSIVE,
+    ),
     ("hmm.hmm_device_private.exclusive_cow", NO_DEVICE_EXCLUSIVE),
 ];
 
@@ -526,10 +535,7 @@ pub fn judge(suite: Suite, capture: Option<&SelftestCapture>) -> Judged {
 pub fn totals_line(suite: &str, s: &SelftestSummary) -> String {
     format!(
         "{suite} selftests: {} passed, {} failed, {} skipped, {} unsupported",
-        s.passed,
-        s.failed,
-        s.skipped,
-        s.unsupported
+        s.passed, s.failed, s.skipped, s.unsupported
     )
 }
 
@@ -781,7 +787,7 @@ mod tests {
                 pass += 1;
             }
             s.push_str(&harness_test(n, name, result));
-            if n % 7 == 0 {
+            if n.is_multiple_of(7) {
                 s.push_str("[   14.000001] hmm-tests (233): drop_caches: 3\n");
             }
         }
@@ -818,7 +824,11 @@ mod tests {
             .unwrap();
         assert_eq!(migrate.result, TestResult::Unsupported);
         assert_eq!(migrate.harness, HarnessOutcome::Fail);
-        assert!(migrate.reason.as_deref().unwrap().contains("DEVICE_PRIVATE"));
+        assert!(migrate
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("DEVICE_PRIVATE"));
         // The coherent variants skipped in their setup: the harness said a plain "ok".
         let coherent = j
             .tests
@@ -938,7 +948,11 @@ mod tests {
             ok 4 hmm.hmm_device_private.file_read\n\
             # Totals: pass:2 fail:2 xfail:0 xpass:0 skip:0 error:0\n";
         let j = judge(Suite::Hmm, Some(&capture(text, Some(1))));
-        let results: Vec<_> = j.tests.iter().map(|t| (t.name.as_str(), t.result)).collect();
+        let results: Vec<_> = j
+            .tests
+            .iter()
+            .map(|t| (t.name.as_str(), t.result))
+            .collect();
         assert_eq!(
             results,
             vec![
@@ -969,7 +983,11 @@ mod tests {
     fn no_output_at_all() {
         let j = judge(Suite::Hmm, None);
         assert!(j.tests.is_empty());
-        assert!(j.problems[0].contains("/bin/vgpu-hmm-tests"), "{:?}", j.problems);
+        assert!(
+            j.problems[0].contains("/bin/vgpu-hmm-tests"),
+            "{:?}",
+            j.problems
+        );
         // The program started but exited at once (say, the harness could not run).
         let j = judge(Suite::Hmm, Some(&capture("Bail out! no memory\n", Some(1))));
         let problems = j.problems.join("\n");
@@ -1015,7 +1033,10 @@ mod tests {
         }
         let parsed = parse(&lines(&text));
         assert_eq!(parsed.tests[0].notes.len(), MAX_NOTES);
-        assert!(parsed.tests[0].notes.iter().all(|n| n.len() <= MAX_NOTE_LEN));
+        assert!(parsed.tests[0]
+            .notes
+            .iter()
+            .all(|n| n.len() <= MAX_NOTE_LEN));
         // Multi-byte characters at the cut do not panic.
         let text = format!("#  RUN           a.b ...\n# {}\n", "é".repeat(400));
         assert_eq!(parse(&lines(&text)).tests.len(), 1);
@@ -1038,8 +1059,12 @@ mod tests {
         r.absorb_console(&c);
         let mut counters = device_model::Counters::default();
         counters.global.device_faults = 40;
-        counters.event(device_model::wire::event::UNMAP).ats_invalidations = 7;
-        counters.event(device_model::wire::event::CLEAR).ats_invalidations = 5;
+        counters
+            .event(device_model::wire::event::UNMAP)
+            .ats_invalidations = 7;
+        counters
+            .event(device_model::wire::event::CLEAR)
+            .ats_invalidations = 5;
         r.set_device(
             &counters,
             &Default::default(),
@@ -1090,7 +1115,10 @@ mod tests {
             .find(|t| t["name"] == "hmm.hmm_device_private.exclusive")
             .unwrap();
         assert_eq!(unsupported["result"], "unsupported");
-        assert!(unsupported["reason"].as_str().unwrap().contains("exclusive"));
+        assert!(unsupported["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exclusive"));
         assert_eq!(
             v["summary"],
             serde_json::json!({"passed": 15, "failed": 0, "skipped": 0, "unsupported": 43,
@@ -1104,7 +1132,10 @@ mod tests {
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back.tests, r.tests);
         let s = r.summary();
-        assert!(s.contains("== vmm selftest hmm (policy naive): PASS"), "{s}");
+        assert!(
+            s.contains("== vmm selftest hmm (policy naive): PASS"),
+            "{s}"
+        );
         assert!(
             s.contains("hmm selftests: 15 passed, 0 failed, 0 skipped, 43 unsupported"),
             "{s}"
@@ -1136,7 +1167,9 @@ mod tests {
         assert_eq!(r.console_tail, vec!["kept for a failure"]);
         let s = r.summary();
         assert!(
-            s.contains("FAIL hmm.hmm_device_private.anon_write: hmm-tests.c:982:anon_write:Expected"),
+            s.contains(
+                "FAIL hmm.hmm_device_private.anon_write: hmm-tests.c:982:anon_write:Expected"
+            ),
             "{s}"
         );
         assert!(s.contains("1 passed, 1 failed"), "{s}");
@@ -1173,7 +1206,9 @@ mod tests {
         assert_eq!(r.verdict, "fail");
         assert_eq!(r.summary.unwrap().violations, 3);
         assert!(r.errors[0].contains("3 violations"), "{:?}", r.errors);
-        assert!(r.summary().contains("coherence oracle: 3 violations (FAIL)"));
+        assert!(r
+            .summary()
+            .contains("coherence oracle: 3 violations (FAIL)"));
     }
 
     #[test]
@@ -1184,7 +1219,9 @@ mod tests {
         apply(&mut r, Suite::Hmm, Policy::EventAware);
         assert_eq!(r.verdict, "fail");
         assert!(
-            r.errors.iter().any(|e| e.contains("no VGPU-KSELFTEST-BEGIN hmm")),
+            r.errors
+                .iter()
+                .any(|e| e.contains("no VGPU-KSELFTEST-BEGIN hmm")),
             "{:?}",
             r.errors
         );
