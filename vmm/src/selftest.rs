@@ -496,7 +496,7 @@ pub fn judge(suite: Suite, capture: Option<&SelftestCapture>) -> Judged {
     let seen = parsed.tests.len() as u32;
     match capture.exit {
         None => j.problems.push(format!(
-            "the {} selftests did not finish (no VGPU-KSELFTEST-END line: the guest crashed \
+            "the {} selftests did not finish (no VGPU-KSELFTEST-END line: the program died, the guest crashed \
              or the run timed out)",
             suite.name()
         )),
