@@ -68,9 +68,10 @@ pub struct Report {
     /// `vmm selftest`: every test the suite reported, in order.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tests: Option<Vec<TestReport>>,
-    /// `vmm selftest`: counts by result, and what the suite made the device do.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub summary: Option<SelftestSummary>,
+    /// `vmm selftest`: counts by result, and what the suite made the device do (JSON key
+    /// `summary`).
+    #[serde(rename = "summary", skip_serializing_if = "Option::is_none", default)]
+    pub selftest_summary: Option<SelftestSummary>,
     /// `vmm selftest`: the file with the suite's raw kselftest output.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kselftest_output: Option<String>,

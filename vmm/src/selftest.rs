@@ -593,7 +593,7 @@ pub fn apply(report: &mut Report, suite: Suite, policy: Policy) {
     report.selftest = Some(suite.name().into());
     report.policy = Some(policy.as_str().into());
     report.tests = Some(judged.tests);
-    report.summary = Some(summary);
+    report.selftest_summary = Some(summary);
     let passed = report.errors.is_empty() && summary.violations == 0;
     report.verdict = if passed { "pass" } else { "fail" }.into();
     if passed {
@@ -628,7 +628,7 @@ pub fn raw_output(report: &Report, suite: Suite) -> Option<String> {
 /// one per line, the unsupported tests grouped by reason, the totals, what the device did and
 /// the oracle's verdict.
 pub fn summary_lines(report: &Report) -> String {
-    let (Some(tests), Some(summary)) = (&report.tests, &report.summary) else {
+    let (Some(tests), Some(summary)) = (&report.tests, &report.selftest_summary) else {
         return String::new();
     };
     let suite = report.selftest.as_deref().unwrap_or("?");
@@ -1204,7 +1204,7 @@ mod tests {
         r.device = Some(d);
         apply(&mut r, Suite::Hmm, Policy::EventAware);
         assert_eq!(r.verdict, "fail");
-        assert_eq!(r.summary.unwrap().violations, 3);
+        assert_eq!(r.selftest_summary.unwrap().violations, 3);
         assert!(r.errors[0].contains("3 violations"), "{:?}", r.errors);
         assert!(r
             .summary()
