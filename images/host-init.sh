@@ -18,17 +18,20 @@ while read -r m; do
 	fi
 done </etc/vgpu/modules
 
-# vgpu.args=--cpus,2,--mem,512M: extra arguments for `vmm run`, comma-separated.
+# vgpu.command=selftest,hmm: the vmm subcommand (default run); vgpu.args=--cpus,2,--mem,512M:
+# its extra arguments. Both comma-separated.
+command=run
 args=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
+	vgpu.command=*) command=$(echo "${arg#vgpu.command=}" | tr ',' ' ') ;;
 	vgpu.args=*) args=$(echo "${arg#vgpu.args=}" | tr ',' ' ') ;;
 	esac
 done
 
 if [ -c /dev/kvm ]; then
-	# shellcheck disable=SC2086 # $args is a word list on purpose
-	/bin/vmm run --host kvm --kernel /guest/vmlinuz --initrd /guest/initrd.img \
+	# shellcheck disable=SC2086 # $command and $args are word lists on purpose
+	/bin/vmm $command --host kvm --kernel /guest/vmlinuz --initrd /guest/initrd.img \
 		--report /tmp/report.json $args
 	code=$?
 else

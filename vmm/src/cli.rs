@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::host::HostChoice;
 use crate::run::Policy;
+use crate::selftest::Suite;
 
 /// A rust-vmm VMM with a virtual GPU: boot a guest, run device-fault workloads, count ATS
 /// invalidations, with a correctness verdict for every run.
@@ -22,6 +23,14 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest, run its programs and report (builds the images first if needed).
     Run(Box<RunArgs>),
+    /// Run a kernel selftest suite in the guest against the virtual GPU and report each test
+    /// with the coherence oracle's verdict.
+    ///
+    /// Tests the guest kernel cannot run (device-private memory, device-exclusive access) are
+    /// reported as `unsupported` with the reason, never as passes. Exit status: 0 when every
+    /// other test passed or skipped and the oracle saw no violation; 1 when a test failed, the
+    /// suite did not finish or the oracle saw violations; 2 for bad input or a host error.
+    Selftest(Box<SelftestArgs>),
     /// Build or inspect the guest and virtual-host images.
     Image {
         /// What to do with the images.
@@ -54,6 +63,49 @@ pub struct ImageArgs {
 /// Options of `vmm run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Guest programs to run, in order (repeat or comma-separate). Without `--run` and
+    /// `--workload`: the self check and the default workloads.
+    #[arg(long = "run", value_delimiter = ',')]
+    pub programs: Vec<String>,
+    /// Device workloads to run after the `--run` programs (repeat or comma-separate).
+    #[arg(long = "workload", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
+    pub workloads: Vec<String>,
+    /// Print the bug injections, one name per line, and exit.
+    #[arg(long)]
+    pub list_injections: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Run the programs again and again, in order, until this many seconds have passed
+    /// in the guest (a stress run; stops at the first failing round). Every round is in
+    /// the report.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub repeat_for: u64,
+    /// How and where the guest runs.
+    #[command(flatten)]
+    pub guest: GuestArgs,
+}
+
+/// Options of `vmm selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// The suite: `hmm` is the kernel's tools/testing/selftests/vm/hmm-tests (6.1), run
+    /// against the virtual GPU's dmirror-compatible devices.
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// Write the JSON report here (with `selftest`, `tests` and `summary`); the suite's raw
+    /// kselftest output goes beside it, the extension replaced by `.kselftest.txt`
+    /// (report.json -> report.kselftest.txt).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// How and where the guest runs.
+    #[command(flatten)]
+    pub guest: GuestArgs,
+}
+
+/// How and where a guest runs: the options `vmm run` and `vmm selftest` share.
+#[derive(Debug, Args)]
+pub struct GuestArgs {
     /// Where to run: `kvm` needs hardware virtualization; `nested` boots the virtual host.
     #[arg(long, value_enum, default_value = "auto")]
     pub host: HostChoice,
@@ -69,13 +121,6 @@ pub struct RunArgs {
     /// Guest initramfs; default: the guest image's.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
-    /// Guest programs to run, in order (repeat or comma-separate). Without `--run` and
-    /// `--workload`: the self check and the default workloads.
-    #[arg(long = "run", value_delimiter = ',')]
-    pub programs: Vec<String>,
-    /// Device workloads to run after the `--run` programs (repeat or comma-separate).
-    #[arg(long = "workload", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
-    pub workloads: Vec<String>,
     /// How the guest driver turns mmu-notifier events into device invalidations.
     #[arg(long, value_enum, default_value = "event-aware")]
     pub policy: Policy,
@@ -84,22 +129,11 @@ pub struct RunArgs {
     /// pasid_inval_threshold (a size such as 1G; 0 = off).
     #[arg(long, default_value = "")]
     pub device: String,
-    /// Load the guest driver with a deliberate bug (see --list-injections), to show that
-    /// the coherence oracle catches it.
+    /// Load the guest driver with a deliberate bug (see `vmm run --list-injections`), to
+    /// show that the coherence oracle catches it.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::injections::INJECTIONS))]
     pub inject: Option<String>,
-    /// Print the bug injections, one name per line, and exit.
-    #[arg(long)]
-    pub list_injections: bool,
-    /// Write the JSON report here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// Run the programs again and again, in order, until this many seconds have passed
-    /// in the guest (a stress run; stops at the first failing round). Every round is in
-    /// the report.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
-    pub repeat_for: u64,
-    /// Give up after this many seconds (counted after --repeat-for).
+    /// Give up after this many seconds (for `vmm run`: counted after --repeat-for).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Show the kernel's boot messages and debug logs.

@@ -18,6 +18,26 @@ use serde::{Deserialize, Serialize};
 pub const TAIL_LINES: usize = 40;
 /// Longest line kept; a guest that never sends a newline cannot grow our memory.
 const MAX_LINE: usize = 64 * 1024;
+/// Most lines kept of one selftest's output (the 6.1 HMM suite prints about 200); the rest
+/// is dropped and the capture marked truncated.
+pub const MAX_SELFTEST_LINES: usize = 20_000;
+
+/// The raw output of one kernel selftest suite, between the guest program's
+/// `VGPU-KSELFTEST-BEGIN <suite>` and `VGPU-KSELFTEST-END <suite> <exit>` lines. Everything
+/// the console said in between is kept, kernel messages included: `vmm::selftest` sorts
+/// the harness's lines from the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelftestCapture {
+    /// The suite name of the BEGIN line.
+    pub suite: String,
+    /// The lines between the markers.
+    pub lines: Vec<String>,
+    /// The suite's exit status from the END line; `None` when the END line never came
+    /// (the guest crashed or the run timed out).
+    pub exit: Option<i32>,
+    /// More than [`MAX_SELFTEST_LINES`] lines came; the rest were dropped.
+    pub truncated: bool,
+}
 
 /// One guest program's result as the guest init reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +77,8 @@ pub struct ConsoleState {
     pub host_errors: Vec<String>,
     /// The last lines of output.
     pub tail: VecDeque<String>,
+    /// Kernel selftest output, one capture per BEGIN line.
+    pub selftests: Vec<SelftestCapture>,
 }
 
 impl ConsoleState {
@@ -71,6 +93,7 @@ impl ConsoleState {
             self.panicked = true;
         }
         let Some(rest) = line.strip_prefix("VGPU-") else {
+            self.capture_selftest_line(line);
             return;
         };
         let (tag, arg) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -109,7 +132,38 @@ impl ConsoleState {
             },
             "HOST-EXIT" => self.host_exit = arg.parse().ok(),
             "HOST-ERROR" => self.host_errors.push(arg.to_string()),
-            _ => {}
+            "KSELFTEST-BEGIN" => self.selftests.push(SelftestCapture {
+                suite: arg.to_string(),
+                ..Default::default()
+            }),
+            "KSELFTEST-END" => {
+                let mut words = arg.split_whitespace();
+                let suite = words.next().unwrap_or("");
+                let exit = words.next().and_then(|w| w.parse().ok());
+                match self.open_selftest() {
+                    Some(c) if c.suite == suite => c.exit = Some(exit.unwrap_or(-1)),
+                    _ => self.errors.push(format!(
+                        "selftest end line without its begin line: {line:?}"
+                    )),
+                }
+            }
+            _ => self.capture_selftest_line(line),
+        }
+    }
+
+    /// The selftest capture still waiting for its END line, if any.
+    fn open_selftest(&mut self) -> Option<&mut SelftestCapture> {
+        self.selftests.last_mut().filter(|c| c.exit.is_none())
+    }
+
+    /// Keeps a line for the selftest that is running, if one is.
+    fn capture_selftest_line(&mut self, line: &str) {
+        if let Some(c) = self.open_selftest() {
+            if c.lines.len() < MAX_SELFTEST_LINES {
+                c.lines.push(line.to_string());
+            } else {
+                c.truncated = true;
+            }
         }
     }
 
@@ -256,6 +310,51 @@ mod tests {
         assert_eq!(s.tail.len(), TAIL_LINES);
         assert_eq!(s.tail[0], "line 61");
         assert_eq!(s.tail.back().unwrap().len(), MAX_LINE);
+    }
+
+    #[test]
+    fn selftest_output_is_captured_between_its_markers() {
+        let s = feed(
+            "VGPU-INIT\nbefore\nVGPU-KSELFTEST-BEGIN hmm\nTAP version 13\n\
+             [   12.5] kernel says hi\nVGPU-WORKLOAD {\"name\":\"x\"}\nok 1 a.b\n\
+             VGPU-KSELFTEST-END hmm 1\nafter\nVGPU-DONE {\"failed\":1}\n",
+        );
+        assert_eq!(
+            s.selftests,
+            vec![SelftestCapture {
+                suite: "hmm".into(),
+                lines: vec![
+                    "TAP version 13".into(),
+                    "[   12.5] kernel says hi".into(),
+                    "ok 1 a.b".into()
+                ],
+                exit: Some(1),
+                truncated: false,
+            }]
+        );
+        assert_eq!(s.workloads.len(), 1, "protocol lines still count");
+        // No END line: the capture stays open (exit None) and keeps what came.
+        let s = feed("VGPU-KSELFTEST-BEGIN hmm\nok 1 a.b\nKernel panic - not syncing: x\n");
+        assert_eq!(s.selftests[0].exit, None);
+        assert_eq!(s.selftests[0].lines.len(), 2);
+        // An END for another suite, or without a BEGIN, is an error, not a result.
+        let s = feed("VGPU-KSELFTEST-END hmm 0\n");
+        assert!(s.selftests.is_empty());
+        assert_eq!(s.errors.len(), 1);
+        // A garbled exit status is not a success.
+        let s = feed("VGPU-KSELFTEST-BEGIN hmm\nVGPU-KSELFTEST-END hmm zero\n");
+        assert_eq!(s.selftests[0].exit, Some(-1));
+    }
+
+    #[test]
+    fn selftest_capture_is_bounded() {
+        let mut text = String::from("VGPU-KSELFTEST-BEGIN hmm\n");
+        for i in 0..MAX_SELFTEST_LINES + 5 {
+            text.push_str(&format!("# line {i}\n"));
+        }
+        let s = feed(&text);
+        assert_eq!(s.selftests[0].lines.len(), MAX_SELFTEST_LINES);
+        assert!(s.selftests[0].truncated);
     }
 
     #[test]

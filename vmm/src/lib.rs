@@ -20,6 +20,7 @@ pub mod nested;
 pub mod pci;
 pub mod report;
 pub mod run;
+pub mod selftest;
 pub mod vcpu;
 pub mod virtio_pci;
 pub mod vm;

@@ -46,7 +46,16 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The arguments of the inner `vmm run`, comma-joined for the kernel command line.
+/// The inner VMM's subcommand, comma-joined for the kernel command line (`vgpu.command`).
+pub fn inner_command(spec: &RunSpec) -> String {
+    match spec.selftest {
+        Some(suite) => format!("selftest,{}", suite.name()),
+        None => "run".into(),
+    }
+}
+
+/// The arguments of the inner `vmm run` (or `vmm selftest`), comma-joined for the kernel
+/// command line.
 pub fn inner_args(spec: &RunSpec) -> String {
     let mut a = vec![
         "--cpus".to_string(),
@@ -62,9 +71,11 @@ pub fn inner_args(spec: &RunSpec) -> String {
         "--policy".into(),
         spec.policy.as_str().into(),
     ];
-    for p in &spec.programs {
-        a.push("--run".into());
-        a.push(p.clone());
+    if spec.selftest.is_none() {
+        for p in &spec.programs {
+            a.push("--run".into());
+            a.push(p.clone());
+        }
     }
     if !spec.repeat_for.is_zero() {
         a.push("--repeat-for".into());
@@ -102,8 +113,9 @@ pub fn run_nested(
 ) -> Result<Report, NestedError> {
     let qemu = find_in_path(QEMU).ok_or(NestedError::QemuMissing)?;
     let append = format!(
-        "console=ttyS0 panic=-1 loglevel={} vgpu.args={}",
+        "console=ttyS0 panic=-1 loglevel={} vgpu.command={} vgpu.args={}",
         if spec.verbose { 7 } else { 4 },
+        inner_command(spec),
         inner_args(spec)
     );
     let host_cpus = spec.cpus.clamp(1, 2).max(2);
@@ -200,6 +212,8 @@ pub fn run_nested(
         .map(|t| t.duration_since(start).as_millis() as u64);
     report.virtual_host_run_ms = Some(start.elapsed().as_millis() as u64);
     report.errors.extend(console.host_errors.iter().cloned());
+    // The inner VMM echoed the guest console, so selftest output reached this console too.
+    report.selftest_captures = console.selftests.clone();
     if timed_out {
         report
             .errors
@@ -240,6 +254,7 @@ mod tests {
             extra_cmdline: None,
             device: VgpuConfig::default(),
             inject: None,
+            selftest: None,
         };
         let a = inner_args(&spec);
         assert_eq!(
@@ -248,6 +263,41 @@ mod tests {
         );
         assert!(!a.contains(' '));
         assert_eq!(host_mem_mib(&spec), 1536);
+        assert_eq!(inner_command(&spec), "run");
+    }
+
+    #[test]
+    fn a_selftest_runs_as_a_selftest_in_the_virtual_host() {
+        use clap::Parser;
+        let spec = RunSpec {
+            cpus: 2,
+            mem_size: 512 << 20,
+            programs: vec!["hmm-tests".into()],
+            policy: crate::run::Policy::Naive,
+            repeat_for: Duration::ZERO,
+            timeout: Duration::from_secs(300),
+            verbose: false,
+            extra_cmdline: None,
+            device: VgpuConfig::default(),
+            inject: None,
+            selftest: Some(crate::selftest::Suite::Hmm),
+        };
+        assert_eq!(inner_command(&spec), "selftest,hmm");
+        let command = inner_command(&spec);
+        let args = inner_args(&spec);
+        assert!(!args.contains("--run"), "{args}");
+        // What images/host-init.sh runs: the command, its fixed options, then the args.
+        let argv = ["vmm"]
+            .into_iter()
+            .chain(command.split(','))
+            .chain(["--host", "kvm", "--report", "/tmp/report.json"])
+            .chain(args.split(','));
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Selftest(a) = cli.command else {
+            panic!("not a selftest");
+        };
+        assert_eq!(a.suite, crate::selftest::Suite::Hmm);
+        assert_eq!(a.guest.policy, crate::run::Policy::Naive);
     }
 
     #[test]
@@ -267,6 +317,7 @@ mod tests {
             extra_cmdline: None,
             device: device.clone(),
             inject: None,
+            selftest: None,
         };
         let a = inner_args(&spec);
         assert!(!a.contains(' '));
@@ -276,6 +327,6 @@ mod tests {
         let crate::cli::Command::Run(args) = cli.command else {
             panic!("not a run");
         };
-        assert_eq!(VgpuConfig::from_options(&args.device), Ok(device));
+        assert_eq!(VgpuConfig::from_options(&args.guest.device), Ok(device));
     }
 }

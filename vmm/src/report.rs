@@ -1,7 +1,7 @@
 //! The run report: a human summary and a JSON file whose keys later tools read.
 //!
-//! Stable keys (do not rename): `host`, `kernel`, `boot_ms`, `workloads`. The others describe
-//! the run and may grow.
+//! Stable keys (do not rename): `host`, `kernel`, `boot_ms`, `workloads`; for `vmm selftest`
+//! also `selftest`, `tests` and `summary`. The others describe the run and may grow.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +11,8 @@ use device_model::oracle::ViolationSample;
 use device_model::{Counters, VgpuConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::console::{ConsoleState, ProgramResult};
+use crate::console::{ConsoleState, ProgramResult, SelftestCapture};
+use crate::selftest::{SelftestSummary, TestReport};
 
 /// One run of a guest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -61,6 +62,31 @@ pub struct Report {
     /// The last console lines, kept when the run failed.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub console_tail: Vec<String>,
+    /// `vmm selftest`: the suite that ran ("hmm").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub selftest: Option<String>,
+    /// `vmm selftest`: the guest driver's policy.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub policy: Option<String>,
+    /// `vmm selftest`: every test the suite reported, in order.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tests: Option<Vec<TestReport>>,
+    /// `vmm selftest`: counts by result, and what the suite made the device do (JSON key
+    /// `summary`).
+    #[serde(rename = "summary", skip_serializing_if = "Option::is_none", default)]
+    pub selftest_summary: Option<SelftestSummary>,
+    /// `vmm selftest`: the file with the suite's raw kselftest output.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kselftest_output: Option<String>,
+    /// Kernel selftest output the console carried (not in the JSON; `vmm selftest` judges it
+    /// and writes it beside the report).
+    #[serde(skip)]
+    pub selftest_captures: Vec<SelftestCapture>,
+}
+
+/// The run error for a guest program that exited with a non-zero status.
+pub fn program_exit_error(name: &str, exit: i32) -> String {
+    format!("guest program {name} exited with {exit}")
 }
 
 impl Report {
@@ -70,6 +96,7 @@ impl Report {
         self.programs = c.results.clone();
         self.workloads = c.workloads.clone();
         self.rounds = c.rounds;
+        self.selftest_captures = c.selftests.clone();
         self.errors.extend(c.errors.iter().cloned());
         if c.panicked {
             self.errors.push("guest kernel panic".into());
@@ -95,8 +122,7 @@ impl Report {
             }
         }
         for r in c.results.iter().filter(|r| r.exit != 0) {
-            self.errors
-                .push(format!("guest program {} exited with {}", r.name, r.exit));
+            self.errors.push(program_exit_error(&r.name, r.exit));
         }
     }
 
@@ -196,6 +222,28 @@ impl Report {
         }
     }
 
+    /// A device counter's total from `device.global` (0 when absent).
+    pub fn device_global(&self, key: &str) -> u64 {
+        self.device
+            .as_ref()
+            .and_then(|d| d["global"][key].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// A device event counter by event name, from `device.events` (empty when absent).
+    pub fn device_per_event(&self, key: &str) -> Vec<(String, u64)> {
+        self.device
+            .as_ref()
+            .and_then(|d| d["events"].as_object())
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|(name, e)| (name.clone(), e[key].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// True if the run passed.
     pub fn passed(&self) -> bool {
         self.verdict == "pass"
@@ -212,8 +260,13 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        let title = match (&self.selftest, &self.policy) {
+            (Some(suite), Some(policy)) => format!("vmm selftest {suite} (policy {policy})"),
+            (Some(suite), None) => format!("vmm selftest {suite}"),
+            _ => "vmm run".to_string(),
+        };
         s.push_str(&format!(
-            "== vmm run: {} ({})\n",
+            "== {title}: {} ({})\n",
             self.verdict.to_uppercase(),
             self.exit_reason
         ));
@@ -239,7 +292,10 @@ impl Report {
         if self.rounds.is_some_and(|r| r > 1) {
             s.push_str(&self.repeated_summary());
         } else {
-            for p in &self.programs {
+            // A selftest program's exit status says little (unsupported tests fail too):
+            // its tests are listed instead.
+            let programs = self.programs.iter().filter(|_| self.tests.is_none());
+            for p in programs {
                 let v = if p.exit == 0 { "ok" } else { "FAIL" };
                 s.push_str(&format!(
                     "   program {:<16} {v} (exit {})\n",
@@ -253,6 +309,7 @@ impl Report {
         if let Some(d) = &self.device {
             s.push_str(&device_summary(d, self.device_config.as_ref()));
         }
+        s.push_str(&crate::selftest::summary_lines(self));
         for e in &self.errors {
             s.push_str(&format!("   error: {e}\n"));
         }

@@ -70,6 +70,9 @@ pub struct RunSpec {
     pub device: VgpuConfig,
     /// A guest-driver bug injection (`vmm::injections`), if any.
     pub inject: Option<String>,
+    /// Set for `vmm selftest`: the suite whose guest program `programs` holds (the virtual
+    /// host runs the inner VMM as `vmm selftest` too, so its report and summary judge tests).
+    pub selftest: Option<crate::selftest::Suite>,
 }
 
 /// The kernel command line for a run.
@@ -250,6 +253,7 @@ mod tests {
             extra_cmdline: None,
             device: VgpuConfig::default(),
             inject: None,
+            selftest: None,
         }
     }
 
@@ -309,6 +313,7 @@ mod tests {
             extra_cmdline: Some("foo=bar".into()),
             device: VgpuConfig::default(),
             inject: None,
+            selftest: None,
         };
         let c = kernel_cmdline(&spec);
         assert!(c.contains("console=ttyS0"));

@@ -34,13 +34,15 @@ impl Vmm {
         Command::new(env!("CARGO_BIN_EXE_vmm"))
     }
 
-    /// Runs `vmm <args> --report <dir>/report.json` (for `run`) and collects the result.
+    /// Runs `vmm <args> --report <dir>/report.json` (for `run` and `selftest`) and collects
+    /// the result.
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let report = self.dir.join("report.json");
         let _ = std::fs::remove_file(&report);
+        let _ = std::fs::remove_file(vmm::selftest::raw_output_path(&report));
         let mut cmd = self.command();
         cmd.args(args);
-        if args.first() == Some(&"run") {
+        if matches!(args.first(), Some(&"run" | &"selftest")) {
             cmd.arg("--report").arg(&report);
         }
         for (k, v) in env {
@@ -381,4 +383,103 @@ fn list_injections_prints_one_name_per_line() {
     assert_eq!(run.code, 0);
     let names: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(names, vmm::injections::INJECTIONS);
+}
+
+/// Runs the kernel's HMM selftests under `policy` and checks issue 6's bar: every mirror-only
+/// test passes, the device-private ones are `unsupported` (never passes), 0 violations.
+fn check_hmm_selftests(policy: &str) {
+    use vmm::selftest::Suite;
+    let vmm = Vmm::new(&format!("hmm-{policy}"));
+    let run = vmm.run(&["selftest", "hmm", "--policy", policy], &[]);
+    let r = run.report.expect("report written");
+    let errors = r["errors"].to_string();
+    assert!(
+        !errors.contains("no VGPU-KSELFTEST-BEGIN"),
+        "the guest image has no /bin/vgpu-hmm-tests: the guest half of issue 6 (the \
+         dmirror-compatible devices and the static hmm-tests) has not landed. Errors: {errors}"
+    );
+    assert_eq!(r["selftest"], "hmm");
+    assert_eq!(r["policy"], policy);
+    let tests = r["tests"].as_array().expect("tests list");
+    let result = |name: &str| {
+        tests
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} did not run: {}", tail(&run.stdout, 40)))
+    };
+    let mut not_passed = Vec::new();
+    for name in Suite::Hmm.must_pass() {
+        let t = result(name);
+        if t["result"] != "pass" {
+            not_passed.push(t.to_string());
+        }
+    }
+    assert!(
+        not_passed.is_empty(),
+        "must-pass tests that did not pass:\n{}",
+        not_passed.join("\n")
+    );
+    let count = |what: &str| tests.iter().filter(|t| t["result"] == what).count() as u64;
+    for t in tests {
+        let name = t["name"].as_str().unwrap();
+        if Suite::Hmm.unsupported(name).is_some() {
+            assert_eq!(t["result"], "unsupported", "{t}");
+            assert!(t["reason"].as_str().is_some_and(|r| !r.is_empty()), "{t}");
+        }
+    }
+    let summary = &r["summary"];
+    assert_eq!(summary["passed"].as_u64(), Some(count("pass")), "{summary}");
+    assert_eq!(
+        summary["unsupported"].as_u64(),
+        Some(count("unsupported")),
+        "{summary}"
+    );
+    assert!(
+        count("unsupported") > 0,
+        "the migration tests are unsupported here"
+    );
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["violations"], 0, "{summary}");
+    assert_eq!(r["device"]["global"]["violations"], 0);
+    // READ and WRITE are device jobs through the device's translation, and the tests
+    // unmap and protect under it.
+    assert!(summary["device_faults"].as_u64() > Some(0), "{summary}");
+    assert!(summary["ats_invalidations"].as_u64() > Some(0), "{summary}");
+    let raw = std::fs::read_to_string(vmm::selftest::raw_output_path(&vmm.dir.join("report.json")))
+        .expect("raw kselftest output beside the report");
+    assert!(raw.contains("TAP version 13"), "{raw}");
+    assert!(
+        run.stderr.contains("hmm selftests: "),
+        "{}",
+        tail(&run.stderr, 20)
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", tail(&run.stderr, 40));
+    assert_eq!(r["verdict"], "pass");
+}
+
+#[test]
+fn hmm_selftests_pass_under_the_event_aware_policy() {
+    require_guest!();
+    check_hmm_selftests("event-aware");
+}
+
+#[test]
+fn hmm_selftests_pass_under_the_naive_policy() {
+    require_guest!();
+    check_hmm_selftests("naive");
+}
+
+#[test]
+fn an_unknown_selftest_suite_is_a_clear_error() {
+    let vmm = Vmm::new("nosuite");
+    let run = vmm.run(&["selftest", "nosuch"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("'nosuch'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("possible values: hmm"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.report.is_none());
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
 }
