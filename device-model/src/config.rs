@@ -1,6 +1,9 @@
 //! The device's tunables and the configuration space the driver reads.
 
+use std::fmt;
+
 use crate::atc::{Atc, AtcError};
+use crate::oracle::OracleMode;
 use crate::wire;
 
 /// How the virtual GPU is built. Every limit bounds what a guest can make the device hold.
@@ -32,6 +35,8 @@ pub struct VgpuConfig {
     pub max_job_bytes: u64,
     /// Most pages remembered as "removed by an invalidation" for refault counting.
     pub max_removal_records: usize,
+    /// How often the coherence oracle checks a translation an engine uses.
+    pub oracle: OracleMode,
 }
 
 impl Default for VgpuConfig {
@@ -48,6 +53,7 @@ impl Default for VgpuConfig {
             max_table_nodes: 1024,
             max_job_bytes: 256 << 20,
             max_removal_records: 1 << 20,
+            oracle: OracleMode::Every,
         }
     }
 }
@@ -61,7 +67,7 @@ pub const MAX_ATC_ENTRIES: u32 = 1 << 16;
 pub const MAX_FAULT_BATCH: u32 = wire::FAULT_QUEUE_SIZE as u32 / 4;
 
 /// The keys of a device option string, with what each accepts (for error messages).
-pub const OPTION_KEYS: [(&str, &str); 5] = [
+pub const OPTION_KEYS: [(&str, &str); 6] = [
     (
         "atc_entries",
         "0..=65536 (0 disables the ATC), a multiple of atc_ways",
@@ -73,7 +79,29 @@ pub const OPTION_KEYS: [(&str, &str); 5] = [
         "pasid_inval_threshold",
         "a size such as 1G (K, M, G suffixes; 0 = only whole-space ranges)",
     ),
+    (
+        "oracle",
+        "every, sampled (one translation in 16) or off: how often the coherence oracle checks",
+    ),
 ];
+
+/// The value of one device option, as the report's `device_config` echoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// A count or a size in bytes.
+    Number(u64),
+    /// A named choice.
+    Word(&'static str),
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionValue::Number(n) => write!(f, "{n}"),
+            OptionValue::Word(w) => f.write_str(w),
+        }
+    }
+}
 
 /// Separators between `key=value` options. `,` is the natural one; `+` and `;` exist
 /// because the nested run passes the options through a comma-separated kernel argument.
@@ -179,6 +207,10 @@ impl VgpuConfig {
                 value: value.to_string(),
                 expected,
             };
+            if key == "oracle" {
+                c.oracle = OracleMode::from_name(value).ok_or_else(bad)?;
+                continue;
+            }
             let bytes = parse_bytes(value).ok_or_else(bad)?;
             let small = u32::try_from(bytes).map_err(|_| bad())?;
             match key {
@@ -196,13 +228,15 @@ impl VgpuConfig {
     }
 
     /// Every tunable [`Self::from_options`] accepts, by name, as the report echoes them.
-    pub fn options(&self) -> [(&'static str, u64); 5] {
+    pub fn options(&self) -> [(&'static str, OptionValue); 6] {
+        use OptionValue::{Number, Word};
         [
-            ("atc_entries", u64::from(self.atc_entries)),
-            ("atc_ways", u64::from(self.atc_ways)),
-            ("fault_ahead", u64::from(self.fault_ahead)),
-            ("fault_batch", u64::from(self.fault_batch)),
-            ("pasid_inval_threshold", self.pasid_inval_threshold),
+            ("atc_entries", Number(u64::from(self.atc_entries))),
+            ("atc_ways", Number(u64::from(self.atc_ways))),
+            ("fault_ahead", Number(u64::from(self.fault_ahead))),
+            ("fault_batch", Number(u64::from(self.fault_batch))),
+            ("pasid_inval_threshold", Number(self.pasid_inval_threshold)),
+            ("oracle", Word(self.oracle.name())),
         ]
     }
 
@@ -256,9 +290,10 @@ mod tests {
             (512, 8, 64 << 10)
         );
         let c = VgpuConfig::from_options(
-            "atc_entries=64+atc_ways=4;fault_ahead=2M+fault_batch=16+pasid_inval_threshold=1G",
+            "atc_entries=64+atc_ways=4;fault_ahead=2M+fault_batch=16+pasid_inval_threshold=1G+oracle=sampled",
         )
         .unwrap();
+        assert_eq!(c.oracle, OracleMode::SAMPLED);
         assert_eq!((c.atc_entries, c.atc_ways), (64, 4));
         assert_eq!(c.fault_ahead, 2 << 20);
         assert_eq!(c.fault_batch, 16);
@@ -269,6 +304,13 @@ mod tests {
         let s = c.to_options('+');
         assert!(!s.contains(','));
         assert_eq!(VgpuConfig::from_options(&s), Ok(c));
+        // The oracle checks every access unless told otherwise, and can be switched off.
+        assert_eq!(VgpuConfig::default().oracle, OracleMode::Every);
+        for (name, mode) in OracleMode::CHOICES {
+            let c = VgpuConfig::from_options(&format!("oracle={name}")).unwrap();
+            assert_eq!(c.oracle, mode);
+            assert!(c.to_options(',').contains(&format!("oracle={name}")));
+        }
         // The ATC can be switched off.
         assert_eq!(
             VgpuConfig::from_options("atc_entries=0")
@@ -299,6 +341,8 @@ mod tests {
             "atc_entries=99999999999G",
             "atc_ways=0",
             "pasid_inval_threshold=-1",
+            "oracle=sometimes",
+            "oracle=16",
         ] {
             let e = VgpuConfig::from_options(bad).unwrap_err();
             assert!(matches!(e, OptionError::BadValue { .. }), "{bad}: {e}");

@@ -116,7 +116,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             counters: Counters::default(),
             pasid_counters: BTreeMap::new(),
             current_pasid: None,
-            oracle: Oracle::default(),
+            oracle: Oracle::new(config.oracle),
             completions: Vec::new(),
             active: None,
             config,
@@ -337,12 +337,13 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 Ok(()) => resp(status::OK, 0, 0),
                 Err(_) => resp(status::BAD_PASID, 0, 0),
             },
-            opcode::UNBIND => self.unbind(pasid),
+            opcode::UNBIND => self.unbind(mem, pasid),
             opcode::MAP => self.map(mem, &cmd, payload),
             opcode::INVALIDATE => self.invalidate(&cmd),
             opcode::JOB => return self.submit(mem, &cmd, reply),
             opcode::FAULT_FAIL => self.fault_fail(pasid, FaultId(cmd.arg0), cmd.arg1),
             opcode::COUNTERS => return self.read_counters(&cmd, req, reply),
+            opcode::AUDIT => self.audit(mem, pasid),
             other => {
                 log::warn!("vgpu: unknown opcode {other}");
                 resp(status::BAD_OPCODE, 0, 0)
@@ -351,7 +352,32 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.respond(reply, r);
     }
 
-    fn unbind(&mut self, pasid: Pasid) -> wire::Resp {
+    /// AUDIT: every translation `pasid` holds against the CPU page table.
+    fn audit(&mut self, mem: &M, pasid: Pasid) -> wire::Resp {
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
+        let r = self
+            .oracle
+            .audit(mem, &self.mmu, pasid, &mut self.counters.global);
+        resp(status::OK, r.checked, r.disagreements)
+    }
+
+    fn unbind(&mut self, mem: &M, pasid: Pasid) -> wire::Resp {
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
+        // A translation still held now is stale if the process's mappings are gone (UNBIND
+        // at exit comes after the mm's teardown): audit before dropping them, unless the
+        // oracle is off.
+        let stale = match self.oracle.mode() {
+            OracleMode::Off => 0,
+            _ => {
+                self.oracle
+                    .audit(mem, &self.mmu, pasid, &mut self.counters.global)
+                    .disagreements
+            }
+        };
         let Ok(dropped) = self.mmu.unbind(pasid) else {
             return resp(status::BAD_PASID, 0, 0);
         };
@@ -372,7 +398,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
             }
         }
-        resp(status::OK, dropped, 0)
+        resp(status::OK, dropped, stale)
     }
 
     fn invalidate(&mut self, cmd: &wire::Cmd) -> wire::Resp {

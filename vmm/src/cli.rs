@@ -81,7 +81,7 @@ pub struct RunArgs {
     pub policy: Policy,
     /// Virtual GPU options, `key=value` separated by commas: atc_entries (0..=65536),
     /// atc_ways (dividing atc_entries), fault_ahead (0, 64K, 2M), fault_batch (1..=16),
-    /// pasid_inval_threshold (a size such as 1G; 0 = off).
+    /// pasid_inval_threshold (a size such as 1G; 0 = off), oracle (every, sampled, off).
     #[arg(long, default_value = "")]
     pub device: String,
     /// Load the guest driver with a deliberate bug (see --list-injections), to show that
