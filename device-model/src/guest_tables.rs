@@ -117,7 +117,7 @@ impl GuestTables {
         writable: bool,
     ) -> Result<(), GuestTablesError> {
         let size = leaf.bytes();
-        if va % size != 0 || frame % size != 0 {
+        if !va.is_multiple_of(size) || !frame.is_multiple_of(size) {
             return Err(GuestTablesError::Unaligned { va, frame });
         }
         let leaf_shift = size.trailing_zeros();

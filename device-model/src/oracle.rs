@@ -850,14 +850,11 @@ mod tests {
         device_map(&mut mmu, 0x3000, 0x8000, false, false, false);
         device_map(&mut mmu, 0x4000, 0x9000, false, false, false);
         device_map(&mut mmu, 0x5000, 0xa000, true, false, true);
-        mmu.space(Pasid(1))
-            .unwrap()
-            .table
-            .update_range(
-                IovaRange::pages(0x5000, 0x1000).unwrap(),
-                crate::page_table::RangeOp::Drop,
-                &mut |_, _| {},
-            );
+        mmu.space(Pasid(1)).unwrap().table.update_range(
+            IovaRange::pages(0x5000, 0x1000).unwrap(),
+            crate::page_table::RangeOp::Drop,
+            &mut |_, _| {},
+        );
         let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
         assert_eq!(
             r,
@@ -930,7 +927,11 @@ mod tests {
         let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
         assert_eq!((r.checked, r.disagreements), (2, 2));
         assert_eq!(c.violations, 2);
-        assert_eq!(o.samples()[0].violation.va, Iova(gone), "the first stale page");
+        assert_eq!(
+            o.samples()[0].violation.va,
+            Iova(gone),
+            "the first stale page"
+        );
         assert_eq!(
             o.samples()[0].violation.device.gpa,
             GuestAddress(FRAME + 500 * PAGE_SIZE)

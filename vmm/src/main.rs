@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use vmm::cli::{Cli, Command, ImageAction, ImageArgs, RunArgs};
+use vmm::cli::{BenchWhat, Cli, Command, ImageAction, ImageArgs, OracleBenchArgs, RunArgs};
 use vmm::host::{self, HostKind};
 use vmm::images::{self, GuestImage, ImageOptions};
 use vmm::report::Report;
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Command::Image {
             action: ImageAction::Build(args),
         } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
+        Command::Bench {
+            what: BenchWhat::Oracle(args),
+        } => cmd_bench_oracle(&args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -70,6 +73,17 @@ fn cmd_image_build(args: ImageArgs) -> Result<(), String> {
             host.kernel.display(),
             host.initrd.display()
         );
+    }
+    Ok(())
+}
+
+fn cmd_bench_oracle(args: &OracleBenchArgs) -> Result<(), String> {
+    let region = run::parse_size(&args.region).map_err(|e| format!("--region: {e}"))?;
+    let bench = vmm::bench::oracle_bench(region, args.iterations).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", bench.to_json());
+    } else {
+        print!("{}", bench.summary());
     }
     Ok(())
 }

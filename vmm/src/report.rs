@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use device_model::config::OptionValue;
 use device_model::counters::{FaultLatency, EVENT_NAMES};
 use device_model::oracle::ViolationSample;
-use device_model::config::OptionValue;
 use device_model::{Counters, VgpuConfig};
 use serde::{Deserialize, Serialize};
 
@@ -358,7 +358,10 @@ mod tests {
         assert_eq!(v["device_config"]["fault_ahead"], 65536);
         assert_eq!(v["device_config"]["oracle"], "every");
         let summary = device_summary(&serde_json::json!({}), v.get("device_config"));
-        assert!(summary.contains("oracle=every") && !summary.contains('"'), "{summary}");
+        assert!(
+            summary.contains("oracle=every") && !summary.contains('"'),
+            "{summary}"
+        );
         // The outer VMM reads the inner report back as a Report.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);

@@ -759,7 +759,10 @@ fn audit_and_unbind_check_every_held_translation() {
     let tables = cpu_tables(
         &r.mem,
         root,
-        &[(va, FRAMES, true), (va + PAGE_SIZE, FRAMES + PAGE_SIZE, true)],
+        &[
+            (va, FRAMES, true),
+            (va + PAGE_SIZE, FRAMES + PAGE_SIZE, true),
+        ],
     );
     let bind = |r: &mut Rig| {
         let mut b = cmd(opcode::BIND, 1, 0, 0);
@@ -787,9 +790,16 @@ fn audit_and_unbind_check_every_held_translation() {
     tables.unmap_page(r.mem.as_ref(), va + PAGE_SIZE).unwrap();
     assert_eq!(audit(&mut r, 1), (status::OK, 4, 2));
     assert_eq!(r.counters().global.violations, 2);
-    assert_eq!(r.read_counters_of(1).global.violations, 2, "charged to the PASID");
+    assert_eq!(
+        r.read_counters_of(1).global.violations,
+        2,
+        "charged to the PASID"
+    );
     let v = &r.dev.violations()[0].violation;
-    assert_eq!((v.va, v.access, v.cpu), (Iova(va + PAGE_SIZE), Access::Audit, None));
+    assert_eq!(
+        (v.va, v.access, v.cpu),
+        (Iova(va + PAGE_SIZE), Access::Audit, None)
+    );
     assert_eq!(audit(&mut r, 2).0, status::BAD_PASID);
     // UNBIND audits before it drops: value0 dropped, value1 stale.
     let u = r.run(&cmd(opcode::UNBIND, 1, 0, 0), &[]);

@@ -166,7 +166,10 @@ int main(void)
             ("vgpu_counters", size_of::<Counters>()),
             ("vgpu_audit", size_of::<VgpuAudit>()),
             ("vgpu_audit.checked", offset_of!(VgpuAudit, checked)),
-            ("vgpu_audit.disagreements", offset_of!(VgpuAudit, disagreements)),
+            (
+                "vgpu_audit.disagreements",
+                offset_of!(VgpuAudit, disagreements),
+            ),
             ("VGPU_IOC_BIND", IOC_BIND as usize),
             ("VGPU_IOC_JOB", IOC_JOB as usize),
             ("VGPU_IOC_COUNTERS", IOC_COUNTERS as usize),
