@@ -157,10 +157,17 @@ fn check_protect(r: &serde_json::Value, policy: &str) {
     assert_eq!(w["policy"], policy, "{w}");
     assert_eq!(w["ok"], true, "{w}");
     assert_eq!(w["violations"], 0, "{w}");
+    check_audits(w);
     for event in ["PROTECTION_PAGE", "SOFT_DIRTY"] {
         let n = w["events"][event]["notifications"].as_u64();
         assert!(n > Some(0), "no {event} notifications: {w}");
     }
+}
+
+/// The device audits that end each phase checked translations and found none stale.
+fn check_audits(w: &serde_json::Value) {
+    assert!(w["audit"]["checked"].as_u64() > Some(0), "no audit: {w}");
+    assert_eq!(w["audit"]["disagreements"], 0, "{w}");
 }
 
 /// Checks the `touch` entry of a report's workloads and returns it.
@@ -179,6 +186,7 @@ fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
         w["violations"], 0,
         "the coherence oracle found stale translations: {w}"
     );
+    check_audits(&w);
     // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device.
     for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
         let n = w["events"][event]["notifications"].as_u64();
@@ -343,6 +351,10 @@ fn the_oracle_catches_an_injected_driver_bug() {
     let r = run.report.expect("report written");
     let w = &r["workloads"][0];
     assert!(w["violations"].as_u64() > Some(0), "{w}");
+    assert!(
+        w["audit"]["disagreements"].as_u64() > Some(0),
+        "the phase-end audits find the stale translations too: {w}"
+    );
     assert!(
         r["errors"].to_string().contains("coherence violations"),
         "{r}"
