@@ -190,7 +190,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.oracle.mode()
     }
 
-    /// Sets how often the coherence oracle checks a translation.
+    /// Sets how often the coherence oracle checks a translation (the `oracle` device
+    /// option sets it when the device is built).
     pub fn set_oracle_mode(&mut self, mode: OracleMode) {
         self.oracle.set_mode(mode);
     }
