@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every workload under every guest-driver bug injection (`vmm run --list-injections`)
 # and prints the detection matrix as a Markdown table: the coherence-oracle violations each
-# run reported, "caught" when there were any. The first row is the correct driver, which
-# must show 0 everywhere. Usage: ci/detection-matrix.sh [--policy P] (builds the vmm first).
+# run reported, "caught" when there were any, with how many of them the phase-end device
+# audits found ("audit N"; the rest are stale translations a job used). The first row is the
+# correct driver, which must show 0 everywhere. Usage: ci/detection-matrix.sh [--policy P] (builds the vmm first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p vmm >&2
@@ -20,7 +21,9 @@ except (OSError, ValueError):
     print("? (no report)"); sys.exit()
 w = [w for w in r.get("workloads", []) if w.get("name") == sys.argv[2]]
 n = w[0].get("violations") if w else None
-print("?" if n is None else (f"{n} caught" if n > 0 else "0"))
+audit = (w[0].get("audit") or {}).get("disagreements") if w else None
+seen = f" (audit {audit})" if audit else ""
+print("?" if n is None else (f"{n} caught{seen}" if n > 0 else "0"))
 PY
 }
 

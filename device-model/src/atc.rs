@@ -219,6 +219,15 @@ impl Atc {
         dropped
     }
 
+    /// The translations cached for `pasid`, in slot order (for audits; no LRU update).
+    pub fn entries(&self, pasid: Pasid) -> impl Iterator<Item = Translation> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |e| e.pasid == pasid)
+            .map(|e| e.translation)
+    }
+
     /// Drops everything.
     pub fn clear(&mut self) {
         self.slots.fill(None);

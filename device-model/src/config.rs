@@ -1,6 +1,9 @@
 //! The device's tunables and the configuration space the driver reads.
 
+use std::fmt;
+
 use crate::atc::{Atc, AtcError};
+use crate::oracle::OracleMode;
 use crate::wire;
 
 /// How the virtual GPU is built. Every limit bounds what a guest can make the device hold.
@@ -37,6 +40,8 @@ pub struct VgpuConfig {
     /// flight; 0 completes it at once. A driver that lets the CPU page table change before
     /// the completion arrives leaves a window the coherence oracle sees.
     pub inval_latency_us: u32,
+    /// How often the coherence oracle checks a translation an engine uses.
+    pub oracle: OracleMode,
 }
 
 impl Default for VgpuConfig {
@@ -54,6 +59,7 @@ impl Default for VgpuConfig {
             max_job_bytes: 256 << 20,
             max_removal_records: 1 << 20,
             inval_latency_us: DEFAULT_INVAL_LATENCY_US,
+            oracle: OracleMode::Every,
         }
     }
 }
@@ -77,7 +83,7 @@ pub const MAX_ATC_ENTRIES: u32 = 1 << 16;
 pub const MAX_FAULT_BATCH: u32 = wire::FAULT_QUEUE_SIZE as u32 / 4;
 
 /// The keys of a device option string, with what each accepts (for error messages).
-pub const OPTION_KEYS: [(&str, &str); 6] = [
+pub const OPTION_KEYS: [(&str, &str); 7] = [
     (
         "atc_entries",
         "0..=65536 (0 disables the ATC), a multiple of atc_ways",
@@ -93,7 +99,29 @@ pub const OPTION_KEYS: [(&str, &str); 6] = [
         "inval_latency_us",
         "0..=100000 microseconds from taking an INVALIDATE to completing it",
     ),
+    (
+        "oracle",
+        "every, sampled (one translation in 16) or off: how often the coherence oracle checks",
+    ),
 ];
+
+/// The value of one device option, as the report's `device_config` echoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// A count or a size in bytes.
+    Number(u64),
+    /// A named choice.
+    Word(&'static str),
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionValue::Number(n) => write!(f, "{n}"),
+            OptionValue::Word(w) => f.write_str(w),
+        }
+    }
+}
 
 /// Separators between `key=value` options. `,` is the natural one; `+` and `;` exist
 /// because the nested run passes the options through a comma-separated kernel argument.
@@ -199,6 +227,10 @@ impl VgpuConfig {
                 value: value.to_string(),
                 expected,
             };
+            if key == "oracle" {
+                c.oracle = OracleMode::from_name(value).ok_or_else(bad)?;
+                continue;
+            }
             let bytes = parse_bytes(value).ok_or_else(bad)?;
             let small = u32::try_from(bytes).map_err(|_| bad())?;
             match key {
@@ -217,14 +249,16 @@ impl VgpuConfig {
     }
 
     /// Every tunable [`Self::from_options`] accepts, by name, as the report echoes them.
-    pub fn options(&self) -> [(&'static str, u64); 6] {
+    pub fn options(&self) -> [(&'static str, OptionValue); 7] {
+        use OptionValue::{Number, Word};
         [
-            ("atc_entries", u64::from(self.atc_entries)),
-            ("atc_ways", u64::from(self.atc_ways)),
-            ("fault_ahead", u64::from(self.fault_ahead)),
-            ("fault_batch", u64::from(self.fault_batch)),
-            ("pasid_inval_threshold", self.pasid_inval_threshold),
-            ("inval_latency_us", u64::from(self.inval_latency_us)),
+            ("atc_entries", Number(u64::from(self.atc_entries))),
+            ("atc_ways", Number(u64::from(self.atc_ways))),
+            ("fault_ahead", Number(u64::from(self.fault_ahead))),
+            ("fault_batch", Number(u64::from(self.fault_batch))),
+            ("pasid_inval_threshold", Number(self.pasid_inval_threshold)),
+            ("oracle", Word(self.oracle.name())),
+            ("inval_latency_us", Number(u64::from(self.inval_latency_us))),
         ]
     }
 
@@ -278,9 +312,10 @@ mod tests {
             (512, 8, 64 << 10)
         );
         let c = VgpuConfig::from_options(
-            "atc_entries=64+atc_ways=4;fault_ahead=2M+fault_batch=16+pasid_inval_threshold=1G",
+            "atc_entries=64+atc_ways=4;fault_ahead=2M+fault_batch=16+pasid_inval_threshold=1G+oracle=sampled",
         )
         .unwrap();
+        assert_eq!(c.oracle, OracleMode::SAMPLED);
         assert_eq!((c.atc_entries, c.atc_ways), (64, 4));
         assert_eq!(c.fault_ahead, 2 << 20);
         assert_eq!(c.fault_batch, 16);
@@ -297,6 +332,13 @@ mod tests {
         let s = c.to_options('+');
         assert!(!s.contains(','));
         assert_eq!(VgpuConfig::from_options(&s), Ok(c));
+        // The oracle checks every access unless told otherwise, and can be switched off.
+        assert_eq!(VgpuConfig::default().oracle, OracleMode::Every);
+        for (name, mode) in OracleMode::CHOICES {
+            let c = VgpuConfig::from_options(&format!("oracle={name}")).unwrap();
+            assert_eq!(c.oracle, mode);
+            assert!(c.to_options(',').contains(&format!("oracle={name}")));
+        }
         // The ATC can be switched off.
         assert_eq!(
             VgpuConfig::from_options("atc_entries=0")
@@ -328,6 +370,8 @@ mod tests {
             "atc_ways=0",
             "pasid_inval_threshold=-1",
             "inval_latency_us=100001",
+            "oracle=sometimes",
+            "oracle=16",
         ] {
             let e = VgpuConfig::from_options(bad).unwrap_err();
             assert!(matches!(e, OptionError::BadValue { .. }), "{bad}: {e}");

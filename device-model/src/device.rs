@@ -132,7 +132,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             counters: Counters::default(),
             pasid_counters: BTreeMap::new(),
             current_pasid: None,
-            oracle: Oracle::default(),
+            oracle: Oracle::new(config.oracle),
             completions: Vec::new(),
             in_flight: VecDeque::new(),
             active: None,
@@ -208,7 +208,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.oracle.mode()
     }
 
-    /// Sets how often the coherence oracle checks a translation.
+    /// Sets how often the coherence oracle checks a translation (the `oracle` device
+    /// option sets it when the device is built).
     pub fn set_oracle_mode(&mut self, mode: OracleMode) {
         self.oracle.set_mode(mode);
     }
@@ -383,12 +384,13 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 Ok(()) => resp(status::OK, 0, 0),
                 Err(_) => resp(status::BAD_PASID, 0, 0),
             },
-            opcode::UNBIND => self.unbind(pasid),
+            opcode::UNBIND => self.unbind(mem, pasid),
             opcode::MAP => self.map(mem, &cmd, payload),
             opcode::INVALIDATE => return self.start_invalidation(&cmd, reply),
             opcode::JOB => return self.submit(mem, &cmd, reply),
             opcode::FAULT_FAIL => self.fault_fail(pasid, FaultId(cmd.arg0), cmd.arg1),
             opcode::COUNTERS => return self.read_counters(&cmd, req, reply),
+            opcode::AUDIT => self.audit(mem, pasid),
             other => {
                 log::warn!("vgpu: unknown opcode {other}");
                 resp(status::BAD_OPCODE, 0, 0)
@@ -397,7 +399,21 @@ impl<M: GuestMemory> VgpuDevice<M> {
         self.respond(reply, r);
     }
 
-    fn unbind(&mut self, pasid: Pasid) -> wire::Resp {
+    /// AUDIT: every translation `pasid` holds against the CPU page table.
+    fn audit(&mut self, mem: &M, pasid: Pasid) -> wire::Resp {
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
+        let r = self
+            .oracle
+            .audit(mem, &self.mmu, pasid, &mut self.counters.global);
+        resp(status::OK, r.checked, r.disagreements)
+    }
+
+    fn unbind(&mut self, mem: &M, pasid: Pasid) -> wire::Resp {
+        if !self.mmu.is_bound(pasid) {
+            return resp(status::BAD_PASID, 0, 0);
+        }
         // Invalidations of this space still in flight complete first, in order.
         let (mine, others) = std::mem::take(&mut self.in_flight)
             .into_iter()
@@ -406,6 +422,17 @@ impl<M: GuestMemory> VgpuDevice<M> {
         for f in mine {
             self.complete_invalidation(f);
         }
+        // A translation still held now is stale if the process's mappings are gone (UNBIND
+        // at exit comes after the mm's teardown): audit before dropping them, unless the
+        // oracle is off.
+        let stale = match self.oracle.mode() {
+            OracleMode::Off => 0,
+            _ => {
+                self.oracle
+                    .audit(mem, &self.mmu, pasid, &mut self.counters.global)
+                    .disagreements
+            }
+        };
         let Ok(dropped) = self.mmu.unbind(pasid) else {
             return resp(status::BAD_PASID, 0, 0);
         };
@@ -426,7 +453,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
             }
         }
-        resp(status::OK, dropped, 0)
+        resp(status::OK, dropped, stale)
     }
 
     /// Checks an INVALIDATE and puts it in flight (or applies it now with no latency).

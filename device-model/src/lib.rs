@@ -6,7 +6,8 @@
 //! [`page_table`] of the job's PASID; a miss becomes a device fault ([`fault`]) and the job
 //! stalls until the driver answers. [`invalidate`] applies the driver's invalidations,
 //! [`oracle`] checks every translation an engine uses against the guest's CPU page table,
-//! and [`counters`] counts everything.
+//! and [`counters`] counts everything. [`guest_tables`] writes x86-64 page tables into guest
+//! memory for tests and benchmarks that need a CPU page table without a guest.
 
 pub mod address;
 pub mod atc;
@@ -16,6 +17,7 @@ pub mod counters;
 pub mod device;
 pub mod engine;
 pub mod fault;
+pub mod guest_tables;
 pub mod invalidate;
 pub mod mmu;
 pub mod oracle;

@@ -138,6 +138,16 @@ impl Mmu {
         Ok(t)
     }
 
+    /// Calls `f` with every translation `pasid` holds: its ATC entries, then its page-table
+    /// leaves (a cached translation is seen twice, once in each). Nothing if not bound.
+    pub fn for_each_translation(&self, pasid: Pasid, f: &mut dyn FnMut(Translation)) {
+        let Some(space) = self.spaces.get(&pasid) else {
+            return;
+        };
+        self.atc.entries(pasid).for_each(&mut *f);
+        space.table.for_each_leaf(f);
+    }
+
     /// The process's CPU page-table root given at BIND, if `pasid` is bound.
     pub fn process_root(&self, pasid: Pasid) -> Option<GuestAddress> {
         self.spaces.get(&pasid).map(|s| s.process_root)

@@ -22,19 +22,21 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::invalidate::Invalidation;
+use crate::mmu::Mmu;
+use crate::page_table::Translation;
 
 /// Present bit of an x86-64 paging entry.
-const PTE_PRESENT: u64 = 1 << 0;
+pub const PTE_PRESENT: u64 = 1 << 0;
 /// Read/write bit: the CPU may write only if every level has it.
-const PTE_WRITABLE: u64 = 1 << 1;
+pub const PTE_WRITABLE: u64 = 1 << 1;
 /// Page-size bit: in a PDPT entry a 1 GiB leaf, in a PD entry a 2 MiB leaf.
-const PTE_LEAF: u64 = 1 << 7;
+pub const PTE_LEAF: u64 = 1 << 7;
 /// Physical-address bits of an entry (bits 12..=51, the architectural maximum).
-const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Entries in one table.
 const TABLE_INDEX_MASK: u64 = 0x1ff;
 /// Bytes of one entry.
-const PTE_SIZE: u64 = 8;
+pub const PTE_SIZE: u64 = 8;
 /// User addresses end here (4-level paging, lower canonical half). Only these are checked:
 /// with PTI the root given at BIND is the kernel PGD, whose user half maps the same pages as
 /// the user PGD.
@@ -56,6 +58,35 @@ pub enum OracleMode {
     Every,
     /// One translation in `n` (0 and 1 mean every one).
     Sampled(u32),
+}
+
+impl OracleMode {
+    /// What the device option `oracle=sampled` selects: one translation in 16.
+    pub const SAMPLED: OracleMode = OracleMode::Sampled(16);
+    /// The device option values, in the order `vmm bench oracle` reports them.
+    pub const CHOICES: [(&'static str, OracleMode); 3] = [
+        ("every", OracleMode::Every),
+        ("sampled", OracleMode::SAMPLED),
+        ("off", OracleMode::Off),
+    ];
+
+    /// The mode a device option value names (`every`, `sampled`, `off`).
+    pub fn from_name(name: &str) -> Option<OracleMode> {
+        Self::CHOICES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| *m)
+    }
+
+    /// The device option value of this mode; a sampling rate other than the option's is
+    /// still `sampled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OracleMode::Every | OracleMode::Sampled(0 | 1) => "every",
+            OracleMode::Sampled(_) => "sampled",
+            OracleMode::Off => "off",
+        }
+    }
 }
 
 /// Size of a CPU leaf.
@@ -132,13 +163,28 @@ pub fn walk<M: GuestMemory>(mem: &M, root: GuestAddress, va: u64) -> Option<CpuT
     None
 }
 
-/// The kind of access an engine makes.
+/// The kind of access an engine makes, or the AUDIT that found a translation stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// A read.
     Read,
     /// A write.
     Write,
+    /// No access: an audit (AUDIT, or UNBIND's) checked a translation the device holds.
+    /// A writable one needs a writable CPU mapping, a read-only one any CPU mapping of the
+    /// same frame.
+    Audit,
+}
+
+impl Access {
+    /// Whether the CPU mapping must be writable for a device translation with `writable`.
+    fn needs_write(self, writable: bool) -> bool {
+        match self {
+            Access::Read => false,
+            Access::Write => true,
+            Access::Audit => writable,
+        }
+    }
 }
 
 impl fmt::Display for Access {
@@ -146,6 +192,7 @@ impl fmt::Display for Access {
         f.write_str(match self {
             Access::Read => "read",
             Access::Write => "write",
+            Access::Audit => "audit",
         })
     }
 }
@@ -197,8 +244,18 @@ impl fmt::Display for Violation {
     }
 }
 
+/// Whether the CPU's `cpu` agrees with the device's `device` for `access`: same 4 KiB
+/// frame, and writable if the access needs it.
+fn agrees(cpu: Option<CpuTranslation>, device: DeviceTranslation, access: Access) -> bool {
+    let page = |a: GuestAddress| a.0 & !(PAGE_SIZE - 1);
+    cpu.is_some_and(|c| {
+        page(c.gpa) == page(device.gpa) && (c.writable || !access.needs_write(device.writable))
+    })
+}
+
 /// Checks one device translation of `va` against the CPU table at `root`: a violation when
-/// the CPU maps nothing there, another frame, or read-only for a write.
+/// the CPU maps nothing there, another frame, or read-only for a write (for an audit: for
+/// a writable device translation).
 pub fn check<M: GuestMemory>(
     mem: &M,
     root: GuestAddress,
@@ -208,10 +265,7 @@ pub fn check<M: GuestMemory>(
     access: Access,
 ) -> Result<(), Violation> {
     let cpu = walk(mem, root, va.0);
-    let page = |a: GuestAddress| a.0 & !(PAGE_SIZE - 1);
-    let agrees = cpu
-        .is_some_and(|c| page(c.gpa) == page(device.gpa) && (access == Access::Read || c.writable));
-    if agrees {
+    if agrees(cpu, device, access) {
         Ok(())
     } else {
         Err(Violation {
@@ -222,6 +276,55 @@ pub fn check<M: GuestMemory>(
             access,
         })
     }
+}
+
+/// Audits one translation the device holds (an ATC entry or a page-table leaf, 4 KiB or
+/// 2 MiB) against the CPU table at `root`: every page it covers must agree as
+/// [`Access::Audit`] says. The violation names the first page that does not.
+///
+/// Both the device leaf and a CPU leaf map linearly, so where they agree on one page they
+/// agree on all the pages they share: the walk costs one CPU walk per CPU leaf the device
+/// leaf overlaps (1 for a 2 MiB device leaf over a CPU huge page, up to 512 over 4 KiB ones).
+pub fn check_leaf<M: GuestMemory>(
+    mem: &M,
+    root: GuestAddress,
+    pasid: Pasid,
+    leaf: &Translation,
+) -> Result<(), Violation> {
+    let end = leaf.base.0 + leaf.size.bytes();
+    let mut va = leaf.base.0;
+    while va < end {
+        let device = DeviceTranslation {
+            gpa: leaf.gpa(Iova(va)),
+            writable: leaf.writable,
+        };
+        match walk(mem, root, va) {
+            Some(cpu) if agrees(Some(cpu), device, Access::Audit) => {
+                // The next CPU leaf starts at the end of this one (va < 2^47: no overflow).
+                va = ((va | (cpu.leaf.bytes() - 1)) + 1).min(end);
+            }
+            cpu => {
+                return Err(Violation {
+                    pasid,
+                    va: Iova(va),
+                    device,
+                    cpu,
+                    access: Access::Audit,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What an audit of one PASID found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditResult {
+    /// Translations checked: the PASID's ATC entries plus its page-table leaves.
+    pub checked: u64,
+    /// Those that disagree with the CPU page table (each counts once, however many of
+    /// its pages disagree).
+    pub disagreements: u64,
 }
 
 /// One INVALIDATE as the oracle remembers it.
@@ -258,6 +361,8 @@ pub struct Oracle {
     mode: OracleMode,
     /// Translations seen, for sampling.
     seen: u64,
+    /// Translations the per-access check walked the CPU table for.
+    checks: u64,
     next_seq: u64,
     start: Instant,
     history: BTreeMap<Pasid, VecDeque<InvalidationRecord>>,
@@ -276,6 +381,7 @@ impl Oracle {
         Oracle {
             mode,
             seen: 0,
+            checks: 0,
             next_seq: 1,
             start: Instant::now(),
             history: BTreeMap::new(),
@@ -291,6 +397,12 @@ impl Oracle {
     /// Changes how often it checks.
     pub fn set_mode(&mut self, mode: OracleMode) {
         self.mode = mode;
+    }
+
+    /// How many translations the per-access check has walked the CPU table for (what
+    /// the mode let through; audits are not counted here).
+    pub fn checks(&self) -> u64 {
+        self.checks
     }
 
     /// The first [`MAX_SAMPLES`] violations.
@@ -355,14 +467,47 @@ impl Oracle {
         if root.0 == 0 || !self.due() {
             return;
         }
-        let Err(violation) = check(mem, root, pasid, va, device, access) else {
-            return;
+        self.checks += 1;
+        if let Err(violation) = check(mem, root, pasid, va, device, access) {
+            self.record(violation, counters);
+        }
+    }
+
+    /// Checks every translation `pasid` holds, its ATC entries and its page-table leaves,
+    /// against the CPU table given at BIND, whatever the mode. Each disagreement counts in
+    /// `counters.violations` and is sampled like a per-access violation (access "audit").
+    /// A PASID that is not bound, or was bound without a CPU table, checks nothing.
+    pub fn audit<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        mmu: &Mmu,
+        pasid: Pasid,
+        counters: &mut GlobalCounters,
+    ) -> AuditResult {
+        let mut result = AuditResult::default();
+        let root = match mmu.process_root(pasid) {
+            Some(root) if root.0 != 0 => root,
+            _ => return result,
         };
+        mmu.for_each_translation(pasid, &mut |t| {
+            result.checked += 1;
+            if let Err(violation) = check_leaf(mem, root, pasid, &t) {
+                result.disagreements += 1;
+                self.record(violation, counters);
+            }
+        });
+        result
+    }
+
+    /// Counts a violation and keeps it, with the invalidations that touched its page, while
+    /// there is room for samples.
+    fn record(&mut self, violation: Violation, counters: &mut GlobalCounters) {
         counters.violations += 1;
         if self.samples.len() >= MAX_SAMPLES {
             return;
         }
         log::warn!("vgpu: coherence violation: {violation}");
+        let (pasid, va) = (violation.pasid, violation.va);
         let mut history: Vec<InvalidationRecord> = self
             .history
             .get(&pasid)
@@ -388,60 +533,38 @@ mod tests {
     use vm_memory::GuestMemoryMmap;
 
     use super::*;
+    use crate::guest_tables::GuestTables;
 
     const RAM: u64 = 0x80_0000;
     const ROOT: u64 = 0x1000;
 
-    /// Guest memory with an empty PML4 at `ROOT` and a bump allocator for more tables.
+    /// Guest memory with an empty PML4 at `ROOT`; more tables go in the pages after it.
     struct Tables {
         mem: GuestMemoryMmap,
-        next: u64,
+        tables: GuestTables,
     }
 
     impl Tables {
         fn new() -> Self {
-            Tables {
-                mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
-                next: ROOT + PAGE_SIZE,
-            }
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+            let tables = GuestTables::new(&mem, GuestAddress(ROOT), GuestAddress(RAM)).unwrap();
+            Tables { mem, tables }
         }
 
         fn entry(&self, table: u64, va: u64, shift: u32) -> GuestAddress {
-            GuestAddress(table + ((va >> shift) & TABLE_INDEX_MASK) * 8)
+            GuestTables::slot(table, va, shift)
         }
 
-        /// The table below `table`'s entry for `va`, created read/write if absent.
-        fn child(&mut self, table: u64, va: u64, shift: u32) -> u64 {
-            let at = self.entry(table, va, shift);
-            let e: u64 = self.mem.read_obj(at).unwrap();
-            if e & PTE_PRESENT != 0 {
-                return e & PTE_ADDR_MASK;
-            }
-            let new = self.next;
-            self.next += PAGE_SIZE;
-            self.mem
-                .write_obj(new | PTE_PRESENT | PTE_WRITABLE, at)
-                .unwrap();
-            new
-        }
-
-        /// Maps `va` with a leaf at level `shift` (12, 21 or 30) holding `raw` flags.
+        /// Maps `va` with a leaf at level `shift` (12, 21 or 30).
         fn map(&mut self, va: u64, frame: u64, shift: u32, writable: bool) {
-            let mut table = ROOT;
-            for s in [39, 30, 21, 12] {
-                if s == shift {
-                    let mut e = frame | PTE_PRESENT;
-                    if writable {
-                        e |= PTE_WRITABLE;
-                    }
-                    if s != 12 {
-                        e |= PTE_LEAF;
-                    }
-                    self.mem.write_obj(e, self.entry(table, va, s)).unwrap();
-                    return;
-                }
-                table = self.child(table, va, s);
-            }
+            let leaf = match shift {
+                12 => CpuLeaf::Small,
+                21 => CpuLeaf::Huge2M,
+                _ => CpuLeaf::Huge1G,
+            };
+            self.tables
+                .map(&self.mem, va, frame, leaf, writable)
+                .unwrap();
         }
 
         fn walk(&self, va: u64) -> Option<CpuTranslation> {
@@ -469,7 +592,10 @@ mod tests {
     fn huge_leaves() {
         let mut t = Tables::new();
         // A 2 MiB leaf with the large-page PAT bit (12) set: it is not an address bit.
-        t.map(0x4000_0000, 0x60_0000 | (1 << 12), 21, true);
+        t.map(0x4000_0000, 0x60_0000, 21, true);
+        let at = t.tables.entry_of(&t.mem, 0x4000_0000, 21).unwrap();
+        let e: u64 = t.mem.read_obj(at).unwrap();
+        t.mem.write_obj(e | (1 << 12), at).unwrap();
         assert_eq!(
             t.walk(0x401f_f008),
             Some(CpuTranslation {
@@ -669,6 +795,151 @@ mod tests {
         }
         assert_eq!(c.violations - before, 2);
     }
+
+    /// A device with PASID 1 bound to the CPU table at `ROOT` (or to no table).
+    fn mmu_bound_to(root: u64) -> Mmu {
+        let mut mmu = Mmu::new(crate::atc::Atc::new(64, 8).unwrap(), 4, 64);
+        mmu.bind(Pasid(1), GuestAddress(root)).unwrap();
+        mmu
+    }
+
+    /// Puts a translation in PASID 1's device page table, and in the ATC if `cached`.
+    fn device_map(mmu: &mut Mmu, va: u64, frame: u64, writable: bool, huge: bool, cached: bool) {
+        let table = &mut mmu.space(Pasid(1)).unwrap().table;
+        if huge {
+            table.map_huge(Iova(va), GuestAddress(frame), writable)
+        } else {
+            table.map_page(Iova(va), GuestAddress(frame), writable)
+        }
+        .unwrap();
+        if cached {
+            let t = table.translate(Iova(va)).unwrap();
+            mmu.atc.insert(Pasid(1), t);
+        }
+    }
+
+    #[test]
+    fn audit_applies_the_per_access_rules_to_every_held_translation() {
+        let mut t = Tables::new();
+        t.map(0x1000, 0x5000, 12, true);
+        t.map(0x2000, 0x6000, 12, false);
+        t.map(0x3000, 0x7000, 12, true);
+        let mut mmu = mmu_bound_to(ROOT);
+        let mut o = Oracle::new(OracleMode::Off);
+        let mut c = GlobalCounters::default();
+        // Same frames: writable over writable (cached too), read-only over read-only, and a
+        // read-only device translation of a CPU-writable page, which is fine.
+        device_map(&mut mmu, 0x1000, 0x5000, true, false, true);
+        device_map(&mut mmu, 0x2000, 0x6000, false, false, false);
+        device_map(&mut mmu, 0x3000, 0x7000, false, false, false);
+        let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
+        assert_eq!(
+            r,
+            AuditResult {
+                checked: 4,
+                disagreements: 0
+            },
+            "the mode does not gate an audit"
+        );
+        assert_eq!(c.violations, 0);
+
+        // Writable where the CPU is read-only; another frame; no CPU mapping at all (even
+        // read-only); and a stale ATC entry whose table leaf is already gone.
+        o.record_invalidation(&inv(0x2000, 0x1000, 2));
+        device_map(&mut mmu, 0x2000, 0x6000, true, false, false);
+        device_map(&mut mmu, 0x3000, 0x8000, false, false, false);
+        device_map(&mut mmu, 0x4000, 0x9000, false, false, false);
+        device_map(&mut mmu, 0x5000, 0xa000, true, false, true);
+        mmu.space(Pasid(1)).unwrap().table.update_range(
+            IovaRange::pages(0x5000, 0x1000).unwrap(),
+            crate::page_table::RangeOp::Drop,
+            &mut |_, _| {},
+        );
+        let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
+        assert_eq!(
+            r,
+            AuditResult {
+                checked: 6,
+                disagreements: 4
+            }
+        );
+        assert_eq!(c.violations, 4);
+        let by_va = |va: u64| {
+            o.samples()
+                .iter()
+                .find(|s| s.violation.va == Iova(va))
+                .unwrap_or_else(|| panic!("no sample for {va:#x}"))
+        };
+        let s = by_va(0x2000);
+        assert_eq!(s.violation.access, Access::Audit);
+        assert_eq!(s.violation.cpu.map(|c| c.writable), Some(false));
+        assert_eq!(s.history.len(), 1, "the sample carries the page's history");
+        assert_eq!(
+            by_va(0x3000).violation.cpu.map(|c| c.gpa),
+            Some(GuestAddress(0x7000))
+        );
+        assert_eq!(by_va(0x4000).violation.cpu, None);
+        assert_eq!(by_va(0x5000).violation.device.gpa, GuestAddress(0xa000));
+        assert!(by_va(0x5000).violation.to_string().contains("audit"));
+
+        // Nothing to check against: no CPU table, or no such PASID.
+        let mut c = GlobalCounters::default();
+        let mut unrooted = mmu_bound_to(0);
+        device_map(&mut unrooted, 0x4000, 0x9000, false, false, false);
+        assert_eq!(
+            o.audit(&t.mem, &unrooted, Pasid(1), &mut c),
+            AuditResult::default()
+        );
+        assert_eq!(
+            o.audit(&t.mem, &mmu, Pasid(2), &mut c),
+            AuditResult::default()
+        );
+        assert_eq!(c.violations, 0);
+    }
+
+    #[test]
+    fn audit_of_a_2mib_device_leaf_checks_every_page_under_it() {
+        const VA: u64 = 0x20_0000;
+        const FRAME: u64 = 0x40_0000;
+        let mut t = Tables::new();
+        let mut mmu = mmu_bound_to(ROOT);
+        let mut o = Oracle::default();
+        let mut c = GlobalCounters::default();
+        device_map(&mut mmu, VA, FRAME, true, true, true);
+        // Over a CPU 2 MiB leaf of the same frames.
+        t.map(VA, FRAME, 21, true);
+        let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
+        assert_eq!((r.checked, r.disagreements), (2, 0));
+        // Over 512 CPU 4 KiB pages: fine while all are there and writable...
+        let pd_entry = t.tables.entry_of(&t.mem, VA, 21).unwrap();
+        t.mem.write_obj(0u64, pd_entry).unwrap();
+        t.tables
+            .map_pages(&t.mem, VA, FRAME, PAGES_PER_2M, true)
+            .unwrap();
+        assert_eq!(o.audit(&t.mem, &mmu, Pasid(1), &mut c).disagreements, 0);
+        // ...but one page the CPU no longer maps, near the end, makes the leaf stale: once
+        // per copy (ATC and table), however many pages disagree.
+        let gone = VA + 500 * PAGE_SIZE;
+        t.tables.unmap_page(&t.mem, gone).unwrap();
+        t.tables
+            .map(&t.mem, gone + PAGE_SIZE, 0x1000, CpuLeaf::Small, true)
+            .unwrap();
+        let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
+        assert_eq!((r.checked, r.disagreements), (2, 2));
+        assert_eq!(c.violations, 2);
+        assert_eq!(
+            o.samples()[0].violation.va,
+            Iova(gone),
+            "the first stale page"
+        );
+        assert_eq!(
+            o.samples()[0].violation.device.gpa,
+            GuestAddress(FRAME + 500 * PAGE_SIZE)
+        );
+    }
+
+    /// 4 KiB pages in 2 MiB.
+    const PAGES_PER_2M: u64 = 512;
 
     #[test]
     fn history_is_bounded_per_pasid() {

@@ -39,6 +39,8 @@ pub mod opcode {
     pub const FAULT_FAIL: u32 = 6;
     /// Read the device counters.
     pub const COUNTERS: u32 = 7;
+    /// Check every translation of a PASID against the guest CPU page table.
+    pub const AUDIT: u32 = 8;
 }
 
 /// Response status (`vgpu_resp.status`).

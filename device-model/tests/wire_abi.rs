@@ -114,7 +114,14 @@ fn c_program(layouts: &[Layout]) -> String {
 fn c_constants() -> Vec<(&'static str, u64)> {
     vec![
         ("VIRTIO_ID_VGPU", u64::from(wire::VIRTIO_ID_VGPU)),
+        ("VGPU_CMD_BIND", u64::from(wire::opcode::BIND)),
+        ("VGPU_CMD_UNBIND", u64::from(wire::opcode::UNBIND)),
+        ("VGPU_CMD_MAP", u64::from(wire::opcode::MAP)),
+        ("VGPU_CMD_INVALIDATE", u64::from(wire::opcode::INVALIDATE)),
+        ("VGPU_CMD_JOB", u64::from(wire::opcode::JOB)),
+        ("VGPU_CMD_FAULT_FAIL", u64::from(wire::opcode::FAULT_FAIL)),
         ("VGPU_CMD_COUNTERS", u64::from(wire::opcode::COUNTERS)),
+        ("VGPU_CMD_AUDIT", u64::from(wire::opcode::AUDIT)),
         ("VGPU_S_BUSY", u64::from(wire::status::BUSY)),
         ("VGPU_EV_COUNT", wire::event::COUNT as u64),
         ("VGPU_EV_EXCLUSIVE", u64::from(wire::event::EXCLUSIVE)),

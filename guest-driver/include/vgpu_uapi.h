@@ -47,11 +47,21 @@ struct vgpu_migrate {
 	__u64 migrated;		/* out: pages that moved */
 };
 
+/*
+ * VGPU_IOC_AUDIT: the device checks every translation it holds for the
+ * caller's address space against the CPU page table (the AUDIT command).
+ */
+struct vgpu_audit {
+	__u64 checked;		/* out: translations checked */
+	__u64 disagreements;	/* out: those the CPU page table disagrees with */
+};
+
 #define VGPU_IOC_MAGIC		'V'
 #define VGPU_IOC_BIND		_IOWR(VGPU_IOC_MAGIC, 1, struct vgpu_bind)
 #define VGPU_IOC_JOB		_IOWR(VGPU_IOC_MAGIC, 2, struct vgpu_job)
 /* Reads the device's struct vgpu_counters (vgpu_wire.h). */
 #define VGPU_IOC_COUNTERS	_IOR(VGPU_IOC_MAGIC, 3, struct vgpu_counters)
+#define VGPU_IOC_AUDIT		_IOR(VGPU_IOC_MAGIC, 4, struct vgpu_audit)
 #define VGPU_IOC_MIGRATE	_IOWR(VGPU_IOC_MAGIC, 5, struct vgpu_migrate)
 
 #endif /* VGPU_UAPI_H */

@@ -25,6 +25,7 @@ enum vgpu_opcode {
 	VGPU_CMD_JOB = 5,
 	VGPU_CMD_FAULT_FAIL = 6,
 	VGPU_CMD_COUNTERS = 7,
+	VGPU_CMD_AUDIT = 8,
 };
 
 enum vgpu_status {

@@ -7,7 +7,8 @@
  * Each device gets a character device /dev/vgpuN (vgpu_uapi.h): a process
  * opens it, binds its mm (VGPU_IOC_BIND), submits jobs on its own virtual
  * addresses (VGPU_IOC_JOB) and reads the device counters
- * (VGPU_IOC_COUNTERS). Closing the file unbinds.
+ * (VGPU_IOC_COUNTERS), and asks the device to audit its translations against
+ * the CPU page table (VGPU_IOC_AUDIT). Closing the file unbinds.
  *
  * Module parameters:
  *   policy=naive|event-aware  how notifier events become device
@@ -314,6 +315,39 @@ static long vgpu_ioctl_migrate(struct vgpu_mirror *m, void __user *uarg)
 	return 0;
 }
 
+/* AUDIT of the address space this file bound; -EINVAL before VGPU_IOC_BIND. */
+static long vgpu_ioctl_audit(struct vgpu_mirror *m, void __user *uarg)
+{
+	struct vgpu_dev *vd = m->vdev;
+	struct vgpu_audit audit = {};
+	struct vgpu_req *req;
+	int err;
+
+	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
+	if (!smp_load_acquire(&m->bound))
+		return -EINVAL;
+	req = vgpu_req_alloc(0, false, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_AUDIT);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	err = vgpu_cmd_sync(vd, req);
+	if (err == -ETIMEDOUT)
+		return err;	/* abandoned: the queue frees it */
+	if (!err) {
+		audit.checked = le64_to_cpu(req->resp.value0);
+		/* A device cannot find more disagreements than it checked. */
+		audit.disagreements = min(le64_to_cpu(req->resp.value1),
+					  audit.checked);
+	}
+	vgpu_req_free(req);
+	if (err)
+		return err;
+	if (copy_to_user(uarg, &audit, sizeof(audit)))
+		return -EFAULT;
+	return 0;
+}
+
 static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct vgpu_mirror *m = file->private_data;
@@ -326,6 +360,8 @@ static long vgpu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return vgpu_ioctl_job(m, uarg);
 	case VGPU_IOC_COUNTERS:
 		return vgpu_ioctl_counters(m, uarg);
+	case VGPU_IOC_AUDIT:
+		return vgpu_ioctl_audit(m, uarg);
 	case VGPU_IOC_MIGRATE:
 		return vgpu_ioctl_migrate(m, uarg);
 	default:

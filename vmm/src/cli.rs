@@ -37,6 +37,34 @@ pub enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Measure the device model in this process (no guest).
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+/// `vmm bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Job time with the coherence oracle on every access, sampled and off, round-robin in
+    /// one run; prints the medians and the ratios every/off and sampled/off.
+    Oracle(OracleBenchArgs),
+}
+
+/// Options of `vmm bench oracle`.
+#[derive(Debug, Args)]
+pub struct OracleBenchArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Timed rounds (each runs FILL and CHECKSUM in every mode).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub iterations: u32,
+    /// Bytes each job covers (e.g. 16M; a bare number is MiB), mapped with 4 KiB pages.
+    #[arg(long, default_value = "16M")]
+    pub region: String,
 }
 
 /// `vmm image ...`
@@ -126,7 +154,7 @@ pub struct GuestArgs {
     pub policy: Policy,
     /// Virtual GPU options, `key=value` separated by commas: atc_entries (0..=65536),
     /// atc_ways (dividing atc_entries), fault_ahead (0, 64K, 2M), fault_batch (1..=16),
-    /// pasid_inval_threshold (a size such as 1G; 0 = off).
+    /// pasid_inval_threshold (a size such as 1G; 0 = off), oracle (every, sampled, off).
     #[arg(long, default_value = "")]
     pub device: String,
     /// Load the guest driver with a deliberate bug (see `vmm run --list-injections`), to

@@ -3,6 +3,7 @@
 //! The library holds everything the `vmm` binary does; `main.rs` is only the command line.
 //! See ARCHITECTURE.md for how the parts fit together.
 
+pub mod bench;
 pub mod boot;
 pub mod bus;
 pub mod cli;

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use vmm::cli::{Cli, Command, GuestArgs, ImageAction, ImageArgs, RunArgs, SelftestArgs};
+use vmm::cli::{
+    BenchWhat, Cli, Command, GuestArgs, ImageAction, ImageArgs, OracleBenchArgs, RunArgs,
+    SelftestArgs,
+};
 use vmm::host::{self, HostKind};
 use vmm::images::{self, GuestImage, ImageOptions};
 use vmm::report::Report;
@@ -21,7 +24,7 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Run(a) => a.guest.verbose,
         Command::Selftest(a) => a.guest.verbose,
-        Command::Image { .. } => false,
+        Command::Image { .. } | Command::Bench { .. } => false,
     };
     init_logging(verbose);
     let result = match cli.command {
@@ -30,6 +33,9 @@ fn main() -> ExitCode {
         Command::Image {
             action: ImageAction::Build(args),
         } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
+        Command::Bench {
+            what: BenchWhat::Oracle(args),
+        } => cmd_bench_oracle(&args).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -76,6 +82,17 @@ fn cmd_image_build(args: ImageArgs) -> Result<(), String> {
             host.kernel.display(),
             host.initrd.display()
         );
+    }
+    Ok(())
+}
+
+fn cmd_bench_oracle(args: &OracleBenchArgs) -> Result<(), String> {
+    let region = run::parse_size(&args.region).map_err(|e| format!("--region: {e}"))?;
+    let bench = vmm::bench::oracle_bench(region, args.iterations).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", bench.to_json());
+    } else {
+        print!("{}", bench.summary());
     }
     Ok(())
 }

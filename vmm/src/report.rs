@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use device_model::config::OptionValue;
 use device_model::counters::{FaultLatency, EVENT_NAMES};
 use device_model::oracle::ViolationSample;
 use device_model::{Counters, VgpuConfig};
@@ -131,7 +132,13 @@ impl Report {
         let map: serde_json::Map<String, serde_json::Value> = config
             .options()
             .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .map(|(k, v)| {
+                let v = match *v {
+                    OptionValue::Number(n) => serde_json::Value::from(n),
+                    OptionValue::Word(w) => serde_json::Value::from(w),
+                };
+                (k.to_string(), v)
+            })
             .collect();
         self.device_config = Some(map.into());
     }
@@ -411,7 +418,10 @@ fn device_summary(d: &serde_json::Value, config: Option<&serde_json::Value>) -> 
         .and_then(|c| c.as_object())
         .map(|c| {
             c.iter()
-                .map(|(k, v)| format!("{k}={v}"))
+                .map(|(k, v)| match v.as_str() {
+                    Some(word) => format!("{k}={word}"),
+                    None => format!("{k}={v}"),
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         })
@@ -457,6 +467,12 @@ mod tests {
         assert_eq!(v["device_config"]["atc_entries"], 64);
         assert_eq!(v["device_config"]["atc_ways"], 4);
         assert_eq!(v["device_config"]["fault_ahead"], 65536);
+        assert_eq!(v["device_config"]["oracle"], "every");
+        let summary = device_summary(&serde_json::json!({}), v.get("device_config"));
+        assert!(
+            summary.contains("oracle=every") && !summary.contains('"'),
+            "{summary}"
+        );
         // The outer VMM reads the inner report back as a Report.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);

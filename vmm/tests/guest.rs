@@ -159,10 +159,17 @@ fn check_protect(r: &serde_json::Value, policy: &str) {
     assert_eq!(w["policy"], policy, "{w}");
     assert_eq!(w["ok"], true, "{w}");
     assert_eq!(w["violations"], 0, "{w}");
+    check_audits(w);
     for event in ["PROTECTION_PAGE", "SOFT_DIRTY"] {
         let n = w["events"][event]["notifications"].as_u64();
         assert!(n > Some(0), "no {event} notifications: {w}");
     }
+}
+
+/// The device audits that end each phase checked translations and found none stale.
+fn check_audits(w: &serde_json::Value) {
+    assert!(w["audit"]["checked"].as_u64() > Some(0), "no audit: {w}");
+    assert_eq!(w["audit"]["disagreements"], 0, "{w}");
 }
 
 /// Checks the `touch` entry of a report's workloads and returns it.
@@ -181,6 +188,7 @@ fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
         w["violations"], 0,
         "the coherence oracle found stale translations: {w}"
     );
+    check_audits(&w);
     // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device.
     for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
         let n = w["events"][event]["notifications"].as_u64();
@@ -344,6 +352,10 @@ fn assert_caught(injection: &str, workload: &str) {
     assert!(
         w["violations"].as_u64() > Some(0),
         "{injection} not caught: {w}"
+    );
+    assert!(
+        w["audit"]["disagreements"].as_u64() > Some(0),
+        "the phase-end audits find the stale translations too: {w}"
     );
     assert!(
         r["errors"].to_string().contains("coherence violations"),

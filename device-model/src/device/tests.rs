@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::address::VA_LIMIT;
 use crate::engine::fnv1a64;
+use crate::guest_tables::GuestTables;
+use crate::oracle::{Access, CpuLeaf};
 use crate::wire::{event, job_op};
 
 const CMDQ: u64 = 0;
@@ -502,6 +504,7 @@ fn unknown_pasid_gets_bad_pasid_for_every_opcode() {
         opcode::INVALIDATE,
         opcode::JOB,
         opcode::FAULT_FAIL,
+        opcode::AUDIT,
     ] {
         for pasid in [0, 9, 65, u32::MAX] {
             let mut c = cmd(op, pasid, 0, 0x1000);
@@ -531,7 +534,7 @@ fn unknown_pasid_gets_bad_pasid_for_every_opcode() {
         r.run(&cmd(opcode::BIND, 64, 0, 0), &[]).status,
         status::BAD_PASID
     );
-    assert_eq!(r.counters().global.command_errors, 23);
+    assert_eq!(r.counters().global.command_errors, 27);
 }
 
 #[test]
@@ -687,22 +690,15 @@ fn no_interrupt_flag_and_reset() {
     assert_eq!(r.counters().global.command_errors, 0);
 }
 
-/// Writes a 4-level CPU page table at `root` (tables right after it) mapping each
-/// `(va, frame, writable)` with a 4 KiB leaf; all the `va`s share one PT.
-fn cpu_tables(mem: &GuestMemoryMmap, root: u64, pages: &[(u64, u64, bool)]) {
-    let rw = 0b11;
-    let mut table = root;
-    for (i, shift) in [39u32, 30, 21].into_iter().enumerate() {
-        let next = root + (i as u64 + 1) * PAGE_SIZE;
-        let slot = table + ((pages[0].0 >> shift) & 0x1ff) * 8;
-        mem.write_obj(next | rw, GuestAddress(slot)).unwrap();
-        table = next;
-    }
+/// Writes a 4-level CPU page table at `root` (tables in the 15 pages after it) mapping
+/// each `(va, frame, writable)` with a 4 KiB leaf.
+fn cpu_tables(mem: &GuestMemoryMmap, root: u64, pages: &[(u64, u64, bool)]) -> GuestTables {
+    let limit = GuestAddress(root + 16 * PAGE_SIZE);
+    let mut t = GuestTables::new(mem, GuestAddress(root), limit).unwrap();
     for &(va, frame, writable) in pages {
-        let e = frame | 1 | if writable { 2 } else { 0 };
-        mem.write_obj(e, GuestAddress(table + ((va >> 12) & 0x1ff) * 8))
-            .unwrap();
+        t.map(mem, va, frame, CpuLeaf::Small, writable).unwrap();
     }
+    t
 }
 
 #[test]
@@ -761,6 +757,69 @@ fn oracle_counts_a_translation_the_cpu_does_not_have() {
     assert_eq!(r.used(), vec![(s.head, 24)]);
     assert_eq!(r.resp(&s).status, status::OK);
     assert_eq!(r.counters().global.violations, 1);
+}
+
+#[test]
+fn audit_and_unbind_check_every_held_translation() {
+    let mut r = rig();
+    let root = 0x80_0000;
+    let va = 0x7000_0000;
+    let tables = cpu_tables(
+        &r.mem,
+        root,
+        &[
+            (va, FRAMES, true),
+            (va + PAGE_SIZE, FRAMES + PAGE_SIZE, true),
+        ],
+    );
+    let bind = |r: &mut Rig| {
+        let mut b = cmd(opcode::BIND, 1, 0, 0);
+        b.arg0 = root;
+        assert_eq!(r.run(&b, &[]).status, status::OK);
+        r.map(
+            1,
+            va,
+            &[entry(FRAMES, true), entry(FRAMES + PAGE_SIZE, true)],
+        );
+    };
+    let audit = |r: &mut Rig, pasid: u32| {
+        let a = r.run(&cmd(opcode::AUDIT, pasid, 0, 0), &[]);
+        (a.status, a.value0, a.value1)
+    };
+    bind(&mut r);
+    // Two page-table leaves; after a job, their two ATC copies too.
+    assert_eq!(audit(&mut r, 1), (status::OK, 2, 0));
+    let s = r.job(1, job_op::FILL, va, 2 * PAGE_SIZE, 1);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    assert_eq!(audit(&mut r, 1), (status::OK, 4, 0));
+    assert_eq!(r.counters().global.violations, 0);
+    // The CPU unmaps page 1 and nobody tells the device: both copies are stale.
+    tables.unmap_page(r.mem.as_ref(), va + PAGE_SIZE).unwrap();
+    assert_eq!(audit(&mut r, 1), (status::OK, 4, 2));
+    assert_eq!(r.counters().global.violations, 2);
+    assert_eq!(
+        r.read_counters_of(1).global.violations,
+        2,
+        "charged to the PASID"
+    );
+    let v = &r.dev.violations()[0].violation;
+    assert_eq!(
+        (v.va, v.access, v.cpu),
+        (Iova(va + PAGE_SIZE), Access::Audit, None)
+    );
+    assert_eq!(audit(&mut r, 2).0, status::BAD_PASID);
+    // UNBIND audits before it drops: value0 dropped, value1 stale.
+    let u = r.run(&cmd(opcode::UNBIND, 1, 0, 0), &[]);
+    assert_eq!((u.status, u.value0, u.value1), (status::OK, 2, 2));
+    assert_eq!(r.counters().global.violations, 4);
+    // With the oracle off UNBIND does not audit; AUDIT still does when asked.
+    r.dev.set_oracle_mode(crate::oracle::OracleMode::Off);
+    bind(&mut r);
+    assert_eq!(audit(&mut r, 1), (status::OK, 2, 1));
+    let u = r.run(&cmd(opcode::UNBIND, 1, 0, 0), &[]);
+    assert_eq!((u.status, u.value0, u.value1), (status::OK, 2, 0));
+    assert_eq!(r.counters().global.violations, 5);
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! A bound handle on `/dev/vgpu0`: open, bind this process, submit jobs, read counters.
+//! A bound handle on `/dev/vgpu0`: open, bind this process, submit jobs, read counters,
+//! audit the device's translations.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::uapi::{self, Counters, VgpuBind, VgpuJob, VgpuMigrate};
+use crate::uapi::{self, Counters, VgpuAudit, VgpuBind, VgpuJob, VgpuMigrate};
 
 /// The device file.
 pub const DEVICE_PATH: &str = "/dev/vgpu0";
@@ -88,6 +89,14 @@ impl Vgpu {
         ioctl(&self.file, uapi::IOC_COUNTERS, &mut c)
             .map_err(|e| annotate(e, "VGPU_IOC_COUNTERS"))?;
         Ok(c)
+    }
+
+    /// Asks the device to check every translation it holds for this process against the
+    /// CPU page table, now.
+    pub fn audit(&self) -> io::Result<VgpuAudit> {
+        let mut a = VgpuAudit::default();
+        ioctl(&self.file, uapi::IOC_AUDIT, &mut a).map_err(|e| annotate(e, "VGPU_IOC_AUDIT"))?;
+        Ok(a)
     }
 }
 

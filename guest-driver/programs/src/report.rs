@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use device_model::wire::{EventCounters, GlobalCounters};
 
-use crate::uapi::Counters;
+use crate::uapi::{Counters, VgpuAudit};
 
 /// The mmu-notifier events, in the device's counter order (the kernel's enum order).
 pub const EVENTS: [&str; 8] = device_model::counters::EVENT_NAMES;
@@ -61,6 +61,8 @@ pub struct WorkloadReport<'a> {
     pub failures: &'a [String],
     /// Counter movement over the workload.
     pub delta: &'a CounterDelta,
+    /// Its device audits, summed.
+    pub audits: VgpuAudit,
 }
 
 impl WorkloadReport<'_> {
@@ -84,7 +86,12 @@ impl WorkloadReport<'_> {
             }
             s.push_str(&json_str(f));
         }
-        s.push_str("],\"device\":");
+        let _ = write!(
+            s,
+            "],\"audit\":{{\"checked\":{},\"disagreements\":{}}}",
+            self.audits.checked, self.audits.disagreements
+        );
+        s.push_str(",\"device\":");
         json_object(&mut s, &global_fields(self.delta.global()));
         s.push_str(",\"events\":{");
         for (e, (name, counters)) in EVENTS.iter().zip(&self.delta.0.events).enumerate() {
@@ -163,8 +170,13 @@ mod tests {
             ok: false,
             failures: &failures,
             delta: &d,
+            audits: VgpuAudit {
+                checked: 64,
+                disagreements: 5,
+            },
         }
         .to_json();
+        assert!(j.contains(r#""audit":{"checked":64,"disagreements":5},"device":{"#));
         assert!(j.starts_with("{\"name\":\"touch\",\"policy\":\"naive\",\"ok\":false,\"device_faults\":3,\"violations\":2,"));
         assert!(j.contains("\"PROTECTION_VMA\":{\"notifications\":0,\"ats_invalidations\":7,"));
         for e in EVENTS {

@@ -51,6 +51,16 @@ pub struct VgpuMigrate {
     pub migrated: u64,
 }
 
+/// `struct vgpu_audit`, which `VGPU_IOC_AUDIT` fills.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgpuAudit {
+    /// (out) translations the device checked (ATC entries and page-table leaves).
+    pub checked: u64,
+    /// (out) those the CPU page table disagrees with.
+    pub disagreements: u64,
+}
+
 /// Job op: write `arg ^ offset` at every 8-byte offset.
 pub const JOB_FILL: u32 = 1;
 /// Job op: FNV-1a-64 of the bytes.
@@ -81,6 +91,8 @@ pub const IOC_BIND: u32 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<VgpuB
 pub const IOC_JOB: u32 = ioc(IOC_READ | IOC_WRITE, 2, std::mem::size_of::<VgpuJob>());
 /// `VGPU_IOC_COUNTERS`.
 pub const IOC_COUNTERS: u32 = ioc(IOC_READ, 3, std::mem::size_of::<Counters>());
+/// `VGPU_IOC_AUDIT`.
+pub const IOC_AUDIT: u32 = ioc(IOC_READ, 4, std::mem::size_of::<VgpuAudit>());
 /// `VGPU_IOC_MIGRATE`.
 pub const IOC_MIGRATE: u32 = ioc(IOC_READ | IOC_WRITE, 5, std::mem::size_of::<VgpuMigrate>());
 
@@ -110,12 +122,14 @@ int main(void)
 	S(vgpu_job); O(vgpu_job, start); O(vgpu_job, length); O(vgpu_job, arg);
 	O(vgpu_job, op); O(vgpu_job, status); O(vgpu_job, result); O(vgpu_job, faults);
 	S(vgpu_counters);
+	S(vgpu_audit); O(vgpu_audit, checked); O(vgpu_audit, disagreements);
 	S(vgpu_migrate); O(vgpu_migrate, start); O(vgpu_migrate, length);
 	O(vgpu_migrate, migrated);
 	printf("VGPU_IOC_MIGRATE %lu\n", (unsigned long)VGPU_IOC_MIGRATE);
 	printf("VGPU_IOC_BIND %lu\n", (unsigned long)VGPU_IOC_BIND);
 	printf("VGPU_IOC_JOB %lu\n", (unsigned long)VGPU_IOC_JOB);
 	printf("VGPU_IOC_COUNTERS %lu\n", (unsigned long)VGPU_IOC_COUNTERS);
+	printf("VGPU_IOC_AUDIT %lu\n", (unsigned long)VGPU_IOC_AUDIT);
 	printf("VGPU_POLICY_NAIVE %d\nVGPU_POLICY_EVENT_AWARE %d\n",
 	       VGPU_POLICY_NAIVE, VGPU_POLICY_EVENT_AWARE);
 	printf("VGPU_JOB_FILL %d\nVGPU_JOB_CHECKSUM %d\nVGPU_JOB_COPY %d\n",
@@ -167,6 +181,12 @@ int main(void)
             ("vgpu_job.result", offset_of!(VgpuJob, result)),
             ("vgpu_job.faults", offset_of!(VgpuJob, faults)),
             ("vgpu_counters", size_of::<Counters>()),
+            ("vgpu_audit", size_of::<VgpuAudit>()),
+            ("vgpu_audit.checked", offset_of!(VgpuAudit, checked)),
+            (
+                "vgpu_audit.disagreements",
+                offset_of!(VgpuAudit, disagreements),
+            ),
             ("vgpu_migrate", size_of::<VgpuMigrate>()),
             ("vgpu_migrate.start", offset_of!(VgpuMigrate, start)),
             ("vgpu_migrate.length", offset_of!(VgpuMigrate, length)),
@@ -175,6 +195,7 @@ int main(void)
             ("VGPU_IOC_BIND", IOC_BIND as usize),
             ("VGPU_IOC_JOB", IOC_JOB as usize),
             ("VGPU_IOC_COUNTERS", IOC_COUNTERS as usize),
+            ("VGPU_IOC_AUDIT", IOC_AUDIT as usize),
             ("VGPU_POLICY_NAIVE", POLICY_NAIVE as usize),
             ("VGPU_POLICY_EVENT_AWARE", POLICY_EVENT_AWARE as usize),
             ("VGPU_JOB_FILL", JOB_FILL as usize),

@@ -4,7 +4,9 @@
 use std::io;
 use std::ptr::NonNull;
 
+use crate::device::Vgpu;
 use crate::report::{CounterDelta, WorkloadReport};
+use crate::uapi::VgpuAudit;
 
 /// FNV-1a-64, the device's CHECKSUM.
 pub fn fnv1a64(data: &[u8]) -> u64 {
@@ -103,6 +105,8 @@ pub struct Checks {
     name: &'static str,
     /// What failed, in order.
     pub failures: Vec<String>,
+    /// The device audits so far, summed.
+    pub audits: VgpuAudit,
 }
 
 impl Checks {
@@ -111,6 +115,7 @@ impl Checks {
         Checks {
             name,
             failures: Vec::new(),
+            audits: VgpuAudit::default(),
         }
     }
 
@@ -134,6 +139,25 @@ impl Checks {
                 bad.unwrap().0 * 8
             )
         });
+    }
+
+    /// Ends `phase` with a device audit: every translation the device still holds must
+    /// agree with the CPU page table, or the phase fails.
+    pub fn audit(&mut self, vgpu: &Vgpu, phase: &str) -> io::Result<()> {
+        let a = vgpu.audit()?;
+        println!(
+            "audit after {phase}: checked {}, disagreements {}",
+            a.checked, a.disagreements
+        );
+        self.audits.checked += a.checked;
+        self.audits.disagreements += a.disagreements;
+        self.check(a.disagreements == 0, || {
+            format!(
+                "{phase}: the device holds {} translations the CPU page table disagrees with",
+                a.disagreements
+            )
+        });
+        Ok(())
     }
 
     /// The device answered `want`.
@@ -164,6 +188,7 @@ impl Checks {
             ok,
             failures: &self.failures,
             delta,
+            audits: self.audits,
         };
         println!("VGPU-WORKLOAD {}", report.to_json());
         ok

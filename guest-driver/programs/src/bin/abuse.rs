@@ -60,6 +60,14 @@ fn run() -> io::Result<u32> {
         "job before bind",
         refused(ioctl(&unbound, uapi::IOC_JOB, &mut j), &j),
     ));
+    let mut a = uapi::VgpuAudit::default();
+    checks.push((
+        "audit before bind",
+        match ioctl(&unbound, uapi::IOC_AUDIT, &mut a) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => Err(format!("{other:?}, expected EINVAL")),
+        },
+    ));
     let mut b = VgpuBind {
         policy: 77,
         pasid: 0,

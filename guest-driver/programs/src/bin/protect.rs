@@ -6,7 +6,8 @@
 //! `/proc/self/clear_refs` clears the soft-dirty bits (SOFT_DIRTY). After each, the device
 //! writes the buffer again: it must take a write fault and get the page the CPU now maps
 //! (the COW copy), never write through its old writable translation. The coherence oracle
-//! counts such a write as a violation; the CPU verifies the data. Prints one
+//! counts such a write as a violation, and the device audit that ends each phase finds a
+//! writable translation of a write-protected page; the CPU verifies the data. Prints one
 //! `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
 
 use std::io;
@@ -56,11 +57,12 @@ fn run() -> io::Result<bool> {
     let mut buf = Buffer::new(LEN)?;
     let mut c = Checks::new("protect");
 
+    // Each phase ends with its fill and a device audit.
     let fill = |c: &mut Checks, buf: &Buffer, step: &str, pattern: u64| -> io::Result<()> {
         let r = vgpu.job(JOB_FILL, buf.addr(0), LEN, pattern)?;
         c.status(step, r.status, STATUS_OK);
         c.filled(step, buf.bytes(0, LEN), pattern);
-        Ok(())
+        c.audit(&vgpu, step)
     };
 
     // The CPU touches the pages first, so fork has present anonymous pages to protect.

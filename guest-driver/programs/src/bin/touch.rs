@@ -8,7 +8,9 @@
 //! driver moves pages with `migrate_vma` it reads and writes the new frames (MIGRATE); and a
 //! child that exits while the device maps its pages leaves nothing behind (RELEASE). A stale
 //! device translation shows up as a wrong checksum, a write that lands, an access that
-//! should have failed, or in the coherence oracle's count. Prints one `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
+//! should have failed, or in the coherence oracle's count. Each phase ends with a device
+//! audit (every translation the device still holds must agree with the CPU page table).
+//! Prints one `VGPU-WORKLOAD {json}` line; exits 1 if a check failed.
 
 use std::io;
 use std::process::ExitCode;
@@ -84,6 +86,7 @@ fn run() -> io::Result<bool> {
         "fill fresh buffer: no device faults".into()
     });
     c.filled("fill fresh buffer", buf.bytes(0, 4 * QUARTER), p1);
+    c.audit(&vgpu, "fill fresh buffer")?;
 
     // 2. The CPU writes, the device reads the same bytes.
     for (i, b) in buf.bytes_mut(0, 4 * QUARTER).iter_mut().enumerate() {
@@ -95,6 +98,7 @@ fn run() -> io::Result<bool> {
     c.check(r.result == want, || {
         format!("checksum CPU data: device {:#x}, CPU {want:#x}", r.result)
     });
+    c.audit(&vgpu, "checksum CPU data")?;
 
     // 3. munmap (UNMAP): the device must not reach the range any more.
     buf.munmap(q3, QUARTER)?;
@@ -106,6 +110,7 @@ fn run() -> io::Result<bool> {
     c.check(r.result == want, || {
         "checksum beside munmap: mismatch".into()
     });
+    c.audit(&vgpu, "munmap")?;
 
     // 4. madvise(DONTNEED) (CLEAR): the device sees the new zero pages, then writes them.
     buf.dontneed(q1, QUARTER)?;
@@ -118,6 +123,7 @@ fn run() -> io::Result<bool> {
     let r = vgpu.job(JOB_FILL, buf.addr(q1), QUARTER, p2)?;
     c.status("fill after DONTNEED", r.status, STATUS_OK);
     c.filled("fill after DONTNEED", buf.bytes(q1, QUARTER), p2);
+    c.audit(&vgpu, "DONTNEED")?;
 
     // 5. mprotect(PROT_READ) (PROTECTION_VMA): reads still work, writes must fail.
     buf.protect_read_only(q0, QUARTER)?;
@@ -132,12 +138,14 @@ fn run() -> io::Result<bool> {
     c.check(fnv1a64(buf.bytes(q0, QUARTER)) == before_write, || {
         "fill read-only: the device wrote to a read-only page".into()
     });
+    c.audit(&vgpu, "mprotect")?;
 
     // 6. The untouched quarter still works both ways.
     let p3 = 0x7a11_0000_0000_0003;
     let r = vgpu.job(JOB_FILL, buf.addr(q2), QUARTER, p3)?;
     c.status("fill untouched quarter", r.status, STATUS_OK);
     c.filled("fill untouched quarter", buf.bytes(q2, QUARTER), p3);
+    c.audit(&vgpu, "untouched quarter")?;
 
     // 7. migrate_vma (MIGRATE): the pages move to new frames; the device must follow.
     let moved = vgpu.migrate(buf.addr(q2), QUARTER)?;
@@ -151,9 +159,11 @@ fn run() -> io::Result<bool> {
     let r = vgpu.job(JOB_FILL, buf.addr(q2), QUARTER, p4)?;
     c.status("fill after migrate", r.status, STATUS_OK);
     c.filled("fill after migrate", buf.bytes(q2, QUARTER), p4);
+    c.audit(&vgpu, "migrate")?;
 
     // 8. A child exits while the device maps its pages (RELEASE): nothing may stay.
     exit_while_mapped()?;
+    c.audit(&vgpu, "exit while mapped")?;
 
     let delta = CounterDelta::between(&before, &vgpu.counters()?);
     c.notified(
