@@ -40,7 +40,7 @@ for inj in none $("$vmm" run --list-injections); do
 		echo "[matrix] $inj / $w" >&2
 		"$vmm" "${args[@]}" >/dev/null 2>&1 || true
 		c=$(cell "$out/r.json" "$w")
-		case "$c" in *caught) caught=yes ;; esac
+		case "$c" in *caught*) caught=yes ;; esac
 		printf ' %s |' "$c"
 	done
 	printf '\n'
