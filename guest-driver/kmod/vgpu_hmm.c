@@ -419,21 +419,21 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 /* Device faults */
 
 /*
- * Maps the fault-ahead window around @addr and answers fault @fault_id.
- * The faulting page must be present (writable for a write); the rest of the
- * window is a snapshot of what the CPU has mapped now, holes stay unmapped.
+ * Snapshots [start, end) with hmm_range_fault() and sends it as one MAP
+ * (at most max_map_pages pages), answering fault @fault_id when
+ * @fault_reply. Every page is requested with @flags (HMM_PFN_REQ_FAULT,
+ * HMM_PFN_REQ_WRITE or 0), the page at @addr (if inside) with @addr_flags
+ * on top; pages that need nothing and are absent stay unmapped (holes).
+ * The MAP goes out under m->mutex after mmu_interval_read_retry(), so an
+ * invalidation either precedes the snapshot or follows the MAP.
  */
-static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
-			  unsigned long addr, bool write)
+int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
+		    unsigned long end, unsigned long flags, unsigned long addr,
+		    unsigned long addr_flags, u64 fault_id, bool fault_reply)
 {
 	struct vgpu_dev *vd = m->vdev;
 	struct mm_struct *mm = m->mm;
-	unsigned long win = max_t(unsigned long, vd->fault_ahead & PAGE_MASK,
-				  PAGE_SIZE);
-	unsigned long start = addr - addr % win;
-	unsigned long end = min(start + win, m->user_end);
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
-	unsigned long idx = (addr - start) >> PAGE_SHIFT;
 	unsigned long timeout, i;
 	struct vgpu_map_entry *entries;
 	struct hmm_range range = {
@@ -448,6 +448,8 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	unsigned long *pfns;
 	int err;
 
+	if (start >= end || npages > vd->max_map_pages)
+		return -EINVAL;
 	pfns = kcalloc(npages, sizeof(*pfns), GFP_KERNEL);
 	/* Allocate before taking m->mutex: reclaim may call vgpu_invalidate. */
 	req = vgpu_req_alloc(npages * sizeof(*entries), false, GFP_KERNEL);
@@ -467,8 +469,10 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 			err = -EBUSY;
 			goto out_mmput;
 		}
-		memset(pfns, 0, npages * sizeof(*pfns));
-		pfns[idx] = HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0);
+		for (i = 0; i < npages; i++)
+			pfns[i] = flags;
+		if (addr >= start && addr < end)
+			pfns[(addr - start) >> PAGE_SHIFT] |= addr_flags;
 		range.notifier_seq = mmu_interval_read_begin(range.notifier);
 		mmap_read_lock(mm);
 		err = hmm_range_fault(&range);
@@ -505,8 +509,10 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	req->cmd.pasid = cpu_to_le32(m->pasid);
 	req->cmd.start = cpu_to_le64(start);
 	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
-	req->cmd.arg0 = cpu_to_le64(fault_id);
-	req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	if (fault_reply) {
+		req->cmd.arg0 = cpu_to_le64(fault_id);
+		req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	}
 	err = vgpu_cmd_sync(vd, req);
 	if (err == -ETIMEDOUT)
 		req = NULL;	/* abandoned: the queue frees it */
@@ -520,8 +526,43 @@ out_free:
 	return err;
 }
 
+/*
+ * Maps the fault-ahead window around @addr and answers fault @fault_id.
+ * The faulting page must be present (writable for a write); the rest of the
+ * window is a snapshot of what the CPU has mapped now, holes stay unmapped.
+ */
+static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
+			  unsigned long addr, bool write)
+{
+	unsigned long win = max_t(unsigned long,
+				  m->vdev->fault_ahead & PAGE_MASK, PAGE_SIZE);
+	unsigned long start = addr - addr % win;
+	unsigned long end = min(start + win, m->user_end);
+
+	return vgpu_map_window(m, start, end, 0, addr,
+			       HMM_PFN_REQ_FAULT |
+			       (write ? HMM_PFN_REQ_WRITE : 0),
+			       fault_id, true);
+}
+
+/* Tells the device that fault @fault_id cannot be served (@err < 0). */
+void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err)
+{
+	struct vgpu_dev *vd = m->vdev;
+
+	if (err == -ENODEV)
+		return;
+	err = vgpu_cmd_simple(vd, VGPU_CMD_FAULT_FAIL, m->pasid, fault_id,
+			      -err, NULL);
+	if (err && err != -ENODEV)
+		dev_err_ratelimited(&vd->vdev->dev,
+				    "pasid %u: FAULT_FAIL %llu: %d\n",
+				    m->pasid, fault_id, err);
+}
+
 /* Answers one device fault: MAP with the fault id, or FAULT_FAIL. */
-static void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f)
+void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
+			     void *ctx)
 {
 	struct vgpu_dev *vd = m->vdev;
 	u64 fault_id = le64_to_cpu(f->fault_id);
@@ -537,14 +578,7 @@ static void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f)
 		return;
 	dev_dbg(&vd->vdev->dev, "pasid %u: fault %llu at %#llx%s: %d\n",
 		m->pasid, fault_id, addr, write ? " (write)" : "", err);
-	if (err == -ENODEV)
-		return;
-	err = vgpu_cmd_simple(vd, VGPU_CMD_FAULT_FAIL, m->pasid, fault_id,
-			      -err, NULL);
-	if (err && err != -ENODEV)
-		dev_err_ratelimited(&vd->vdev->dev,
-				    "pasid %u: FAULT_FAIL %llu: %d\n",
-				    m->pasid, fault_id, err);
+	vgpu_fault_fail(m, fault_id, err);
 }
 
 static bool vgpu_job_ready(struct vgpu_req *req, struct vgpu_job_wait *job)
@@ -579,43 +613,38 @@ static int vgpu_job_check(const struct vgpu_mirror *m,
 }
 
 /*
- * Runs one job: submits JOB, then serves its faults here, in the caller's
- * context, until the device completes it. The device's status goes to
- * @uj->status (0 is returned for every status the device gave); an errno is
- * returned when the driver could not get an answer.
+ * Runs one job: submits JOB (with @run->dma as its payload, if any), then
+ * serves its faults here, in the caller's context, with @run->serve until
+ * the device completes it. The device's answer goes to @run->status,
+ * ->value0 and ->faults (0 is returned for every status the device gave);
+ * an errno is returned when the driver could not get an answer.
  */
-int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
+int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run)
 {
 	struct vgpu_dev *vd = m->vdev;
 	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
+	size_t dma_len = run->dma_pages * sizeof(__le64);
 	struct vgpu_job_wait job;
 	struct vgpu_fault_buf *fb;
 	struct vgpu_req *req;
 	long left;
 	int err;
 
-	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
-	if (!smp_load_acquire(&m->bound))
-		return -EINVAL;
-	if (current->mm != m->mm)
-		return -EPERM;
-	err = vgpu_job_check(m, uj);
-	if (err)
-		return err;
-
-	req = vgpu_req_alloc(0, false, GFP_KERNEL);
+	req = vgpu_req_alloc(dma_len, false, GFP_KERNEL);
 	if (!req)
 		return -ENOMEM;
+	if (dma_len)
+		memcpy(req->data, run->dma, dma_len);
 	job.pasid = m->pasid;
 	vgpu_job_register(vd, &job);
 	req->wq = &job.wq;
 	req->cmd.opcode = cpu_to_le32(VGPU_CMD_JOB);
 	req->cmd.pasid = cpu_to_le32(m->pasid);
-	req->cmd.start = cpu_to_le64(uj->start);
-	req->cmd.length = cpu_to_le64(uj->length);
-	req->cmd.arg0 = cpu_to_le64(uj->arg);
+	req->cmd.start = cpu_to_le64(run->start);
+	req->cmd.length = cpu_to_le64(run->length);
+	req->cmd.arg0 = cpu_to_le64(run->arg);
 	req->cmd.arg1 = cpu_to_le64(job.id);
-	req->cmd.flags = cpu_to_le32(uj->op);
+	req->cmd.flags = cpu_to_le32(run->op);
 	err = vgpu_submit(vd, req);
 	if (err)
 		goto out;
@@ -623,7 +652,7 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 	/* The timeout counts from the last sign of progress. */
 	for (;;) {
 		while ((fb = vgpu_job_next_fault(vd, &job))) {
-			vgpu_serve_fault(m, &fb->f);
+			run->serve(m, &fb->f, run->ctx);
 			vgpu_fault_repost(vd, fb);
 		}
 		if (completion_done(&req->done))
@@ -636,6 +665,7 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 		if (!vgpu_abandon(vd, req))
 			continue;	/* completed meanwhile */
 		req = NULL;
+		run->abandoned = true;
 		err = left ? -EINTR : -ETIMEDOUT;
 		if (!left)
 			dev_err_ratelimited(&vd->vdev->dev,
@@ -646,13 +676,42 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 
 	err = vgpu_req_result(req);
 	if (!err || req->used_len >= sizeof(req->resp)) {
-		uj->status = le32_to_cpu(req->resp.status);
-		uj->result = le64_to_cpu(req->resp.value0);
-		uj->faults = le64_to_cpu(req->resp.value1);
+		run->status = le32_to_cpu(req->resp.status);
+		run->value0 = le64_to_cpu(req->resp.value0);
+		run->faults = le64_to_cpu(req->resp.value1);
 		err = 0;
 	}
 out:
 	vgpu_job_unregister(vd, &job);
 	vgpu_req_free(req);
 	return err;
+}
+
+/* VGPU_IOC_JOB: a job on the caller's own address space. */
+int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
+{
+	struct vgpu_job_run run = {
+		.op = uj->op,
+		.start = uj->start,
+		.length = uj->length,
+		.arg = uj->arg,
+		.serve = vgpu_serve_fault,
+	};
+	int err;
+
+	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
+	if (!smp_load_acquire(&m->bound))
+		return -EINVAL;
+	if (current->mm != m->mm)
+		return -EPERM;
+	err = vgpu_job_check(m, uj);
+	if (err)
+		return err;
+	err = vgpu_run_job(m, &run);
+	if (err)
+		return err;
+	uj->status = run.status;
+	uj->result = run.value0;
+	uj->faults = run.faults;
+	return 0;
 }

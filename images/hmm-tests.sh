@@ -1,0 +1,39 @@
+#!/bin/sh
+# /bin/vgpu-hmm-tests in the guest image (busybox sh): runs the kernel's own HMM
+# selftest, /bin/hmm-tests (tools/testing/selftests/vm/hmm-tests.c of 6.1, built
+# by the image builder), against the dmirror devices of vgpu_mirror
+# (/dev/hmm_dmirror0 and 1). Its raw kselftest output goes to the console
+# between two markers that the host reads:
+#   VGPU-KSELFTEST-BEGIN hmm
+#   VGPU-KSELFTEST-END hmm <exit code of hmm-tests>
+# Exits 0 when hmm-tests ran (the host judges the TAP lines), else non-zero.
+
+# anon_write_hugetlbfs and compound each map one 2 MiB hugetlb page; the
+# harness runs one test at a time. Four pages (8 MiB) leave room for a page a
+# failed test has not given back yet.
+HUGEPAGES=4
+
+if [ ! -x /bin/hmm-tests ]; then
+	echo "VGPU-ERROR hmm-tests: /bin/hmm-tests missing"
+	exit 1
+fi
+if ! echo "$HUGEPAGES" >/proc/sys/vm/nr_hugepages; then
+	echo "vgpu-hmm-tests: cannot set vm.nr_hugepages"
+fi
+echo "vgpu-hmm-tests: vm.nr_hugepages=$(cat /proc/sys/vm/nr_hugepages) (asked $HUGEPAGES)," \
+	"THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+for n in 0 1; do
+	[ -c "/dev/hmm_dmirror$n" ] || echo "vgpu-hmm-tests: /dev/hmm_dmirror$n missing"
+done
+
+# file_read and file_write create O_TMPFILE files in /tmp (a tmpfs).
+cd /tmp || exit 1
+echo "VGPU-KSELFTEST-BEGIN hmm"
+/bin/hmm-tests
+code=$?
+echo "VGPU-KSELFTEST-END hmm $code"
+# 126/127: the shell could not execute it.
+if [ "$code" -eq 126 ] || [ "$code" -eq 127 ]; then
+	exit "$code"
+fi
+exit 0
