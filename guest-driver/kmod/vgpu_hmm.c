@@ -319,12 +319,29 @@ static const struct mmu_interval_notifier_ops vgpu_notifier_ops = {
 	.invalidate = vgpu_invalidate,
 };
 
+/*
+ * Gives @pasid back after the BIND or UNBIND that ended its use returned
+ * @err. A command that timed out may still be carried out by the device, and
+ * a BIND of a PASID it still holds fails (BAD_PASID), so such a PASID is
+ * never reused.
+ */
+static void vgpu_pasid_put(struct vgpu_dev *vd, u32 pasid, int err)
+{
+	if (err == -ETIMEDOUT) {
+		dev_warn(&vd->vdev->dev,
+			 "pasid %u retired: the device did not answer in time\n",
+			 pasid);
+		return;
+	}
+	ida_free(&vd->pasids, pasid);
+}
+
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 {
 	struct vgpu_dev *vd = m->vdev;
 	struct mm_struct *mm = current->mm;
 	int policy = bind->policy;
-	int pasid, err;
+	int pasid, err, err2;
 
 	if (policy == VGPU_POLICY_DEFAULT)
 		policy = READ_ONCE(vgpu_default_policy);
@@ -373,9 +390,12 @@ int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 	return 0;
 
 out_unbind:
-	vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, pasid, 0, 0, NULL);
+	err2 = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, pasid, 0, 0, NULL);
+	vgpu_pasid_put(vd, pasid, err2);
+	goto out_clear_mm;
 out_free_pasid:
-	ida_free(&vd->pasids, pasid);
+	vgpu_pasid_put(vd, pasid, err);
+out_clear_mm:
 	m->mm = NULL;
 out_free_req:
 	vgpu_req_free(m->inv_req);
@@ -400,6 +420,7 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 	mmu_interval_notifier_remove(&m->notifier);
 	/* No callback can queue more: send what late-invalidate held back. */
 	flush_delayed_work(&m->late_work);
+	err = 0;
 	if (!READ_ONCE(vd->removed)) {
 		err = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, m->pasid, 0, 0,
 				      NULL);
@@ -407,7 +428,7 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 			dev_warn(&vd->vdev->dev, "UNBIND pasid %u: %d\n",
 				 m->pasid, err);
 	}
-	ida_free(&vd->pasids, m->pasid);
+	vgpu_pasid_put(vd, m->pasid, err);
 	vgpu_req_free(m->inv_req);
 	m->inv_req = NULL;
 	m->mm = NULL;
@@ -417,6 +438,48 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 
 /* ------------------------------------------------------------------------ */
 /* Device faults */
+
+/* Pages per hmm_range_fault() deadline when faulting a window in. */
+#define VGPU_PREFAULT_PAGES	64
+
+/*
+ * Faults [start, end) in with @flags, VGPU_PREFAULT_PAGES at a time, each
+ * step with a deadline of its own (as test_hmm.c's dmirror_fault() does):
+ * faults that cause invalidations of their own (COW after fork, THP splits)
+ * restart hmm_range_fault() after every batch, and over a whole window of
+ * such progress one deadline can run out. Called with an mm reference.
+ */
+static int vgpu_prefault(struct vgpu_mirror *m, unsigned long start,
+			 unsigned long end, unsigned long flags)
+{
+	unsigned long pfns[VGPU_PREFAULT_PAGES];
+	struct hmm_range range = {
+		.notifier = &m->notifier,
+		.hmm_pfns = pfns,
+		.default_flags = flags,
+		.pfn_flags_mask = 0,
+		.dev_private_owner = m->vdev,
+	};
+	unsigned long addr, timeout;
+	int err = 0;
+
+	for (addr = start; addr < end; addr = range.end) {
+		range.start = addr;
+		range.end = min(addr + (VGPU_PREFAULT_PAGES << PAGE_SHIFT), end);
+		timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+		do {
+			if (time_after(jiffies, timeout))
+				return -EBUSY;
+			range.notifier_seq = mmu_interval_read_begin(&m->notifier);
+			mmap_read_lock(m->mm);
+			err = hmm_range_fault(&range);
+			mmap_read_unlock(m->mm);
+		} while (err == -EBUSY);
+		if (err)
+			return err;
+	}
+	return 0;
+}
 
 /*
  * Snapshots [start, end) with hmm_range_fault() and sends it as one MAP
@@ -462,6 +525,12 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 	if (!mmget_not_zero(mm)) {
 		err = -ESRCH;
 		goto out_free;
+	}
+	/* Faulting every page: fault them in first, in steps. */
+	if (flags & HMM_PFN_REQ_FAULT) {
+		err = vgpu_prefault(m, start, end, flags);
+		if (err)
+			goto out_mmput;
 	}
 	timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	for (;;) {
