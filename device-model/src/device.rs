@@ -24,7 +24,7 @@ use crate::atc::Atc;
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
-use crate::engine::{Job, JobOp, Step};
+use crate::engine::{Job, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, Invalidation, RemovalLog};
 use crate::mmu::{Mmu, MmuError};
@@ -387,7 +387,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             opcode::UNBIND => self.unbind(mem, pasid),
             opcode::MAP => self.map(mem, &cmd, payload),
             opcode::INVALIDATE => return self.start_invalidation(&cmd, reply),
-            opcode::JOB => return self.submit(mem, &cmd, reply),
+            opcode::JOB => return self.submit(mem, &cmd, payload, reply),
             opcode::FAULT_FAIL => self.fault_fail(pasid, FaultId(cmd.arg0), cmd.arg1),
             opcode::COUNTERS => return self.read_counters(&cmd, req, reply),
             opcode::AUDIT => self.audit(mem, pasid),
@@ -618,11 +618,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         Ok(true)
     }
 
-    fn submit(&mut self, mem: &M, cmd: &wire::Cmd, reply: Reply) {
+    fn submit(&mut self, mem: &M, cmd: &wire::Cmd, payload: &[u8], reply: Reply) {
         if !self.mmu.is_bound(Pasid(cmd.pasid)) {
             return self.respond(reply, resp(status::BAD_PASID, 0, 0));
         }
-        let job = match Job::from_cmd(cmd, self.config.max_job_bytes) {
+        let max_dma_pages = u64::from(self.config.max_map_pages);
+        let job = match Job::from_cmd(cmd, payload, self.config.max_job_bytes, max_dma_pages) {
             Ok(job) => job,
             Err(st) => return self.respond(reply, resp(st, 0, 0)),
         };
@@ -658,10 +659,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 // would fault on, each its own record; bounded by the configured batch.
                 let ahead = self.config.fault_batch.saturating_sub(1) as usize;
                 let more = job.missing_ahead(&mut self.mmu, address, ahead);
-                let batch = std::iter::once((address, write)).chain(
-                    more.into_iter()
-                        .map(|a| (a, !matches!(job.op, JobOp::Checksum))),
-                );
+                let batch = std::iter::once((address, write))
+                    .chain(more.into_iter().map(|a| (a, job.op.writes_range())));
                 let mut pending = BTreeSet::new();
                 for (address, write) in batch {
                     job.faults += 1;

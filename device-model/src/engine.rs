@@ -1,8 +1,12 @@
 //! The engines: jobs that move data through guest memory at device virtual addresses,
 //! page by page through the device's translation. A job that misses a translation returns
 //! [`Step::Fault`] with its progress kept; running it again resumes where it stopped.
+//!
+//! The DMA copies move data between a translated range and driver buffers named by their
+//! guest-physical pages (the JOB payload): only the translated side goes through the ATC,
+//! the page table and the oracle, as a real device's DMA to its driver's buffers would.
 
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
@@ -37,6 +41,17 @@ pub enum JobOp {
         /// First source address.
         source: Iova,
     },
+    /// Copy the range into the job's DMA pages.
+    CopyToDma,
+    /// Copy the job's DMA pages into the range.
+    CopyFromDma,
+}
+
+impl JobOp {
+    /// Whether the job writes its range (else it only reads it).
+    pub fn writes_range(self) -> bool {
+        !matches!(self, JobOp::Checksum | JobOp::CopyToDma)
+    }
 }
 
 /// One job and its progress.
@@ -56,6 +71,8 @@ pub struct Job {
     hash: u64,
     /// Device faults taken so far.
     pub faults: u64,
+    /// The driver's buffer of a DMA copy: one guest-physical page per page of the range.
+    dma: Vec<GuestAddress>,
 }
 
 /// Where a job stands after running.
@@ -75,12 +92,19 @@ pub enum Step {
 }
 
 impl Job {
-    /// Builds a job from a JOB command; the error is the response status.
-    pub fn from_cmd(cmd: &wire::Cmd, max_bytes: u64) -> Result<Job, u32> {
+    /// Builds a job from a JOB command and its payload (the DMA pages of a DMA copy, at
+    /// most `max_dma_pages`); the error is the response status.
+    pub fn from_cmd(
+        cmd: &wire::Cmd,
+        payload: &[u8],
+        max_bytes: u64,
+        max_dma_pages: u64,
+    ) -> Result<Job, u32> {
         let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| status::BAD_RANGE)?;
         if range.len() > max_bytes {
             return Err(status::BAD_RANGE);
         }
+        let mut dma = Vec::new();
         let op = match cmd.flags {
             job_op::FILL => JobOp::Fill { pattern: cmd.arg0 },
             job_op::CHECKSUM => JobOp::Checksum,
@@ -89,6 +113,14 @@ impl Job {
                 IovaRange::new(cmd.arg0, cmd.length).map_err(|_| status::BAD_RANGE)?;
                 JobOp::Copy {
                     source: Iova(cmd.arg0),
+                }
+            }
+            job_op::COPY_TO_DMA | job_op::COPY_FROM_DMA => {
+                dma = dma_pages(payload, range.len() / PAGE_SIZE, max_dma_pages)?;
+                if cmd.flags == job_op::COPY_TO_DMA {
+                    JobOp::CopyToDma
+                } else {
+                    JobOp::CopyFromDma
                 }
             }
             _ => return Err(status::BAD_JOB),
@@ -101,6 +133,7 @@ impl Job {
             done: 0,
             hash: FNV_OFFSET_BASIS,
             faults: 0,
+            dma,
         })
     }
 
@@ -140,7 +173,7 @@ impl Job {
                 }
                 _ => None,
             };
-            let write = !matches!(self.op, JobOp::Checksum);
+            let write = self.op.writes_range();
             let gpa = match self.translate(mmu, mem, dst, write, counters, oracle.as_deref_mut()) {
                 Ok(gpa) => gpa,
                 Err(step) => return step,
@@ -166,6 +199,21 @@ impl Job {
                         counters.bytes_read += chunk;
                         counters.bytes_written += chunk;
                     }),
+                // The range is page aligned, so a chunk is one whole DMA page.
+                JobOp::CopyToDma => mem
+                    .read_slice(data, gpa)
+                    .and_then(|_| mem.write_slice(data, self.dma_page()))
+                    .map(|_| {
+                        counters.bytes_read += chunk;
+                        counters.bytes_written += chunk;
+                    }),
+                JobOp::CopyFromDma => mem
+                    .read_slice(data, self.dma_page())
+                    .and_then(|_| mem.write_slice(data, gpa))
+                    .map(|_| {
+                        counters.bytes_read += chunk;
+                        counters.bytes_written += chunk;
+                    }),
             };
             if let Err(e) = moved {
                 // The driver mapped a frame that is not guest RAM.
@@ -186,7 +234,7 @@ impl Job {
     /// looked at; a COPY's source faults one page at a time. The page table is read
     /// directly: a lookahead is not an access, so no ATC or walk counter moves.
     pub fn missing_ahead(&self, mmu: &mut Mmu, after: Iova, limit: usize) -> Vec<Iova> {
-        let write = !matches!(self.op, JobOp::Checksum);
+        let write = self.op.writes_range();
         let Ok(space) = mmu.space(self.pasid) else {
             return Vec::new();
         };
@@ -206,6 +254,16 @@ impl Job {
             }
         }
         missing
+    }
+
+    /// The DMA page of the chunk at `done` (`from_cmd` checked there is one per page).
+    fn dma_page(&self) -> GuestAddress {
+        let index = usize::try_from(self.done / PAGE_SIZE).unwrap_or(usize::MAX);
+        // A missing page cannot happen; an address beyond guest RAM fails the access.
+        self.dma
+            .get(index)
+            .copied()
+            .unwrap_or(GuestAddress(u64::MAX))
     }
 
     fn translate<M: GuestMemory>(
@@ -237,6 +295,28 @@ impl Job {
         }
         Ok(gpa)
     }
+}
+
+/// The `pages` guest-physical page addresses of a DMA copy's payload: at most `max_pages`
+/// (else `BAD_RANGE`), each page aligned (else `BAD_JOB`).
+fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddress>, u32> {
+    const ENTRY: usize = std::mem::size_of::<u64>();
+    let n = usize::try_from(pages).map_err(|_| status::BAD_RANGE)?;
+    if pages > max_pages || payload.len() / ENTRY < n {
+        return Err(status::BAD_RANGE);
+    }
+    payload
+        .chunks_exact(ENTRY)
+        .take(n)
+        .map(|e| {
+            let gpa = u64::from_le_bytes(e.try_into().unwrap_or_default());
+            if gpa % PAGE_SIZE == 0 {
+                Ok(GuestAddress(gpa))
+            } else {
+                Err(status::BAD_JOB)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -289,6 +369,16 @@ mod tests {
         }
     }
 
+    /// A job without payload, at most 512 DMA pages.
+    fn job_of(c: &wire::Cmd, max_bytes: u64) -> Result<Job, u32> {
+        Job::from_cmd(c, &[], max_bytes, 512)
+    }
+
+    /// The payload of a DMA copy.
+    fn payload(pages: &[u64]) -> Vec<u8> {
+        pages.iter().flat_map(|p| p.to_le_bytes()).collect()
+    }
+
     #[test]
     fn fnv_matches_reference_vectors() {
         assert_eq!(fnv1a64(FNV_OFFSET_BASIS, b""), 0xcbf29ce484222325);
@@ -299,27 +389,24 @@ mod tests {
     #[test]
     fn commands_are_validated() {
         let max = 1 << 20;
+        assert_eq!(job_of(&cmd(9, 0, 0x1000, 0), max), Err(status::BAD_JOB));
         assert_eq!(
-            Job::from_cmd(&cmd(9, 0, 0x1000, 0), max),
-            Err(status::BAD_JOB)
-        );
-        assert_eq!(
-            Job::from_cmd(&cmd(job_op::FILL, 0x10, 0x1000, 0), max),
+            job_of(&cmd(job_op::FILL, 0x10, 0x1000, 0), max),
             Err(status::BAD_RANGE)
         );
         assert_eq!(
-            Job::from_cmd(&cmd(job_op::FILL, 0, 0, 0), max),
+            job_of(&cmd(job_op::FILL, 0, 0, 0), max),
             Err(status::BAD_RANGE)
         );
         assert_eq!(
-            Job::from_cmd(&cmd(job_op::FILL, 0, 2 << 20, 0), max),
+            job_of(&cmd(job_op::FILL, 0, 2 << 20, 0), max),
             Err(status::BAD_RANGE)
         );
         assert_eq!(
-            Job::from_cmd(&cmd(job_op::COPY, 0, 0x1000, (1 << 47) - 0x800), max),
+            job_of(&cmd(job_op::COPY, 0, 0x1000, (1 << 47) - 0x800), max),
             Err(status::BAD_RANGE)
         );
-        let j = Job::from_cmd(&cmd(job_op::COPY, 0x1000, 0x1000, 0x123), max).unwrap();
+        let j = job_of(&cmd(job_op::COPY, 0x1000, 0x1000, 0x123), max).unwrap();
         assert_eq!(
             j.op,
             JobOp::Copy {
@@ -335,8 +422,7 @@ mod tests {
         // Two virtual pages on two non-adjacent frames.
         r.map(0x10_0000, 0x5000, true);
         r.map(0x10_1000, 0x2000, true);
-        let mut fill =
-            Job::from_cmd(&cmd(job_op::FILL, 0x10_0000, 0x2000, 0xabcd), 1 << 20).unwrap();
+        let mut fill = job_of(&cmd(job_op::FILL, 0x10_0000, 0x2000, 0xabcd), 1 << 20).unwrap();
         assert_eq!(fill.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
         assert_eq!(r.mem.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xabcd);
         assert_eq!(
@@ -354,7 +440,7 @@ mod tests {
         r.mem
             .read_slice(&mut expect[0x1000..], GuestAddress(0x2000))
             .unwrap();
-        let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0x10_0000, 0x2000, 0), 1 << 20).unwrap();
+        let mut sum = job_of(&cmd(job_op::CHECKSUM, 0x10_0000, 0x2000, 0), 1 << 20).unwrap();
         assert_eq!(
             sum.run(&mut r.mmu, &r.mem, &mut r.c),
             Step::Done(fnv1a64(FNV_OFFSET_BASIS, &expect))
@@ -372,17 +458,93 @@ mod tests {
         r.map(0x1000, 0x8000, false);
         r.map(0x2000, 0x9000, false);
         r.map(0x4000, 0xc000, true);
-        let mut copy = Job::from_cmd(&cmd(job_op::COPY, 0x4000, 0x1000, 0x1800), 1 << 20).unwrap();
+        let mut copy = job_of(&cmd(job_op::COPY, 0x4000, 0x1000, 0x1800), 1 << 20).unwrap();
         assert_eq!(copy.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
         assert_eq!(r.mem.read_obj::<u16>(GuestAddress(0xc000)).unwrap(), 0x1122);
         assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0xcfff)).unwrap(), 7);
     }
 
     #[test]
+    fn dma_payload_is_validated() {
+        let to_dma = cmd(job_op::COPY_TO_DMA, 0x1000, 0x2000, 0);
+        let two = payload(&[0x5000, 0x9000]);
+        let j = Job::from_cmd(&to_dma, &two, 1 << 20, 512).unwrap();
+        assert_eq!(j.op, JobOp::CopyToDma);
+        assert!(!j.op.writes_range());
+        assert!(JobOp::CopyFromDma.writes_range());
+        // One page short, more pages than the device takes, an unaligned page.
+        assert_eq!(
+            Job::from_cmd(&to_dma, &two[..8], 1 << 20, 512),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&to_dma, &two, 1 << 20, 1),
+            Err(status::BAD_RANGE)
+        );
+        assert_eq!(
+            Job::from_cmd(&to_dma, &payload(&[0x5000, 0x9008]), 1 << 20, 512),
+            Err(status::BAD_JOB)
+        );
+        // Extra payload bytes are ignored.
+        let from_dma = cmd(job_op::COPY_FROM_DMA, 0x1000, 0x1000, 0);
+        assert_eq!(
+            Job::from_cmd(&from_dma, &two, 1 << 20, 512).map(|j| j.op),
+            Ok(JobOp::CopyFromDma)
+        );
+    }
+
+    #[test]
+    fn dma_copies_move_data_between_the_range_and_the_pages() {
+        let mut r = rig();
+        // The range: two virtual pages, the first read-only.
+        r.map(0x10_0000, 0x5000, false);
+        r.map(0x10_1000, 0x2000, true);
+        r.mem
+            .write_slice(&[0x11; 0x1000], GuestAddress(0x5000))
+            .unwrap();
+        r.mem
+            .write_slice(&[0x22; 0x1000], GuestAddress(0x2000))
+            .unwrap();
+        // Reading the range needs no write permission; the DMA pages are out of order.
+        let dma = payload(&[0x9000, 0x8000]);
+        let c = cmd(job_op::COPY_TO_DMA, 0x10_0000, 0x2000, 0);
+        let mut to = Job::from_cmd(&c, &dma, 1 << 20, 512).unwrap();
+        assert_eq!(to.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x9fff)).unwrap(), 0x11);
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), 0x22);
+        // Writing it faults on the read-only page, and nothing moved before it.
+        r.mem
+            .write_slice(&[0x33; 0x2000], GuestAddress(0xa000))
+            .unwrap();
+        let c = cmd(job_op::COPY_FROM_DMA, 0x10_0000, 0x2000, 0);
+        let mut from = Job::from_cmd(&c, &payload(&[0xa000, 0xb000]), 1 << 20, 512).unwrap();
+        assert_eq!(
+            from.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Fault {
+                address: Iova(0x10_0000),
+                write: true
+            }
+        );
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x5000)).unwrap(), 0x11);
+        r.map(0x10_0000, 0x5000, true);
+        assert_eq!(from.run(&mut r.mmu, &r.mem, &mut r.c), Step::Done(0));
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x5000)).unwrap(), 0x33);
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x2fff)).unwrap(), 0x33);
+        assert_eq!((r.c.bytes_read, r.c.bytes_written), (0x4000, 0x4000));
+        // A DMA page outside guest RAM fails the job.
+        let c = cmd(job_op::COPY_TO_DMA, 0x10_0000, 0x1000, 0);
+        let mut bad = Job::from_cmd(&c, &payload(&[RAM]), 1 << 20, 512).unwrap();
+        assert_eq!(
+            bad.run(&mut r.mmu, &r.mem, &mut r.c),
+            Step::Failed(status::FAULT)
+        );
+    }
+
+    #[test]
     fn fault_then_resume_keeps_progress() {
         let mut r = rig();
         r.map(0, 0x1000, true);
-        let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x3000, 1), 1 << 20).unwrap();
+        let mut fill = job_of(&cmd(job_op::FILL, 0, 0x3000, 1), 1 << 20).unwrap();
         assert_eq!(
             fill.run(&mut r.mmu, &r.mem, &mut r.c),
             Step::Fault {
@@ -415,14 +577,14 @@ mod tests {
         let mut r = rig();
         r.map(0x1000, 0x1000, true);
         r.map(0x3000, 0x3000, false);
-        let fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x5000, 1), 1 << 20).unwrap();
+        let fill = job_of(&cmd(job_op::FILL, 0, 0x5000, 1), 1 << 20).unwrap();
         // Page 1 is writable; page 3 is read-only, so a FILL needs it too.
         assert_eq!(
             fill.missing_ahead(&mut r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x3000), Iova(0x4000)]
         );
         assert_eq!(fill.missing_ahead(&mut r.mmu, Iova(0), 1), [Iova(0x2000)]);
-        let sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0, 0x5000, 0), 1 << 20).unwrap();
+        let sum = job_of(&cmd(job_op::CHECKSUM, 0, 0x5000, 0), 1 << 20).unwrap();
         assert_eq!(
             sum.missing_ahead(&mut r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x4000)]
@@ -435,13 +597,13 @@ mod tests {
     fn bad_frame_or_lost_pasid_fails() {
         let mut r = rig();
         r.map(0, RAM + 0x1000, true);
-        let mut fill = Job::from_cmd(&cmd(job_op::FILL, 0, 0x1000, 1), 1 << 20).unwrap();
+        let mut fill = job_of(&cmd(job_op::FILL, 0, 0x1000, 1), 1 << 20).unwrap();
         assert_eq!(
             fill.run(&mut r.mmu, &r.mem, &mut r.c),
             Step::Failed(status::FAULT)
         );
         r.mmu.unbind(Pasid(1)).unwrap();
-        let mut sum = Job::from_cmd(&cmd(job_op::CHECKSUM, 0, 0x1000, 0), 1 << 20).unwrap();
+        let mut sum = job_of(&cmd(job_op::CHECKSUM, 0, 0x1000, 0), 1 << 20).unwrap();
         assert_eq!(
             sum.run(&mut r.mmu, &r.mem, &mut r.c),
             Step::Failed(status::FAULT)

@@ -113,6 +113,10 @@ pub mod job_op {
     pub const CHECKSUM: u32 = 2;
     /// Copy from `arg0` to `start`.
     pub const COPY: u32 = 3;
+    /// Copy the range into the driver's pages listed in the payload.
+    pub const COPY_TO_DMA: u32 = 4;
+    /// Copy the driver's pages listed in the payload into the range.
+    pub const COPY_FROM_DMA: u32 = 5;
 }
 
 /// `vgpu_map_entry`: the page is mapped.

@@ -132,6 +132,11 @@ fn c_constants() -> Vec<(&'static str, u64)> {
         ("VGPU_INV_F_DOWNGRADE", u64::from(wire::INV_F_DOWNGRADE)),
         ("VGPU_MAP_F_FAULT_REPLY", u64::from(wire::MAP_F_FAULT_REPLY)),
         ("VGPU_JOB_COPY", u64::from(wire::job_op::COPY)),
+        ("VGPU_JOB_COPY_TO_DMA", u64::from(wire::job_op::COPY_TO_DMA)),
+        (
+            "VGPU_JOB_COPY_FROM_DMA",
+            u64::from(wire::job_op::COPY_FROM_DMA),
+        ),
         ("VGPU_MAP_WRITE", wire::MAP_WRITE),
         ("VGPU_MAP_GPA_MASK", wire::MAP_GPA_MASK),
         ("VGPU_FAULT_F_WRITE", u64::from(wire::FAULT_F_WRITE)),

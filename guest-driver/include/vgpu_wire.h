@@ -68,6 +68,8 @@ enum vgpu_job_op {
 	VGPU_JOB_FILL = 1,
 	VGPU_JOB_CHECKSUM = 2,
 	VGPU_JOB_COPY = 3,
+	VGPU_JOB_COPY_TO_DMA = 4,
+	VGPU_JOB_COPY_FROM_DMA = 5,
 };
 
 #define VGPU_MAP_VALID			(1ULL << 0)

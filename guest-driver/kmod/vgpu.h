@@ -7,6 +7,8 @@
  *              queue (posted buffers, dispatched to the job they belong to)
  * vgpu_hmm.c   binding an mm: the interval notifier, invalidation policies
  *              and the HMM fault loop that answers device faults
+ * vgpu_dmirror.c /dev/hmm_dmirror0 and 1: the ioctls of the kernel's HMM
+ *              test driver (lib/test_hmm_uapi.h) on the same mirrors
  *
  * The wire structs come from vgpu_wire.h, the ioctl structs from vgpu_uapi.h
  * (guest-driver/include); device-model/SPEC.md describes both.
@@ -112,6 +114,16 @@ struct vgpu_fault_buf {
 	struct list_head node;
 };
 
+/* dmirror-compatible device nodes (vgpu_dmirror.c), on the first device. */
+#define VGPU_DMIRROR_UNITS	2
+
+struct vgpu_dmirror_node {
+	struct miscdevice misc;
+	struct vgpu_dev *vd;
+	char name[16];
+	bool registered;
+};
+
 struct vgpu_dev {
 	struct kref ref;
 	struct virtio_device *vdev;
@@ -142,6 +154,8 @@ struct vgpu_dev {
 	atomic64_t next_job_id;
 
 	struct ida pasids;
+
+	struct vgpu_dmirror_node dmirror[VGPU_DMIRROR_UNITS];
 };
 
 /* One open file of /dev/vgpuN, and the address space it binds. */
@@ -182,6 +196,12 @@ struct vgpu_job_wait {
 
 /* vgpu_main.c */
 void vgpu_dev_put(struct vgpu_dev *vd);
+struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd);
+void vgpu_mirror_free(struct vgpu_mirror *m);
+
+/* vgpu_dmirror.c */
+void vgpu_dmirror_register(struct vgpu_dev *vd);
+void vgpu_dmirror_unregister(struct vgpu_dev *vd);
 
 /* vgpu_queue.c */
 int vgpu_status_errno(u32 status);
@@ -206,10 +226,41 @@ void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
 struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
 					   struct vgpu_job_wait *job);
 
+/* One job to run on a mirror, and the device's answer. */
+struct vgpu_job_run {
+	u32 op;				/* enum vgpu_job_op */
+	u64 start;
+	u64 length;
+	u64 arg;
+	/* COPY_TO_DMA / COPY_FROM_DMA: the driver pages, one per page. */
+	const __le64 *dma;
+	unsigned int dma_pages;
+	/* Answers one fault of the job (MAP or FAULT_FAIL). */
+	void (*serve)(struct vgpu_mirror *m, const struct vgpu_fault *f,
+		      void *ctx);
+	void *ctx;
+	/* Out: the response. */
+	u32 status;
+	u64 value0;
+	u64 faults;
+	/*
+	 * Out: the driver gave up waiting; the device may still use the DMA
+	 * pages, so their owner must not free them.
+	 */
+	bool abandoned;
+};
+
 /* vgpu_hmm.c */
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
 void vgpu_mirror_unbind(struct vgpu_mirror *m);
 int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
+int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run);
+int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
+		    unsigned long end, unsigned long flags, unsigned long addr,
+		    unsigned long addr_flags, u64 fault_id, bool fault_reply);
+void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err);
+void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
+		      void *ctx);
 const char *vgpu_policy_name(int policy);
 void vgpu_late_work(struct work_struct *work);
 

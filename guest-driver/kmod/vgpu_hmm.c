@@ -329,12 +329,29 @@ static const struct mmu_interval_notifier_ops vgpu_notifier_ops = {
 	.invalidate = vgpu_invalidate,
 };
 
+/*
+ * Gives @pasid back after the BIND or UNBIND that ended its use returned
+ * @err. A command that timed out may still be carried out by the device, and
+ * a BIND of a PASID it still holds fails (BAD_PASID), so such a PASID is
+ * never reused.
+ */
+static void vgpu_pasid_put(struct vgpu_dev *vd, u32 pasid, int err)
+{
+	if (err == -ETIMEDOUT) {
+		dev_warn(&vd->vdev->dev,
+			 "pasid %u retired: the device did not answer in time\n",
+			 pasid);
+		return;
+	}
+	ida_free(&vd->pasids, pasid);
+}
+
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 {
 	struct vgpu_dev *vd = m->vdev;
 	struct mm_struct *mm = current->mm;
 	int policy = bind->policy;
-	int pasid, err;
+	int pasid, err, err2;
 
 	if (policy == VGPU_POLICY_DEFAULT)
 		policy = READ_ONCE(vgpu_default_policy);
@@ -383,9 +400,12 @@ int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 	return 0;
 
 out_unbind:
-	vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, pasid, 0, 0, NULL);
+	err2 = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, pasid, 0, 0, NULL);
+	vgpu_pasid_put(vd, pasid, err2);
+	goto out_clear_mm;
 out_free_pasid:
-	ida_free(&vd->pasids, pasid);
+	vgpu_pasid_put(vd, pasid, err);
+out_clear_mm:
 	m->mm = NULL;
 out_free_req:
 	vgpu_req_free(m->inv_req);
@@ -410,6 +430,7 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 	mmu_interval_notifier_remove(&m->notifier);
 	/* No callback can queue more: send what late-invalidate held back. */
 	flush_delayed_work(&m->late_work);
+	err = 0;
 	if (!READ_ONCE(vd->removed)) {
 		err = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, m->pasid, 0, 0,
 				      NULL);
@@ -417,7 +438,7 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 			dev_warn(&vd->vdev->dev, "UNBIND pasid %u: %d\n",
 				 m->pasid, err);
 	}
-	ida_free(&vd->pasids, m->pasid);
+	vgpu_pasid_put(vd, m->pasid, err);
 	vgpu_req_free(m->inv_req);
 	m->inv_req = NULL;
 	m->mm = NULL;
@@ -428,22 +449,64 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 /* ------------------------------------------------------------------------ */
 /* Device faults */
 
+/* Pages per hmm_range_fault() deadline when faulting a window in. */
+#define VGPU_PREFAULT_PAGES	64
+
 /*
- * Maps the fault-ahead window around @addr and answers fault @fault_id.
- * The faulting page must be present (writable for a write); the rest of the
- * window is a snapshot of what the CPU has mapped now, holes stay unmapped.
+ * Faults [start, end) in with @flags, VGPU_PREFAULT_PAGES at a time, each
+ * step with a deadline of its own (as test_hmm.c's dmirror_fault() does):
+ * faults that cause invalidations of their own (COW after fork, THP splits)
+ * restart hmm_range_fault() after every batch, and over a whole window of
+ * such progress one deadline can run out. Called with an mm reference.
  */
-static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
-			  unsigned long addr, bool write)
+static int vgpu_prefault(struct vgpu_mirror *m, unsigned long start,
+			 unsigned long end, unsigned long flags)
+{
+	unsigned long pfns[VGPU_PREFAULT_PAGES];
+	struct hmm_range range = {
+		.notifier = &m->notifier,
+		.hmm_pfns = pfns,
+		.default_flags = flags,
+		.pfn_flags_mask = 0,
+		.dev_private_owner = m->vdev,
+	};
+	unsigned long addr, timeout;
+	int err = 0;
+
+	for (addr = start; addr < end; addr = range.end) {
+		range.start = addr;
+		range.end = min(addr + (VGPU_PREFAULT_PAGES << PAGE_SHIFT), end);
+		timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+		do {
+			if (time_after(jiffies, timeout))
+				return -EBUSY;
+			range.notifier_seq = mmu_interval_read_begin(&m->notifier);
+			mmap_read_lock(m->mm);
+			err = hmm_range_fault(&range);
+			mmap_read_unlock(m->mm);
+		} while (err == -EBUSY);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/*
+ * Snapshots [start, end) with hmm_range_fault() and sends it as one MAP
+ * (at most max_map_pages pages), answering fault @fault_id when
+ * @fault_reply. Every page is requested with @flags (HMM_PFN_REQ_FAULT,
+ * HMM_PFN_REQ_WRITE or 0), the page at @addr (if inside) with @addr_flags
+ * on top; pages that need nothing and are absent stay unmapped (holes).
+ * The MAP goes out under m->mutex after mmu_interval_read_retry(), so an
+ * invalidation either precedes the snapshot or follows the MAP.
+ */
+int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
+		    unsigned long end, unsigned long flags, unsigned long addr,
+		    unsigned long addr_flags, u64 fault_id, bool fault_reply)
 {
 	struct vgpu_dev *vd = m->vdev;
 	struct mm_struct *mm = m->mm;
-	unsigned long win = max_t(unsigned long, vd->fault_ahead & PAGE_MASK,
-				  PAGE_SIZE);
-	unsigned long start = addr - addr % win;
-	unsigned long end = min(start + win, m->user_end);
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
-	unsigned long idx = (addr - start) >> PAGE_SHIFT;
 	unsigned long timeout, i, retries = 0;
 	unsigned int delay;
 	struct vgpu_map_entry *entries;
@@ -459,6 +522,8 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	unsigned long *pfns;
 	int err;
 
+	if (start >= end || npages > vd->max_map_pages)
+		return -EINVAL;
 	pfns = kcalloc(npages, sizeof(*pfns), GFP_KERNEL);
 	/* Allocate before taking m->mutex: reclaim may call vgpu_invalidate. */
 	req = vgpu_req_alloc(npages * sizeof(*entries), false, GFP_KERNEL);
@@ -472,14 +537,29 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 		err = -ESRCH;
 		goto out_free;
 	}
-	timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	/* Faulting every page: fault them in first, in steps. */
+	if (flags & HMM_PFN_REQ_FAULT) {
+		err = vgpu_prefault(m, start, end, flags);
+		if (err)
+			goto out_mmput;
+	}
+	/*
+	 * Snapshots invalidated again and again give up after timeout_ms (at
+	 * least HMM's usual second): a ten-minute stress run on a loaded host
+	 * saw one device write fault run out of the plain second.
+	 */
+	timeout = jiffies +
+		  msecs_to_jiffies(max_t(unsigned int, HMM_RANGE_DEFAULT_TIMEOUT,
+					 READ_ONCE(vgpu_timeout_ms)));
 	for (;; retries++) {
 		if (time_after(jiffies, timeout)) {
 			err = -EBUSY;
 			goto out_mmput;
 		}
-		memset(pfns, 0, npages * sizeof(*pfns));
-		pfns[idx] = HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0);
+		for (i = 0; i < npages; i++)
+			pfns[i] = flags;
+		if (addr >= start && addr < end)
+			pfns[(addr - start) >> PAGE_SHIFT] |= addr_flags;
 		range.notifier_seq = mmu_interval_read_begin(range.notifier);
 		mmap_read_lock(mm);
 		err = hmm_range_fault(&range);
@@ -519,9 +599,11 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 	req->cmd.pasid = cpu_to_le32(m->pasid);
 	req->cmd.start = cpu_to_le64(start);
 	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
-	req->cmd.arg0 = cpu_to_le64(fault_id);
-	req->cmd.arg1 = cpu_to_le64(retries);
-	req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	if (fault_reply) {
+		req->cmd.arg0 = cpu_to_le64(fault_id);
+		req->cmd.arg1 = cpu_to_le64(retries);
+		req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	}
 	err = vgpu_cmd_sync(vd, req);
 	if (err == -ETIMEDOUT)
 		req = NULL;	/* abandoned: the queue frees it */
@@ -535,8 +617,43 @@ out_free:
 	return err;
 }
 
+/*
+ * Maps the fault-ahead window around @addr and answers fault @fault_id.
+ * The faulting page must be present (writable for a write); the rest of the
+ * window is a snapshot of what the CPU has mapped now, holes stay unmapped.
+ */
+static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
+			  unsigned long addr, bool write)
+{
+	unsigned long win = max_t(unsigned long,
+				  m->vdev->fault_ahead & PAGE_MASK, PAGE_SIZE);
+	unsigned long start = addr - addr % win;
+	unsigned long end = min(start + win, m->user_end);
+
+	return vgpu_map_window(m, start, end, 0, addr,
+			       HMM_PFN_REQ_FAULT |
+			       (write ? HMM_PFN_REQ_WRITE : 0),
+			       fault_id, true);
+}
+
+/* Tells the device that fault @fault_id cannot be served (@err < 0). */
+void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err)
+{
+	struct vgpu_dev *vd = m->vdev;
+
+	if (err == -ENODEV)
+		return;
+	err = vgpu_cmd_simple(vd, VGPU_CMD_FAULT_FAIL, m->pasid, fault_id,
+			      -err, NULL);
+	if (err && err != -ENODEV)
+		dev_err_ratelimited(&vd->vdev->dev,
+				    "pasid %u: FAULT_FAIL %llu: %d\n",
+				    m->pasid, fault_id, err);
+}
+
 /* Answers one device fault: MAP with the fault id, or FAULT_FAIL. */
-static void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f)
+void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
+			     void *ctx)
 {
 	struct vgpu_dev *vd = m->vdev;
 	u64 fault_id = le64_to_cpu(f->fault_id);
@@ -552,14 +669,7 @@ static void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f)
 		return;
 	dev_dbg(&vd->vdev->dev, "pasid %u: fault %llu at %#llx%s: %d\n",
 		m->pasid, fault_id, addr, write ? " (write)" : "", err);
-	if (err == -ENODEV)
-		return;
-	err = vgpu_cmd_simple(vd, VGPU_CMD_FAULT_FAIL, m->pasid, fault_id,
-			      -err, NULL);
-	if (err && err != -ENODEV)
-		dev_err_ratelimited(&vd->vdev->dev,
-				    "pasid %u: FAULT_FAIL %llu: %d\n",
-				    m->pasid, fault_id, err);
+	vgpu_fault_fail(m, fault_id, err);
 }
 
 static bool vgpu_job_ready(struct vgpu_req *req, struct vgpu_job_wait *job)
@@ -594,43 +704,38 @@ static int vgpu_job_check(const struct vgpu_mirror *m,
 }
 
 /*
- * Runs one job: submits JOB, then serves its faults here, in the caller's
- * context, until the device completes it. The device's status goes to
- * @uj->status (0 is returned for every status the device gave); an errno is
- * returned when the driver could not get an answer.
+ * Runs one job: submits JOB (with @run->dma as its payload, if any), then
+ * serves its faults here, in the caller's context, with @run->serve until
+ * the device completes it. The device's answer goes to @run->status,
+ * ->value0 and ->faults (0 is returned for every status the device gave);
+ * an errno is returned when the driver could not get an answer.
  */
-int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
+int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run)
 {
 	struct vgpu_dev *vd = m->vdev;
 	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
+	size_t dma_len = run->dma_pages * sizeof(__le64);
 	struct vgpu_job_wait job;
 	struct vgpu_fault_buf *fb;
 	struct vgpu_req *req;
 	long left;
 	int err;
 
-	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
-	if (!smp_load_acquire(&m->bound))
-		return -EINVAL;
-	if (current->mm != m->mm)
-		return -EPERM;
-	err = vgpu_job_check(m, uj);
-	if (err)
-		return err;
-
-	req = vgpu_req_alloc(0, false, GFP_KERNEL);
+	req = vgpu_req_alloc(dma_len, false, GFP_KERNEL);
 	if (!req)
 		return -ENOMEM;
+	if (dma_len)
+		memcpy(req->data, run->dma, dma_len);
 	job.pasid = m->pasid;
 	vgpu_job_register(vd, &job);
 	req->wq = &job.wq;
 	req->cmd.opcode = cpu_to_le32(VGPU_CMD_JOB);
 	req->cmd.pasid = cpu_to_le32(m->pasid);
-	req->cmd.start = cpu_to_le64(uj->start);
-	req->cmd.length = cpu_to_le64(uj->length);
-	req->cmd.arg0 = cpu_to_le64(uj->arg);
+	req->cmd.start = cpu_to_le64(run->start);
+	req->cmd.length = cpu_to_le64(run->length);
+	req->cmd.arg0 = cpu_to_le64(run->arg);
 	req->cmd.arg1 = cpu_to_le64(job.id);
-	req->cmd.flags = cpu_to_le32(uj->op);
+	req->cmd.flags = cpu_to_le32(run->op);
 	err = vgpu_submit(vd, req);
 	if (err)
 		goto out;
@@ -638,7 +743,7 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 	/* The timeout counts from the last sign of progress. */
 	for (;;) {
 		while ((fb = vgpu_job_next_fault(vd, &job))) {
-			vgpu_serve_fault(m, &fb->f);
+			run->serve(m, &fb->f, run->ctx);
 			vgpu_fault_repost(vd, fb);
 		}
 		if (completion_done(&req->done))
@@ -651,6 +756,7 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 		if (!vgpu_abandon(vd, req))
 			continue;	/* completed meanwhile */
 		req = NULL;
+		run->abandoned = true;
 		err = left ? -EINTR : -ETIMEDOUT;
 		if (!left)
 			dev_err_ratelimited(&vd->vdev->dev,
@@ -661,13 +767,42 @@ int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 
 	err = vgpu_req_result(req);
 	if (!err || req->used_len >= sizeof(req->resp)) {
-		uj->status = le32_to_cpu(req->resp.status);
-		uj->result = le64_to_cpu(req->resp.value0);
-		uj->faults = le64_to_cpu(req->resp.value1);
+		run->status = le32_to_cpu(req->resp.status);
+		run->value0 = le64_to_cpu(req->resp.value0);
+		run->faults = le64_to_cpu(req->resp.value1);
 		err = 0;
 	}
 out:
 	vgpu_job_unregister(vd, &job);
 	vgpu_req_free(req);
 	return err;
+}
+
+/* VGPU_IOC_JOB: a job on the caller's own address space. */
+int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
+{
+	struct vgpu_job_run run = {
+		.op = uj->op,
+		.start = uj->start,
+		.length = uj->length,
+		.arg = uj->arg,
+		.serve = vgpu_serve_fault,
+	};
+	int err;
+
+	/* Pairs with smp_store_release() in vgpu_mirror_bind(). */
+	if (!smp_load_acquire(&m->bound))
+		return -EINVAL;
+	if (current->mm != m->mm)
+		return -EPERM;
+	err = vgpu_job_check(m, uj);
+	if (err)
+		return err;
+	err = vgpu_run_job(m, &run);
+	if (err)
+		return err;
+	uj->status = run.status;
+	uj->result = run.value0;
+	uj->faults = run.faults;
+	return 0;
 }

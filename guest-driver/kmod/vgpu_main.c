@@ -212,29 +212,26 @@ void vgpu_dev_put(struct vgpu_dev *vd)
 /* ------------------------------------------------------------------------ */
 /* /dev/vgpuN */
 
-static int vgpu_open(struct inode *inode, struct file *file)
+/* A mirror of @vd, not yet bound; holds a reference to @vd. */
+struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd)
 {
-	/* misc_open() holds misc_mtx: remove() cannot run concurrently. */
-	struct vgpu_dev *vd = container_of(file->private_data,
-					   struct vgpu_dev, misc);
 	struct vgpu_mirror *m;
 
 	m = kzalloc(sizeof(*m), GFP_KERNEL);
 	if (!m)
-		return -ENOMEM;
+		return NULL;
 	kref_get(&vd->ref);
 	m->vdev = vd;
 	mutex_init(&m->bind_lock);
 	mutex_init(&m->mutex);
 	spin_lock_init(&m->late_lock);
 	INIT_DELAYED_WORK(&m->late_work, vgpu_late_work);
-	file->private_data = m;
-	return 0;
+	return m;
 }
 
-static int vgpu_release(struct inode *inode, struct file *file)
+/* Unbinds (if bound) and frees @m. */
+void vgpu_mirror_free(struct vgpu_mirror *m)
 {
-	struct vgpu_mirror *m = file->private_data;
 	struct vgpu_dev *vd = m->vdev;
 
 	vgpu_mirror_unbind(m);
@@ -242,6 +239,24 @@ static int vgpu_release(struct inode *inode, struct file *file)
 	mutex_destroy(&m->bind_lock);
 	kfree(m);
 	vgpu_dev_put(vd);
+}
+
+static int vgpu_open(struct inode *inode, struct file *file)
+{
+	/* misc_open() holds misc_mtx: remove() cannot run concurrently. */
+	struct vgpu_dev *vd = container_of(file->private_data,
+					   struct vgpu_dev, misc);
+	struct vgpu_mirror *m = vgpu_mirror_alloc(vd);
+
+	if (!m)
+		return -ENOMEM;
+	file->private_data = m;
+	return 0;
+}
+
+static int vgpu_release(struct inode *inode, struct file *file)
+{
+	vgpu_mirror_free(file->private_data);
 	return 0;
 }
 
@@ -467,6 +482,9 @@ static int vgpu_probe(struct virtio_device *vdev)
 		 "/dev/%s: %u PASIDs, %u pages per map, fault-ahead %u bytes, policy %s\n",
 		 vd->name, vd->max_pasids, vd->max_map_pages, vd->fault_ahead,
 		 vgpu_policy_name(READ_ONCE(vgpu_default_policy)));
+	/* The kernel's HMM selftest opens /dev/hmm_dmirror0 and 1. */
+	if (vd->index == 0)
+		vgpu_dmirror_register(vd);
 	return 0;
 
 err_index:
@@ -488,6 +506,7 @@ static void vgpu_remove(struct virtio_device *vdev)
 {
 	struct vgpu_dev *vd = vdev->priv;
 
+	vgpu_dmirror_unregister(vd);
 	misc_deregister(&vd->misc);
 	vgpu_queues_shutdown(vd);
 	ida_free(&vgpu_index_ida, vd->index);

@@ -289,7 +289,7 @@ impl Rig {
             flags,
             ..Default::default()
         };
-        let mut job = Job::from_cmd(&cmd, self.max_job_bytes)
+        let mut job = Job::from_cmd(&cmd, &[], self.max_job_bytes, 0)
             .map_err(|st| BenchError::Device(format!("JOB refused with status {st}")))?;
         let start = Instant::now();
         let step = job.run_checked(&mut self.mmu, &self.mem, counters, Some(oracle));

@@ -4,7 +4,10 @@
 //! the ABI number moves with security updates) and an initramfs written here as a
 //! `newc` cpio archive. The guest initramfs holds busybox, the virtio modules, the guest
 //! driver `vgpu_mirror.ko` (built here against the kernel's Debian header packages), the
-//! guest programs and `images/guest-init.sh` as `/init`; the virtual-host initramfs holds
+//! guest programs, the kernel's HMM selftest `hmm-tests` (built statically from the few
+//! files it needs out of Debian's `linux-source-6.1`, which never leaves the cache) with
+//! its runner `images/hmm-tests.sh` as `/bin/vgpu-hmm-tests`, and `images/guest-init.sh`
+//! as `/init`; the virtual-host initramfs holds
 //! busybox, kvm_amd and its dependencies, the `vmm` binary with its shared libraries, the
 //! guest image under `/guest` and `images/host-init.sh` as `/init`.
 //!
@@ -37,6 +40,21 @@ const GUEST_MODULES: &[&str] = &[
 const DRIVER_MODULE: &str = "vgpu_mirror";
 /// The compiler the Debian 6.1 kernel headers were configured with.
 const KERNEL_CC: &str = "gcc-12";
+/// The kernel source package, for the HMM selftest and the dmirror uapi header.
+const KERNEL_SOURCE: &str = "linux-source-6.1";
+/// The files of the kernel tree that `hmm-tests` needs (it includes the rest from libc
+/// and the system's kernel uapi headers); `lib/test_hmm_uapi.h` is also the ABI of the
+/// driver's dmirror devices.
+const HMM_SOURCES: &[&str] = &[
+    "tools/testing/selftests/vm/hmm-tests.c",
+    "tools/testing/selftests/kselftest_harness.h",
+    "tools/testing/selftests/kselftest.h",
+    "lib/test_hmm_uapi.h",
+    "mm/gup_test.h",
+];
+/// How `hmm-tests` is compiled (besides `-I` and `-o`): static, as the guest has no libc.
+const HMM_TESTS_CFLAGS: &[&str] = &["-static", "-O2", "-s"];
+const HMM_TESTS_LIBS: &[&str] = &["-lpthread", "-lrt"];
 /// Modules of the virtual host (dependencies are added).
 const HOST_MODULES: &[&str] = &["kvm_amd"];
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -151,6 +169,11 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         let summary = format!("{} ({})", kp.release, kp.version);
         Ok((kp, summary))
     })?;
+    let source = step("guest", "resolving kernel source", || {
+        let version = resolve_kernel_source(&kp)?;
+        let summary = format!("{KERNEL_SOURCE} {version}");
+        Ok((version, summary))
+    })?;
     let init = opts.workspace.join("images").join("guest-init.sh");
     let hash = step("guest", "hashing inputs", || {
         let mut h = Fnv64::new();
@@ -164,6 +187,7 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
             b"headers",
             format!("linux-headers-{} {}", kp.release, kp.version).as_bytes(),
         );
+        h.field(b"source", format!("{KERNEL_SOURCE} {source}").as_bytes());
         h.file(Path::new(BUSYBOX))?;
         h.tree(&opts.workspace.join("images"), &opts.workspace)?;
         h.tree(&opts.workspace.join("guest-driver"), &opts.workspace)?;
@@ -205,8 +229,20 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         let summary = kdir.display().to_string();
         Ok((kdir, summary))
     })?;
+    let hmm_src = step("guest", "fetching HMM selftest sources", || {
+        let dir = fetch_hmm_sources(&source, &cache)?;
+        let summary = dir.display().to_string();
+        Ok((dir, summary))
+    })?;
+    let hmm_tests = step("guest", "building hmm-tests", || {
+        let exe = build_hmm_tests(&hmm_src, &cache)?;
+        let size = fs::metadata(&exe).map_err(io_err(&exe))?.len();
+        let summary = format!("{} ({} KiB)", exe.display(), size.div_ceil(1024));
+        Ok((exe, summary))
+    })?;
     let (kmod_dir, kmod) = step("guest", "building kernel module", || {
-        let (dir, ko) = build_driver_module(&opts.workspace, &kdir, &cache)?;
+        let uapi = hmm_src.join("lib");
+        let (dir, ko) = build_driver_module(&opts.workspace, &kdir, &uapi, &cache)?;
         let size = fs::metadata(&ko).map_err(io_err(&ko))?.len();
         let summary = format!("{DRIVER_MODULE}.ko {} KiB", size.div_ceil(1024));
         Ok(((dir, ko), summary))
@@ -230,6 +266,9 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         for (name, path) in &programs {
             fsroot.file(&format!("bin/{name}"), path, 0o755);
         }
+        fsroot.file("bin/hmm-tests", &hmm_tests, 0o755);
+        let runner = opts.workspace.join("images").join("hmm-tests.sh");
+        fsroot.file("bin/vgpu-hmm-tests", &runner, 0o755);
         let size = fsroot.write(&tmp.join("initrd.img"))?;
         write_file(&tmp.join("kernel_release"), kp.release.as_bytes())?;
         let ko = tmp.join(format!("{DRIVER_MODULE}.ko"));
@@ -688,10 +727,16 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Builds `guest-driver/kmod` against `kdir` in a fresh directory below `cache` (the
-/// source tree stays clean) with `-Werror`; a modpost warning fails the build too. The
-/// module is stripped of debug info. Returns the build directory (remove it when done)
-/// and the module.
-fn build_driver_module(workspace: &Path, kdir: &Path, cache: &Path) -> Result<(PathBuf, PathBuf)> {
+/// source tree stays clean) with `-Werror`; a modpost warning fails the build too.
+/// `hmm_uapi` is the directory holding the kernel's `test_hmm_uapi.h`. The module is
+/// stripped of debug info. Returns the build directory (remove it when done) and the
+/// module.
+fn build_driver_module(
+    workspace: &Path,
+    kdir: &Path,
+    hmm_uapi: &Path,
+    cache: &Path,
+) -> Result<(PathBuf, PathBuf)> {
     let err = |reason: String| ImageError::Module {
         name: DRIVER_MODULE.into(),
         reason,
@@ -706,6 +751,7 @@ fn build_driver_module(workspace: &Path, kdir: &Path, cache: &Path) -> Result<(P
         .arg("-C")
         .arg(kdir)
         .arg(format!("M={}", dir.join("kmod").display()))
+        .arg(format!("HMM_UAPI_DIR={}", hmm_uapi.display()))
         .args(["KCFLAGS=-Werror", "modules"])
         .output()
         .map_err(|source| ImageError::MissingTool {
@@ -739,6 +785,108 @@ fn build_driver_module(workspace: &Path, kdir: &Path, cache: &Path) -> Result<(P
     // The headers build with debug info; the initramfs does not need it.
     run(Command::new("strip").arg("--strip-debug").arg(&ko))?;
     Ok((dir, ko))
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel's HMM selftest
+
+/// The version of `linux-source-6.1` to take: the kernel's own source version when apt
+/// has it, else the candidate (the newest).
+fn resolve_kernel_source(kp: &KernelPackage) -> Result<String> {
+    let exact = format!("{KERNEL_SOURCE}={}", kp.version);
+    if run(Command::new("apt-cache").args(["show", "--no-all-versions", &exact])).is_ok() {
+        return Ok(kp.version.clone());
+    }
+    let show = run(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_SOURCE]))
+        .map_err(|e| ImageError::Apt {
+            package: KERNEL_SOURCE.into(),
+            message: e.to_string(),
+        })?;
+    control_field(&show, "Version")
+        .map(str::to_string)
+        .ok_or_else(|| ImageError::Apt {
+            package: KERNEL_SOURCE.into(),
+            message: "no Version in apt-cache show".into(),
+        })
+}
+
+/// Extracts [`HMM_SOURCES`] from the kernel source package below `cache`, once, and
+/// returns the directory that holds them as in the kernel tree. The package (a 140 MB
+/// `.deb` with the tree as one `.tar.xz`) stays in `cache/debs`; nothing else of it is
+/// unpacked.
+fn fetch_hmm_sources(version: &str, cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join(format!(
+        "{KERNEL_SOURCE}_{}-hmm",
+        version.replace(':', "%3a")
+    ));
+    if HMM_SOURCES.iter().all(|f| dir.join(f).is_file()) {
+        return Ok(dir);
+    }
+    let deb = download_deb(KERNEL_SOURCE, version, &cache.join("debs"))?;
+    let tmp = temp_dir(cache, "hmm-src")?;
+    let top = KERNEL_SOURCE;
+    let members: Vec<String> = HMM_SOURCES.iter().map(|f| format!("{top}/{f}")).collect();
+    // dpkg-deb streams the package's data archive, tar takes the tree's .tar.xz out of
+    // it, and the inner tar extracts only the members named, without their top directory.
+    let script = format!(
+        "set -o pipefail; dpkg-deb --fsys-tarfile \"$1\" \
+         | tar -xO ./usr/src/{top}.tar.xz | xz -dc \
+         | tar -x -C \"$2\" --strip-components=1 \"${{@:3}}\""
+    );
+    run(Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("extract")
+        .arg(&deb)
+        .arg(&tmp)
+        .args(&members))?;
+    if let Some(missing) = HMM_SOURCES.iter().find(|f| !tmp.join(f).is_file()) {
+        return Err(ImageError::Apt {
+            package: KERNEL_SOURCE.into(),
+            message: format!("the source tree has no {missing}"),
+        });
+    }
+    publish(&tmp, &dir, false)?;
+    Ok(dir)
+}
+
+/// Builds `hmm-tests` statically from the sources in `src` (as [`fetch_hmm_sources`] left
+/// them) with the kernel's compiler, once per content hash of the sources, the flags and
+/// the compiler; returns the executable (`cache/hmm-tests-<hash>/hmm-tests`).
+fn build_hmm_tests(src: &Path, cache: &Path) -> Result<PathBuf> {
+    let cc_version = run(Command::new(KERNEL_CC).arg("--version"))?;
+    let mut h = Fnv64::new();
+    h.field(b"cc", cc_version.as_bytes());
+    h.field(b"cflags", HMM_TESTS_CFLAGS.join(" ").as_bytes());
+    h.field(b"libs", HMM_TESTS_LIBS.join(" ").as_bytes());
+    for f in HMM_SOURCES {
+        let path = src.join(f);
+        let data = fs::read(&path).map_err(io_err(&path))?;
+        h.field(f.as_bytes(), &data);
+    }
+    let dir = cache.join(format!("hmm-tests-{}", h.hex()));
+    let exe = dir.join("hmm-tests");
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    let tmp = temp_dir(cache, "hmm-tests")?;
+    let built = tmp.join("hmm-tests");
+    run(Command::new(KERNEL_CC)
+        .args(HMM_TESTS_CFLAGS)
+        .arg("-I")
+        .arg(src)
+        .arg("-I")
+        .arg(src.join("tools/testing/selftests"))
+        .arg("-o")
+        .arg(&built)
+        .arg(src.join(HMM_SOURCES[0]))
+        .args(HMM_TESTS_LIBS))?;
+    let data = fs::read(&built).map_err(io_err(&built))?;
+    if elf_has_interp(&data) != Some(false) {
+        return Err(ImageError::NotStatic(built));
+    }
+    publish(&tmp, &dir, false)?;
+    Ok(exe)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -388,6 +388,43 @@ fn fault_reply_resumes_and_invalidate_passes_a_stalled_job() {
 }
 
 #[test]
+fn dma_copy_job_reads_its_payload_faults_and_resumes() {
+    let mut r = rig();
+    r.bind(3);
+    let bufs = r.post_fault_buffers(2);
+    // A driver buffer of two pages; the range's first page is mapped, the second not.
+    let dma = [FRAMES + 0x8000, FRAMES + 0x5000];
+    r.mem
+        .write_slice(&[0xaa; 0x1000], GuestAddress(FRAMES))
+        .unwrap();
+    r.mem
+        .write_slice(&[0xbb; 0x1000], GuestAddress(FRAMES + 0x1000))
+        .unwrap();
+    r.map(3, 0x40_0000, &[entry(FRAMES, false)]);
+    let mut c = cmd(opcode::JOB, 3, 0x40_0000, 0x2000);
+    c.flags = job_op::COPY_TO_DMA;
+    c.arg1 = 0x10c;
+    let job = r.send_with(&c, &dma, 0);
+    r.dev.process_command_queue();
+    let f = r.faults(&bufs);
+    // Reading the range is a read access.
+    assert_eq!((f.len(), f[0].address, f[0].flags), (1, 0x40_1000, 0));
+    let mut m = cmd(opcode::MAP, 3, 0x40_1000, 0x1000);
+    m.flags = wire::MAP_F_FAULT_REPLY;
+    m.arg0 = f[0].fault_id;
+    let s = r.send_with(&m, &[entry(FRAMES + 0x1000, false)], 0);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(job.head, 24), (s.head, 24)]);
+    assert_eq!(r.resp(&job), resp(status::OK, 0, 1));
+    let first: u8 = r.mem.read_obj(GuestAddress(FRAMES + 0x8fff)).unwrap();
+    let second: u8 = r.mem.read_obj(GuestAddress(FRAMES + 0x5000)).unwrap();
+    assert_eq!((first, second), (0xaa, 0xbb));
+    // A payload one page short of the range is refused.
+    c.flags = job_op::COPY_FROM_DMA;
+    assert_eq!(r.run(&c, &dma[..1]).status, status::BAD_RANGE);
+}
+
+#[test]
 fn refault_after_invalidation_is_attributed() {
     let mut r = rig();
     r.bind(1);
@@ -575,7 +612,7 @@ fn malformed_ranges_get_bad_range() {
     // Unknown event, unknown job op, bad opcode, a job above max_job_bytes.
     assert_eq!(r.invalidate(1, 0, 0x1000, 8, 0).status, status::BAD_RANGE);
     let mut j = cmd(opcode::JOB, 1, 0, 0x1000);
-    j.flags = 4;
+    j.flags = 99;
     assert_eq!(r.run(&j, &[]).status, status::BAD_JOB);
     assert_eq!(r.run(&cmd(99, 1, 0, 0), &[]).status, status::BAD_OPCODE);
     j.flags = job_op::FILL;
