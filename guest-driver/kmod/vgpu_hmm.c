@@ -449,6 +449,19 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 /* ------------------------------------------------------------------------ */
 /* Device faults */
 
+/*
+ * When hmm_range_fault() retries give up: after timeout_ms, at least HMM's
+ * usual second. Every COW or invalidation a fault causes waits for the
+ * device's completion (5 ms by default); on a loaded host the plain second
+ * ran out during a ten-minute stress run and during hmm-tests' COW writes.
+ */
+static unsigned long vgpu_snapshot_deadline(void)
+{
+	return jiffies +
+	       msecs_to_jiffies(max_t(unsigned int, HMM_RANGE_DEFAULT_TIMEOUT,
+				      READ_ONCE(vgpu_timeout_ms)));
+}
+
 /* Pages per hmm_range_fault() deadline when faulting a window in. */
 #define VGPU_PREFAULT_PAGES	64
 
@@ -476,7 +489,7 @@ static int vgpu_prefault(struct vgpu_mirror *m, unsigned long start,
 	for (addr = start; addr < end; addr = range.end) {
 		range.start = addr;
 		range.end = min(addr + (VGPU_PREFAULT_PAGES << PAGE_SHIFT), end);
-		timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+		timeout = vgpu_snapshot_deadline();
 		do {
 			if (time_after(jiffies, timeout))
 				return -EBUSY;
@@ -543,14 +556,7 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 		if (err)
 			goto out_mmput;
 	}
-	/*
-	 * Snapshots invalidated again and again give up after timeout_ms (at
-	 * least HMM's usual second): a ten-minute stress run on a loaded host
-	 * saw one device write fault run out of the plain second.
-	 */
-	timeout = jiffies +
-		  msecs_to_jiffies(max_t(unsigned int, HMM_RANGE_DEFAULT_TIMEOUT,
-					 READ_ONCE(vgpu_timeout_ms)));
+	timeout = vgpu_snapshot_deadline();
 	for (;; retries++) {
 		if (time_after(jiffies, timeout)) {
 			err = -EBUSY;
