@@ -7,8 +7,10 @@
  * Each device gets a character device /dev/vgpuN (vgpu_uapi.h): a process
  * opens it, binds its mm (VGPU_IOC_BIND), submits jobs on its own virtual
  * addresses (VGPU_IOC_JOB) and reads the device counters
- * (VGPU_IOC_COUNTERS), and asks the device to audit its translations against
- * the CPU page table (VGPU_IOC_AUDIT). Closing the file unbinds.
+ * (VGPU_IOC_COUNTERS), asks the device to audit its translations against the
+ * CPU page table (VGPU_IOC_AUDIT) and moves pages (VGPU_IOC_MIGRATE). Closing
+ * the file unbinds. The first device also gets /dev/hmm_dmirror0 and 1, the
+ * kernel HMM test driver's interface on the same mirrors (vgpu_dmirror.c).
  *
  * Module parameters:
  *   policy=naive|event-aware  how notifier events become device
