@@ -348,17 +348,22 @@ fn assert_caught(injection: &str, workload: &str) -> serde_json::Value {
     let run = vmm.run(&["run", "--workload", workload, "--inject", injection], &[]);
     assert_eq!(run.code, 1, "stdout:\n{}", tail(&run.stdout, 60));
     let r = run.report.expect("report written");
-    let w = &r["workloads"][0];
-    assert_eq!(w["name"], workload, "{r}");
+    // The device's own count: it stands even if the guest died before the workload
+    // reported (a nested guest under load has been seen to).
     assert!(
-        w["violations"].as_u64() > Some(0),
-        "{injection} not caught: {w}"
+        r["device"]["global"]["violations"].as_u64() > Some(0),
+        "{injection} not caught: {r}"
     );
-    assert!(
-        r["errors"].to_string().contains("coherence violations"),
-        "{r}"
-    );
-    w.clone()
+    assert!(r["errors"].to_string().contains("coherence"), "{r}");
+    let w = r["workloads"][0].clone();
+    if !w.is_null() {
+        assert_eq!(w["name"], workload, "{r}");
+        assert!(
+            w["violations"].as_u64() > Some(0),
+            "{injection} not caught by {workload}: {w}"
+        );
+    }
+    w
 }
 
 #[test]
