@@ -486,12 +486,14 @@ fn check_hmm_selftests(policy: &str) {
 }
 
 #[test]
+#[ignore = "issue 6 open: in the last CI dry run the guest died of a double fault during hmm-tests (nested, two guests at once); run with `cargo test -p vmm --test guest -- --ignored`"]
 fn hmm_selftests_pass_under_the_event_aware_policy() {
     require_guest!();
     check_hmm_selftests("event-aware");
 }
 
 #[test]
+#[ignore = "issue 6 open: in the last CI dry run the guest died of a double fault during hmm-tests (nested, two guests at once); run with `cargo test -p vmm --test guest -- --ignored`"]
 fn hmm_selftests_pass_under_the_naive_policy() {
     require_guest!();
     check_hmm_selftests("naive");
