@@ -336,7 +336,6 @@ impl Report {
 impl Report {
     /// A stress run's programs and workloads, one line per name with the rounds summed.
     fn repeated_summary(&self) -> String {
-        let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         let mut s = format!("   rounds {}\n", self.rounds.unwrap_or(0));
         let mut names: Vec<&str> = Vec::new();
         for p in &self.programs {
@@ -379,10 +378,14 @@ impl Report {
     }
 }
 
+/// The unsigned number at `v[k]`, 0 when absent (the report's JSON comes from the guest).
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
 /// Lines for one workload: its verdict, then one line per event the device heard of.
 fn workload_summary(w: &serde_json::Value) -> String {
     let str_of = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or("?");
-    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let ok = w.get("ok").and_then(|v| v.as_bool()) == Some(true);
     let mut s = format!(
         "   workload {:<12} {} policy {}  device faults {}  violations {}\n",
@@ -413,7 +416,6 @@ fn workload_summary(w: &serde_json::Value) -> String {
 
 /// One line of the host's device totals: the options, faults, ATC use, fault service time.
 fn device_summary(d: &serde_json::Value, config: Option<&serde_json::Value>) -> String {
-    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let options = config
         .and_then(|c| c.as_object())
         .map(|c| {

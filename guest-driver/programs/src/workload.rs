@@ -22,6 +22,28 @@ pub fn policy_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Forks, runs `child` in the child and leaves it with `_exit` and `child`'s exit code
+/// (destructors of the parent's copies never run there); the parent waits and gets the
+/// child's wait status. Call it only while the process is single-threaded.
+pub fn run_in_child(child: impl FnOnce() -> i32) -> io::Result<i32> {
+    // SAFETY: single-threaded (the caller's promise); the child runs `child` and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = child();
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(status)
+}
+
 /// An anonymous private mapping that we unmap piecewise ourselves.
 pub struct Buffer {
     base: NonNull<u8>,

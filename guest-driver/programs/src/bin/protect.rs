@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use guest_programs::device::Vgpu;
 use guest_programs::report::CounterDelta;
 use guest_programs::uapi::{self, JOB_FILL, STATUS_OK};
-use guest_programs::workload::{Buffer, Checks};
+use guest_programs::workload::{run_in_child, Buffer, Checks};
 
 const PAGES: usize = 16;
 const LEN: usize = PAGES * 4096;
@@ -30,25 +30,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Forks a child that exits at once; the fork write-protects our private pages.
-fn fork_and_reap() -> io::Result<()> {
-    // SAFETY: single-threaded; the child only calls _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: leave the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child forked above.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn run() -> io::Result<bool> {
@@ -69,7 +50,7 @@ fn run() -> io::Result<bool> {
     buf.bytes_mut(0, LEN).fill(1);
     fill(&mut c, &buf, "fill before fork", 0xf00d_0000_0000_0001)?;
 
-    fork_and_reap()?;
+    run_in_child(|| 0)?;
     fill(&mut c, &buf, "fill after fork", 0xf00d_0000_0000_0002)?;
 
     std::fs::write("/proc/self/clear_refs", "4")

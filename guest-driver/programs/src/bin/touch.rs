@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use guest_programs::device::Vgpu;
 use guest_programs::report::CounterDelta;
 use guest_programs::uapi::{self, JOB_CHECKSUM, JOB_FILL, STATUS_FAULT, STATUS_OK};
-use guest_programs::workload::{fnv1a64, Buffer, Checks};
+use guest_programs::workload::{fnv1a64, run_in_child, Buffer, Checks};
 
 const PAGE: usize = 4096;
 /// Pages per quarter of the buffer; each quarter gets a different mapping change.
@@ -40,13 +40,8 @@ fn main() -> ExitCode {
 /// or closing the device: the kernel tears the address space down (RELEASE, then the
 /// exit's UNMAPs) while the device still maps it, and the file is closed (UNBIND) after.
 fn exit_while_mapped() -> io::Result<()> {
-    // SAFETY: single-threaded; the child uses its own copies and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        let code = (|| -> io::Result<i32> {
+    let status = run_in_child(|| {
+        (|| -> io::Result<i32> {
             let vgpu = Vgpu::bind(uapi::POLICY_DEFAULT)?;
             let buf = Buffer::new(QUARTER)?;
             let r = vgpu.job(JOB_FILL, buf.addr(0), QUARTER, 0xe817)?;
@@ -54,15 +49,8 @@ fn exit_while_mapped() -> io::Result<()> {
             std::mem::forget((vgpu, buf));
             Ok(if r.status == STATUS_OK { 0 } else { 1 })
         })()
-        .unwrap_or(2);
-        // SAFETY: leave without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child forked above.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
-        return Err(io::Error::last_os_error());
-    }
+        .unwrap_or(2)
+    })?;
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         return Err(io::Error::other(format!(
             "the exiting child failed (wait status {status:#x})"
