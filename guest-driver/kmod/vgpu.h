@@ -141,8 +141,10 @@ struct vgpu_dev {
 	wait_queue_head_t cmd_space;	/* waiters for ring space */
 	struct virtqueue *fault_vq;
 	spinlock_t fault_lock;		/* fault_vq */
-	/* Set under both locks when the device goes away. */
+	/* Set under both locks when the device goes away (or is fenced). */
 	bool removed;
+	struct mutex stop_lock;		/* stopped, the reset in vgpu_queues_stop */
+	bool stopped;
 
 	struct vgpu_fault_buf *fault_bufs;
 
@@ -213,6 +215,7 @@ int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_req_result(struct vgpu_req *req);
 bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
 		    u64 arg1, u64 *value0);
 void vgpu_cmd_done(struct virtqueue *vq);
@@ -220,6 +223,7 @@ void vgpu_fault_done(struct virtqueue *vq);
 int vgpu_fault_post_all(struct vgpu_dev *vd);
 void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb);
 void vgpu_orphan_work(struct work_struct *work);
+void vgpu_queues_stop(struct vgpu_dev *vd);
 void vgpu_queues_shutdown(struct vgpu_dev *vd);
 void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
 void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);

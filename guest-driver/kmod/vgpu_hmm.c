@@ -144,7 +144,8 @@ static void vgpu_fill_invalidate(struct vgpu_req *req,
 }
 
 /*
- * Sends INVALIDATE and waits for it; called with m->mutex held. @prot is
+ * Sends INVALIDATE and waits for it, fencing the device rather than
+ * returning before it answered; called with m->mutex held. @prot is
  * what the vma allows now (taken by the caller: a deferred invalidation no
  * longer has the vma).
  */
@@ -153,26 +154,14 @@ static void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 				 u32 flags)
 {
 	struct vgpu_dev *vd = m->vdev;
+	/* Allocated at bind: no allocation, so no reclaim, from here. */
 	struct vgpu_req *req = m->inv_req;
 	int err;
 
-	if (!req) {
-		/* The preallocated one was abandoned; no reclaim from here. */
-		req = vgpu_req_alloc(0, false, GFP_NOWAIT | __GFP_NOWARN);
-		if (!req) {
-			dev_err_ratelimited(&vd->vdev->dev,
-					    "pasid %u: no memory for INVALIDATE [%#lx, %#lx)\n",
-					    m->pasid, start, end);
-			return;
-		}
-		m->inv_req = req;
-	}
 	vgpu_req_reset(req);
 	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
 
-	err = vgpu_cmd_sync(vd, req);
-	if (err == -ETIMEDOUT)
-		m->inv_req = NULL;	/* the queue frees it */
+	err = vgpu_cmd_sync_or_fence(vd, req);
 	if (err && err != -ENODEV)
 		dev_err_ratelimited(&vd->vdev->dev,
 				    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
@@ -659,7 +648,7 @@ void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err)
 
 /* Answers one device fault: MAP with the fault id, or FAULT_FAIL. */
 void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
-			     void *ctx)
+		      void *ctx)
 {
 	struct vgpu_dev *vd = m->vdev;
 	u64 fault_id = le64_to_cpu(f->fault_id);

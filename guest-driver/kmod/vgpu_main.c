@@ -434,6 +434,7 @@ static int vgpu_probe(struct virtio_device *vdev)
 	vd->vdev = vdev;
 	get_device(&vdev->dev);
 	spin_lock_init(&vd->cmd_lock);
+	mutex_init(&vd->stop_lock);
 	init_waitqueue_head(&vd->cmd_space);
 	spin_lock_init(&vd->fault_lock);
 	spin_lock_init(&vd->job_lock);

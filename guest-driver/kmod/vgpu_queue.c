@@ -432,15 +432,21 @@ struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
 }
 
 /*
- * The device is going away: stop it, fail every request still on the
- * command queue (-ENODEV), wake every waiter. After this no queue is used.
+ * Stops the device for good: reset it, so it does no DMA and raises no
+ * interrupt after this, fail every request still on the command queue
+ * (-ENODEV) and wake every waiter. Runs once however often it is called
+ * (device removal, or a fence after an unanswered INVALIDATE); the queues
+ * themselves stay until vgpu_queues_shutdown().
  */
-void vgpu_queues_shutdown(struct vgpu_dev *vd)
+void vgpu_queues_stop(struct vgpu_dev *vd)
 {
-	struct virtio_device *vdev = vd->vdev;
 	struct vgpu_job_wait *job;
 	struct vgpu_req *req;
 	unsigned long flags;
+
+	mutex_lock(&vd->stop_lock);
+	if (vd->stopped)
+		goto out;
 
 	spin_lock_irqsave(&vd->cmd_lock, flags);
 	WRITE_ONCE(vd->removed, true);
@@ -450,7 +456,7 @@ void vgpu_queues_shutdown(struct vgpu_dev *vd)
 	spin_unlock_irqrestore(&vd->fault_lock, flags);
 
 	/* No interrupts and no buffer use after the reset. */
-	virtio_reset_device(vdev);
+	virtio_reset_device(vd->vdev);
 
 	spin_lock_irqsave(&vd->cmd_lock, flags);
 	while ((req = virtqueue_detach_unused_buf(vd->cmd_vq)))
@@ -466,7 +472,51 @@ void vgpu_queues_shutdown(struct vgpu_dev *vd)
 		wake_up(&job->wq);
 	INIT_LIST_HEAD(&vd->orphans);
 	spin_unlock_irqrestore(&vd->job_lock, flags);
-	cancel_work_sync(&vd->orphan_work);
+	vd->stopped = true;
+out:
+	mutex_unlock(&vd->stop_lock);
+}
 
-	vdev->config->del_vqs(vdev);
+/*
+ * Submits @req and waits for it without ever abandoning it: for commands the
+ * caller may not outlive, an INVALIDATE above all (its notifier must not
+ * return while the device can still use the old pages, or the kernel reuses
+ * pages the device still writes). If the device takes longer than timeout_ms
+ * to accept or answer, it is fenced with vgpu_queues_stop(): every mirror
+ * fails from then on, but no DMA reaches a page the kernel took back. The
+ * caller owns @req on return.
+ */
+int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req)
+{
+	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
+	int err = vgpu_submit(vd, req);
+
+	if (err == -EBUSY) {
+		dev_err(&vd->vdev->dev,
+			"command %u (pasid %u): no ring space for %u ms; stopping the device\n",
+			le32_to_cpu(req->cmd.opcode),
+			le32_to_cpu(req->cmd.pasid), vgpu_timeout_ms);
+		vgpu_queues_stop(vd);
+		return -ENODEV;
+	}
+	if (err)
+		return err;
+	if (!wait_for_completion_timeout(&req->done, t)) {
+		dev_err(&vd->vdev->dev,
+			"command %u (pasid %u) not answered in %u ms; stopping the device so it cannot use pages the kernel takes back\n",
+			le32_to_cpu(req->cmd.opcode),
+			le32_to_cpu(req->cmd.pasid), vgpu_timeout_ms);
+		vgpu_queues_stop(vd);
+		/* The stop finished every request still on the queue. */
+		wait_for_completion(&req->done);
+	}
+	return vgpu_req_result(req);
+}
+
+/* The device is going away: stop it and free the queues. */
+void vgpu_queues_shutdown(struct vgpu_dev *vd)
+{
+	vgpu_queues_stop(vd);
+	cancel_work_sync(&vd->orphan_work);
+	vd->vdev->config->del_vqs(vd->vdev);
 }

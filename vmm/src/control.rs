@@ -10,8 +10,8 @@ pub enum ExitReason {
     PowerOff,
     /// The guest asked for a reset (i8042 or ACPI reset register).
     Reset,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
-    TripleFault,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN); the vCPU's state at that moment, as text.
+    TripleFault(String),
     /// A vCPU stopped on an error the VMM cannot recover from.
     VcpuError(String),
     /// The run's time limit passed.
@@ -25,7 +25,8 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::PowerOff => write!(f, "guest powered off"),
             ExitReason::Reset => write!(f, "guest reset"),
-            ExitReason::TripleFault => write!(f, "vCPU triple fault"),
+            ExitReason::TripleFault(state) if state.is_empty() => write!(f, "vCPU triple fault"),
+            ExitReason::TripleFault(state) => write!(f, "vCPU triple fault ({state})"),
             ExitReason::VcpuError(e) => write!(f, "vCPU error: {e}"),
             ExitReason::Timeout => write!(f, "timed out"),
             ExitReason::Halted => write!(f, "vCPU halted"),

@@ -75,7 +75,8 @@ pub fn run_vcpu(vcpu: &mut VcpuFd, ctx: &VcpuContext) -> ExitCounts {
                 return counts;
             }
             VcpuExit::Shutdown => {
-                ctx.control.request_exit(ExitReason::TripleFault);
+                ctx.control
+                    .request_exit(ExitReason::TripleFault(shutdown_state(vcpu)));
                 return counts;
             }
             VcpuExit::SystemEvent(kind, _) => {
@@ -109,6 +110,38 @@ pub fn run_vcpu(vcpu: &mut VcpuFd, ctx: &VcpuContext) -> ExitCounts {
             counts.unclaimed += 1;
         }
     }
+}
+
+/// The registers that say where a vCPU triple-faulted: the instruction, the stack, the last
+/// page-fault address and the tables the CPU was using, read at the shutdown exit so that a
+/// crash that left nothing on the console still names its place. KVM on AMD re-initializes
+/// the vCPU at a shutdown (the VMCB is undefined after it), so there the state is the reset
+/// state and says so.
+fn shutdown_state(vcpu: &VcpuFd) -> String {
+    let name = std::thread::current().name().unwrap_or("vcpu").to_string();
+    let (Ok(r), Ok(s)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        return format!("{name}, registers unreadable");
+    };
+    if r.rip == 0xfff0 && s.cs.selector == 0xf000 {
+        return format!("{name}, state lost: the CPU was reset at the shutdown");
+    }
+    format!(
+        "{name}, rip {:#x} rsp {:#x} rflags {:#x}, cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} \
+         efer {:#x} cs {:#x} idt {:#x}/{:#x} tr {:#x}@{:#x}",
+        r.rip,
+        r.rsp,
+        r.rflags,
+        s.cr0,
+        s.cr2,
+        s.cr3,
+        s.cr4,
+        s.efer,
+        s.cs.selector,
+        s.idt.base,
+        s.idt.limit,
+        s.tr.selector,
+        s.tr.base
+    )
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}

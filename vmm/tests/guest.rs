@@ -333,11 +333,50 @@ fn a_hostile_process_gets_errors_and_the_device_keeps_working() {
         tail(&run.stdout, 40)
     );
     assert!(!run.stdout.contains(": FAIL"), "{}", tail(&run.stdout, 40));
-    // The kernel's own report lines for a WARN, a BUG and an oops (not the boot-time
-    // mitigation notice that also says "WARNING: See ...").
+    assert_no_kernel_warning(&run.stdout);
+}
+
+/// The guest kernel's own report lines for a WARN, a BUG and an oops are absent from a
+/// verbose run's console (not the boot-time mitigation notice that also says "WARNING: See").
+fn assert_no_kernel_warning(console: &str) {
     for oops in ["WARNING: CPU:", "BUG:", "Oops:", "Call Trace:"] {
-        assert!(!run.stdout.contains(oops), "guest kernel said {oops:?}");
+        assert!(!console.contains(oops), "guest kernel said {oops:?}");
     }
+}
+
+#[test]
+fn an_invalidate_the_device_does_not_answer_stops_the_device() {
+    require_guest!();
+    let vmm = Vmm::new("fence");
+    // INVALIDATE takes 100 ms; the program lowers the driver's timeout to 10 ms for a munmap.
+    let run = vmm.run(
+        &[
+            "run",
+            "--run",
+            "fence",
+            "--device",
+            "inval_latency_us=100000",
+            "-v",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
+    assert!(
+        run.stdout
+            .contains("check the device is stopped after the unanswered INVALIDATE: ok"),
+        "{}",
+        tail(&run.stdout, 40)
+    );
+    assert!(!run.stdout.contains(": FAIL"), "{}", tail(&run.stdout, 40));
+    // The driver said why, and the device never used a translation the CPU had dropped.
+    assert!(
+        run.stdout.contains("stopping the device"),
+        "{}",
+        tail(&run.stdout, 40)
+    );
+    assert_no_kernel_warning(&run.stdout);
+    let r = run.report.expect("report written");
+    assert_eq!(r["device"]["global"]["violations"], 0, "{r}");
 }
 
 /// Runs `workload` with the driver bug `injection` and checks that the run fails because

@@ -8,6 +8,35 @@ use crate::device::Vgpu;
 use crate::report::{CounterDelta, WorkloadReport};
 use crate::uapi::VgpuAudit;
 
+/// A `vgpu_mirror` module parameter changed for as long as the guard lives; dropping it puts
+/// the old value back (workloads use the driver's test aids this way).
+pub struct DriverParam {
+    path: String,
+    old: String,
+}
+
+impl DriverParam {
+    /// Sets parameter `name` to `value`.
+    pub fn set(name: &str, value: &str) -> io::Result<Self> {
+        let path = format!("/sys/module/vgpu_mirror/parameters/{name}");
+        let annotate = |e: io::Error| io::Error::new(e.kind(), format!("{path}: {e}"));
+        let old = std::fs::read_to_string(&path).map_err(annotate)?;
+        std::fs::write(&path, value).map_err(annotate)?;
+        Ok(DriverParam {
+            path,
+            old: old.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for DriverParam {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, &self.old) {
+            eprintln!("cannot restore {}: {e}", self.path);
+        }
+    }
+}
+
 /// FNV-1a-64, the device's CHECKSUM.
 pub fn fnv1a64(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -24,9 +53,10 @@ pub fn policy_name() -> String {
 
 /// Forks, runs `child` in the child and leaves it with `_exit` and `child`'s exit code
 /// (destructors of the parent's copies never run there); the parent waits and gets the
-/// child's wait status. Call it only while the process is single-threaded.
+/// child's wait status. Call it while the process is single-threaded, or with a `child`
+/// that neither allocates nor takes a lock (another thread may have held one at the fork).
 pub fn run_in_child(child: impl FnOnce() -> i32) -> io::Result<i32> {
-    // SAFETY: single-threaded (the caller's promise); the child runs `child` and _exit.
+    // SAFETY: the caller's promise above; the child runs `child` and _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use guest_programs::device::Vgpu;
 use guest_programs::report::CounterDelta;
 use guest_programs::uapi::{self, JOB_CHECKSUM, STATUS_FAULT, STATUS_OK};
-use guest_programs::workload::{fnv1a64, Buffer, Checks};
+use guest_programs::workload::{fnv1a64, Buffer, Checks, DriverParam};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 16;
@@ -44,7 +44,6 @@ const RACER_PAUSE: Duration = Duration::from_millis(5);
 const ROUNDS_PER_READ: u64 = 4;
 /// The driver's fault_delay_us while the race runs.
 const FAULT_DELAY_US: &str = "2000";
-const FAULT_DELAY_PARAM: &str = "/sys/module/vgpu_mirror/parameters/fault_delay_us";
 
 fn main() -> ExitCode {
     match run() {
@@ -53,25 +52,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vgpu-race: {e}");
             ExitCode::from(2)
-        }
-    }
-}
-
-/// Sets the driver's fault delay for as long as it lives, then puts the old value back.
-struct FaultDelay(String);
-
-impl FaultDelay {
-    fn set(us: &str) -> io::Result<Self> {
-        let old = std::fs::read_to_string(FAULT_DELAY_PARAM)?;
-        std::fs::write(FAULT_DELAY_PARAM, us)?;
-        Ok(FaultDelay(old.trim().to_string()))
-    }
-}
-
-impl Drop for FaultDelay {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(FAULT_DELAY_PARAM, &self.0) {
-            eprintln!("vgpu-race: cannot restore {FAULT_DELAY_PARAM}: {e}");
         }
     }
 }
@@ -122,7 +102,7 @@ fn run() -> io::Result<bool> {
     }
     let want = fnv1a64(buf.bytes(0, LEN));
 
-    let delay = FaultDelay::set(FAULT_DELAY_US)?;
+    let delay = DriverParam::set("fault_delay_us", FAULT_DELAY_US)?;
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     let (jobs, failed, gave_up, rounds) = std::thread::scope(|s| -> io::Result<_> {
