@@ -8,6 +8,9 @@
 #   qemu_guest_run_ms   QEMU start to its exit (guest ran selfcheck and powered off)
 #   virtual_host_boot_ms, wall_ms  as seen from here
 # Usage: ci/qemu-baseline.sh  (builds target/release/vmm and the images if needed)
+# BASELINE_RUN=PROG[,PROG] (default selfcheck) and BASELINE_REPEAT_FOR=SECS (default 0) run
+# other guest programs, as `vmm run --run ... --repeat-for ...` would: with `churn`, which
+# needs no device, this is the control experiment for the nested platform under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,9 @@ vmm=target/release/vmm
 [ -x "$vmm" ] || cargo build --release -p vmm >&2
 "$vmm" image build >&2
 host=build/images/host-latest
-guest_cmdline="console=ttyS0 panic=-1 loglevel=4 vgpu.run=selfcheck vgpu.expect_cpus=2 vgpu.expect_mem_mib=512"
+run=${BASELINE_RUN:-selfcheck}
+repeat_for=${BASELINE_REPEAT_FOR:-0}
+guest_cmdline="console=ttyS0 panic=-1 loglevel=4 vgpu.run=$run vgpu.repeat_for=$repeat_for vgpu.expect_cpus=2 vgpu.expect_mem_mib=512"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -79,9 +84,10 @@ while IFS= read -r line; do
 	BASELINE-START*) at[start]=${line#BASELINE-START } ;;
 	BASELINE-GUEST-INIT*) at[guest_init]=${line#BASELINE-GUEST-INIT } ;;
 	BASELINE-END*) at[end]=${line#BASELINE-END } ;;
-	check*) log "guest: $line" ;;
+	check* | churn:* | VGPU-RESULT* | VGPU-DONE* | *"Kernel panic"* | *"double fault"*)
+		log "guest: $line" ;;
 	esac
-done < <(timeout 600 "$qemu" -M q35 -cpu EPYC,+svm,+npt -accel tcg,thread=multi -smp 2 -m 1536 \
+done < <(timeout $((600 + repeat_for)) "$qemu" -M q35 -cpu EPYC,+svm,+npt -accel tcg,thread=multi -smp 2 -m 1536 \
 	-kernel "$host/vmlinuz" -initrd "$initrd" -append "console=ttyS0 panic=-1 loglevel=4" \
 	-display none -serial stdio -monitor none -nodefaults -no-reboot </dev/null)
 wall=$(( ($(date +%s%N) - t0) / 1000000 ))

@@ -214,6 +214,7 @@ int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_req_result(struct vgpu_req *req);
 bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
+bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,

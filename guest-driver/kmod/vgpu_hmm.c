@@ -741,7 +741,8 @@ int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run)
 			run->serve(m, &fb->f, run->ctx);
 			vgpu_fault_repost(vd, fb);
 		}
-		if (completion_done(&req->done))
+		/* Not completion_done(): job.wq must outlive the wake_up. */
+		if (vgpu_req_completed(vd, req))
 			break;
 		left = wait_event_killable_timeout(job.wq,
 						   vgpu_job_ready(req, &job),

@@ -228,10 +228,16 @@ int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
 	return err;
 }
 
-/* Called with cmd_lock held. */
+/*
+ * Called with cmd_lock held. A waiter woken by complete() may free @req at
+ * once, so nothing of it is read after that; the job's wait queue (on the
+ * job's stack) stays valid because the job leaves only after seeing the
+ * request completed under cmd_lock (vgpu_req_completed()), after this.
+ */
 static void vgpu_req_finish(struct vgpu_req *req, u32 len, int err)
 {
 	size_t max = sizeof(req->resp) + (req->data_in ? req->data_len : 0);
+	wait_queue_head_t *wq = req->wq;
 
 	if (req->abandoned) {
 		vgpu_req_free(req);
@@ -241,8 +247,23 @@ static void vgpu_req_finish(struct vgpu_req *req, u32 len, int err)
 	req->err = err;
 	req->completed = true;
 	complete(&req->done);
-	if (req->wq)
-		wake_up(req->wq);
+	if (wq)
+		wake_up(wq);
+}
+
+/*
+ * Whether @req completed, with the completing side done with it: unlike
+ * completion_done(), true only after vgpu_req_finish() returned.
+ */
+bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req)
+{
+	unsigned long flags;
+	bool done;
+
+	spin_lock_irqsave(&vd->cmd_lock, flags);
+	done = req->completed;
+	spin_unlock_irqrestore(&vd->cmd_lock, flags);
+	return done;
 }
 
 void vgpu_cmd_done(struct virtqueue *vq)

@@ -2,9 +2,11 @@
 //!
 //! For 10 s, one thread per CPU maps an anonymous buffer, writes it, forks a child that
 //! writes half of it (copy-on-write) and exits, then checks its own copy, write-protects,
-//! drops and unmaps the buffer, over and over. It never opens the device, so it is the
-//! control experiment for the platform (the virtual host's nested virtualization, the VMM's
-//! vCPUs and memory): a guest that crashes here crashed without the virtual GPU's help.
+//! drops and unmaps the buffer, over and over; another thread keeps reading `/dev/hwrng`
+//! (virtio-rng, which every VMM here has), so device interrupts arrive all the while. It
+//! never opens the virtual GPU, so it is the control experiment for the platform (the
+//! virtual host's nested virtualization, the VMM's vCPUs, memory and interrupts): a guest
+//! that crashes here crashed without the virtual GPU's help.
 //! Prints `churn: ...` and exits 1 if a parent ever read back other data than it wrote.
 
 use std::io;
@@ -22,18 +24,23 @@ fn main() -> ExitCode {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rounds = AtomicU64::new(0);
     let failures = AtomicU64::new(0);
-    let (r, f) = (&rounds, &failures);
+    let rng_bytes = AtomicU64::new(0);
+    let (r, f, b) = (&rounds, &failures, &rng_bytes);
     let errors: Vec<io::Error> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..cpus)
+        let mut workers: Vec<_> = (0..cpus)
             .map(|id| s.spawn(move || churn(id as u8, r, f)))
             .collect();
+        workers.push(s.spawn(move || read_rng(b)));
         workers
             .into_iter()
             .filter_map(|w| w.join().expect("churn thread").err())
             .collect()
     });
     let (rounds, failures) = (rounds.into_inner(), failures.into_inner());
-    println!("churn: {cpus} threads, {rounds} rounds, {failures} failures");
+    println!(
+        "churn: {cpus} threads, {rounds} rounds, {failures} failures, {} KiB from /dev/hwrng",
+        rng_bytes.into_inner() >> 10
+    );
     for e in &errors {
         eprintln!("vgpu-churn: {e}");
     }
@@ -65,6 +72,20 @@ fn churn(id: u8, rounds: &AtomicU64, failures: &AtomicU64) -> io::Result<()> {
         buf.dontneed(LEN / 2, LEN / 2)?;
         buf.munmap(0, LEN)?;
         rounds.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Reads the virtio-rng device for as long as the churn runs.
+fn read_rng(bytes: &AtomicU64) -> io::Result<()> {
+    use std::io::Read;
+    let mut rng = std::fs::File::open("/dev/hwrng")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/hwrng: {e}")))?;
+    let mut chunk = [0u8; 64];
+    let start = Instant::now();
+    while start.elapsed() < RUN {
+        let n = rng.read(&mut chunk)?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
 }
