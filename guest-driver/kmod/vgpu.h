@@ -141,10 +141,11 @@ struct vgpu_dev {
 	wait_queue_head_t cmd_space;	/* waiters for ring space */
 	struct virtqueue *fault_vq;
 	spinlock_t fault_lock;		/* fault_vq */
-	/* Set under both locks when the device goes away (or is fenced). */
+	/* Set once, by vgpu_queues_stop() under stop_lock and both spinlocks,
+	 * when the device goes away or is fenced.
+	 */
 	bool removed;
-	struct mutex stop_lock;		/* stopped, the reset in vgpu_queues_stop */
-	bool stopped;
+	struct mutex stop_lock;		/* serializes vgpu_queues_stop() */
 
 	struct vgpu_fault_buf *fault_bufs;
 

@@ -466,7 +466,8 @@ void vgpu_queues_stop(struct vgpu_dev *vd)
 	unsigned long flags;
 
 	mutex_lock(&vd->stop_lock);
-	if (vd->stopped)
+	/* Only this function sets removed, under stop_lock. */
+	if (vd->removed)
 		goto out;
 
 	spin_lock_irqsave(&vd->cmd_lock, flags);
@@ -493,7 +494,6 @@ void vgpu_queues_stop(struct vgpu_dev *vd)
 		wake_up(&job->wq);
 	INIT_LIST_HEAD(&vd->orphans);
 	spin_unlock_irqrestore(&vd->job_lock, flags);
-	vd->stopped = true;
 out:
 	mutex_unlock(&vd->stop_lock);
 }

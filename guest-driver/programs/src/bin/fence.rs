@@ -77,15 +77,5 @@ fn run() -> io::Result<bool> {
         },
     ));
 
-    let mut ok = true;
-    for (name, result) in &checks {
-        match result {
-            Ok(()) => println!("check {name}: ok"),
-            Err(why) => {
-                ok = false;
-                println!("check {name}: FAIL {why}");
-            }
-        }
-    }
-    Ok(ok)
+    Ok(guest_programs::print_checks(&checks) == 0)
 }
