@@ -1,67 +1,13 @@
 //! The device's counters (SPEC.md "Counters"): one set per mmu-notifier event and one
 //! global set. Readable by the guest (COUNTERS) and by the host (the VMM's report).
 //!
-//! The counters are the wire structs themselves ([`wire::Counters`]): one definition, so a
-//! counter added to SPEC.md cannot be forgotten in a conversion. This module adds the
-//! device-side helpers.
+//! The counters are the wire structs themselves, defined once in the `protocol` crate
+//! (`protocol::counters`, whose field names are the JSON keys). This module adds what only
+//! the device keeps: the fault service latency histogram.
 
 use std::time::Duration;
 
-use vm_memory::ByteValued;
-
-use crate::wire;
-pub use crate::wire::{Counters, EventCounters, GlobalCounters};
-
-/// The event names, in counter order (the kernel's `enum mmu_notifier_event`).
-pub const EVENT_NAMES: [&str; wire::event::COUNT] = [
-    "UNMAP",
-    "CLEAR",
-    "PROTECTION_VMA",
-    "PROTECTION_PAGE",
-    "SOFT_DIRTY",
-    "RELEASE",
-    "MIGRATE",
-    "EXCLUSIVE",
-];
-
-impl EventCounters {
-    /// Every counter by name (the JSON keys of an event), reserved slots left out.
-    pub fn fields(&self) -> [(&'static str, u64); 9] {
-        [
-            ("notifications", self.notifications),
-            ("ats_invalidations", self.ats_invalidations),
-            ("pasid_invalidations", self.pasid_invalidations),
-            ("pages_invalidated", self.pages_invalidated),
-            ("atc_entries_dropped", self.atc_entries_dropped),
-            ("useless_invalidations", self.useless_invalidations),
-            ("refaults", self.refaults),
-            ("downgrades", self.downgrades),
-            ("leaf_splits", self.leaf_splits),
-        ]
-    }
-}
-
-impl GlobalCounters {
-    /// Every counter by name, reserved slots left out.
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
-        [
-            ("device_faults", self.device_faults),
-            ("jobs_completed", self.jobs_completed),
-            ("jobs_failed", self.jobs_failed),
-            ("maps", self.maps),
-            ("pages_mapped", self.pages_mapped),
-            ("command_errors", self.command_errors),
-            ("atc_hits", self.atc_hits),
-            ("atc_misses", self.atc_misses),
-            ("page_walks", self.page_walks),
-            ("violations", self.violations),
-            ("bytes_read", self.bytes_read),
-            ("bytes_written", self.bytes_written),
-            ("permission_faults", self.permission_faults),
-            ("fault_retries", self.fault_retries),
-        ]
-    }
-}
+pub use protocol::counters::{Counters, Event, EventCounters, GlobalCounters, EVENT_NAMES};
 
 /// Buckets of [`FaultLatency`]: enough for 2^31 µs (about 36 minutes), far past any run's
 /// timeout, so the last bucket only catches the absurd.
@@ -107,37 +53,8 @@ impl FaultLatency {
     }
 }
 
-impl Counters {
-    /// Adds how every counter moved from `before` to `after` (a counter that went down, as
-    /// after a guest-requested reset, adds nothing). Every field is a u64, so this works word
-    /// by word on the wire layout and needs no update when a counter is added.
-    pub fn add_movement(&mut self, before: &Counters, after: &Counters) {
-        let words = |c: &Counters| -> Vec<u64> {
-            c.as_slice()
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8-byte chunks")))
-                .collect()
-        };
-        let (b, a) = (words(before), words(after));
-        for (i, slot) in self.as_mut_slice().chunks_exact_mut(8).enumerate() {
-            let now = u64::from_le_bytes((&*slot).try_into().expect("8-byte chunks"));
-            let moved = a[i].saturating_sub(b[i]);
-            slot.copy_from_slice(&now.wrapping_add(moved).to_le_bytes());
-        }
-    }
-
-    /// The counters of `event`. Events at or above [`wire::event::COUNT`] (the caller
-    /// validates them; this only keeps a bug from indexing out of bounds) land on the last.
-    pub fn event(&mut self, event: u32) -> &mut EventCounters {
-        let i = (event as usize).min(wire::event::COUNT - 1);
-        &mut self.events[i]
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use vm_memory::ByteValued;
-
     use super::*;
 
     #[test]
@@ -158,37 +75,5 @@ mod tests {
             h.nonzero().take(3).collect::<Vec<_>>(),
             [(0, 2), (2, 2), (512, 1)]
         );
-    }
-
-    #[test]
-    fn names_cover_every_counter() {
-        let g = GlobalCounters {
-            fault_retries: 4,
-            ..Default::default()
-        };
-        assert_eq!(g.fields().last(), Some(&("fault_retries", 4)));
-        assert_eq!(EventCounters::default().fields().len(), 9);
-        assert_eq!(EVENT_NAMES[wire::event::EXCLUSIVE as usize], "EXCLUSIVE");
-    }
-
-    #[test]
-    fn event_counters_land_in_their_wire_slot() {
-        let mut c = Counters::default();
-        c.event(wire::event::SOFT_DIRTY).downgrades = 3;
-        c.event(wire::event::UNMAP).leaf_splits = 4;
-        c.global.permission_faults = 5;
-        assert_eq!(c.events[4].downgrades, 3);
-        assert_eq!(c.events[0].leaf_splits, 4);
-        // permission_faults took the first reserved global slot: word 8*16 + 12.
-        let words: Vec<u64> = c
-            .as_slice()
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-            .collect();
-        assert_eq!(words[8 * 16 + 12], 5);
-        assert_eq!(c.global.reserved, [0; 18]);
-        // An out-of-range event never indexes out of bounds.
-        c.event(99).notifications += 1;
-        assert_eq!(c.events[7].notifications, 1);
     }
 }

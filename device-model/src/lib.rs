@@ -22,7 +22,9 @@ pub mod invalidate;
 pub mod mmu;
 pub mod oracle;
 pub mod page_table;
-pub mod wire;
+
+/// The wire structs and constants, defined in the `protocol` crate.
+pub use protocol::wire;
 
 pub use config::{ConfigError, OptionError, VgpuConfig};
 pub use counters::Counters;

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
  * The virtual GPU's device interface: the structs that cross the virtio
- * queues. device-model/SPEC.md describes them; device-model/src/wire.rs is
- * the Rust definition, and device-model/tests/wire_abi.rs checks that both
- * agree. All fields are little-endian.
+ * queues. device-model/SPEC.md describes them; protocol/src/wire.rs is the
+ * Rust definition, and protocol/tests/wire_abi.rs checks that both agree in
+ * full (every struct, field and constant). All fields are little-endian.
  */
 #ifndef VGPU_WIRE_H
 #define VGPU_WIRE_H
@@ -14,6 +14,9 @@
 
 #define VGPU_QUEUE_COMMAND		0
 #define VGPU_QUEUE_FAULT		1
+
+#define VGPU_COMMAND_QUEUE_SIZE		128
+#define VGPU_FAULT_QUEUE_SIZE		64
 
 #define VGPU_PAGE_SIZE			4096ULL
 

@@ -12,7 +12,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use protocol::console::{ConsoleLine, Done};
+pub use protocol::console::{ProgramResult, SelftestCapture};
+use protocol::{Report, WorkloadRecord};
 
 /// Lines kept for the failure report.
 pub const TAIL_LINES: usize = 40;
@@ -21,32 +23,6 @@ const MAX_LINE: usize = 64 * 1024;
 /// Most lines kept of one selftest's output (the 6.1 HMM suite prints about 200); the rest
 /// is dropped and the capture marked truncated.
 pub const MAX_SELFTEST_LINES: usize = 20_000;
-
-/// The raw output of one kernel selftest suite, between the guest program's
-/// `VGPU-KSELFTEST-BEGIN <suite>` and `VGPU-KSELFTEST-END <suite> <exit>` lines. Everything
-/// the console said in between is kept, kernel messages included: `vmm::selftest` sorts
-/// the harness's lines from the rest.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SelftestCapture {
-    /// The suite name of the BEGIN line.
-    pub suite: String,
-    /// The lines between the markers.
-    pub lines: Vec<String>,
-    /// The suite's exit status from the END line; `None` when the END line never came
-    /// (the guest crashed or the run timed out).
-    pub exit: Option<i32>,
-    /// More than [`MAX_SELFTEST_LINES`] lines came; the rest were dropped.
-    pub truncated: bool,
-}
-
-/// One guest program's result as the guest init reported it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProgramResult {
-    /// Program name (the `vgpu-` prefix dropped).
-    pub name: String,
-    /// Its exit status.
-    pub exit: i32,
-}
 
 /// What the console has told us so far.
 #[derive(Debug, Default)]
@@ -57,8 +33,8 @@ pub struct ConsoleState {
     pub kernel: Option<String>,
     /// Results of the programs the guest ran.
     pub results: Vec<ProgramResult>,
-    /// Workload reports (JSON objects) from the guest programs.
-    pub workloads: Vec<serde_json::Value>,
+    /// Workload reports from the guest programs.
+    pub workloads: Vec<WorkloadRecord>,
     /// The failure count of the final `VGPU-DONE` line, once seen.
     pub done_failed: Option<u32>,
     /// How many times the guest ran its program list (`--repeat-for`), from `VGPU-DONE`.
@@ -70,7 +46,7 @@ pub struct ConsoleState {
     /// The virtual host's init started.
     pub host_init_at: Option<Instant>,
     /// The inner VMM's report, relayed by the virtual host.
-    pub host_report: Option<serde_json::Value>,
+    pub host_report: Option<Report>,
     /// The inner VMM's exit status, relayed by the virtual host.
     pub host_exit: Option<i32>,
     /// `VGPU-HOST-ERROR` messages.
@@ -92,62 +68,52 @@ impl ConsoleState {
         if line.contains("Kernel panic - not syncing") {
             self.panicked = true;
         }
-        let Some(rest) = line.strip_prefix("VGPU-") else {
-            self.capture_selftest_line(line);
-            return;
+        let parsed = match ConsoleLine::parse(line) {
+            None => {
+                self.capture_selftest_line(line);
+                return;
+            }
+            Some(Ok(parsed)) => parsed,
+            Some(Err(e)) => {
+                // A malformed DONE still ends the program list, with every program failed.
+                if e.tag == protocol::console::Tag::Done {
+                    self.done_failed = Some(u32::MAX);
+                }
+                match e.tag {
+                    protocol::console::Tag::HostReport => self.host_errors.push(e.to_string()),
+                    _ => self.errors.push(e.to_string()),
+                }
+                return;
+            }
         };
-        let (tag, arg) = rest.split_once(' ').unwrap_or((rest, ""));
-        let arg = arg.trim();
-        match tag {
-            "INIT" => {
+        match parsed {
+            ConsoleLine::Init => {
                 self.init_at.get_or_insert(now);
             }
-            "KERNEL" => self.kernel = Some(arg.to_string()),
-            "RESULT" => match serde_json::from_str(arg) {
-                Ok(r) => self.results.push(r),
-                Err(e) => self.errors.push(format!("bad result line {arg:?}: {e}")),
-            },
-            "WORKLOAD" => match serde_json::from_str(arg) {
-                Ok(w) => self.workloads.push(w),
-                Err(e) => self.errors.push(format!("bad workload line {arg:?}: {e}")),
-            },
-            "DONE" => {
-                let done = serde_json::from_str::<serde_json::Value>(arg).ok();
-                let failed = done
-                    .as_ref()
-                    .and_then(|v| v.get("failed")?.as_u64())
-                    .unwrap_or(u64::from(u32::MAX));
-                self.done_failed = Some(failed.min(u64::from(u32::MAX)) as u32);
-                self.rounds = done.and_then(|v| v.get("rounds")?.as_u64());
+            ConsoleLine::Kernel(k) => self.kernel = Some(k),
+            ConsoleLine::Result(r) => self.results.push(r),
+            ConsoleLine::Workload(w) => self.workloads.push(*w),
+            ConsoleLine::Done(Done { failed, rounds }) => {
+                self.done_failed = Some(failed);
+                self.rounds = rounds;
             }
-            "ERROR" => self.errors.push(arg.to_string()),
-            "HOST-INIT" => {
+            ConsoleLine::Error(e) => self.errors.push(e),
+            ConsoleLine::HostInit => {
                 self.host_init_at.get_or_insert(now);
             }
-            "HOST-REPORT" => match serde_json::from_str(arg) {
-                Ok(r) => self.host_report = Some(r),
-                Err(e) => self
-                    .host_errors
-                    .push(format!("bad report from the virtual host: {e}")),
-            },
-            "HOST-EXIT" => self.host_exit = arg.parse().ok(),
-            "HOST-ERROR" => self.host_errors.push(arg.to_string()),
-            "KSELFTEST-BEGIN" => self.selftests.push(SelftestCapture {
-                suite: arg.to_string(),
+            ConsoleLine::HostReport(r) => self.host_report = Some(*r),
+            ConsoleLine::HostExit(code) => self.host_exit = code,
+            ConsoleLine::HostError(e) => self.host_errors.push(e),
+            ConsoleLine::KselftestBegin(suite) => self.selftests.push(SelftestCapture {
+                suite,
                 ..Default::default()
             }),
-            "KSELFTEST-END" => {
-                let mut words = arg.split_whitespace();
-                let suite = words.next().unwrap_or("");
-                let exit = words.next().and_then(|w| w.parse().ok());
-                match self.open_selftest() {
-                    Some(c) if c.suite == suite => c.exit = Some(exit.unwrap_or(-1)),
-                    _ => self.errors.push(format!(
-                        "selftest end line without its begin line: {line:?}"
-                    )),
-                }
-            }
-            _ => self.capture_selftest_line(line),
+            ConsoleLine::KselftestEnd { suite, exit } => match self.open_selftest() {
+                Some(c) if c.suite == suite => c.exit = Some(exit.unwrap_or(-1)),
+                _ => self.errors.push(format!(
+                    "selftest end line without its begin line: {line:?}"
+                )),
+            },
         }
     }
 
@@ -316,7 +282,8 @@ mod tests {
     fn selftest_output_is_captured_between_its_markers() {
         let s = feed(
             "VGPU-INIT\nbefore\nVGPU-KSELFTEST-BEGIN hmm\nTAP version 13\n\
-             [   12.5] kernel says hi\nVGPU-WORKLOAD {\"name\":\"x\"}\nok 1 a.b\n\
+             [   12.5] kernel says hi\nVGPU-WORKLOAD {\"name\":\"x\",\"policy\":\"naive\",\
+             \"ok\":true,\"device_faults\":0,\"violations\":0}\nok 1 a.b\n\
              VGPU-KSELFTEST-END hmm 1\nafter\nVGPU-DONE {\"failed\":1}\n",
         );
         assert_eq!(
@@ -359,9 +326,14 @@ mod tests {
 
     #[test]
     fn host_lines() {
-        let s = feed("VGPU-HOST-INIT\nVGPU-HOST-REPORT {\"host\":\"kvm\",\"boot_ms\":12}\nVGPU-HOST-EXIT 0\n");
+        let inner = Report {
+            boot_ms: Some(12),
+            ..Default::default()
+        };
+        let line = ConsoleLine::HostReport(Box::new(inner));
+        let s = feed(&format!("VGPU-HOST-INIT\n{line}\nVGPU-HOST-EXIT 0\n"));
         assert!(s.host_init_at.is_some());
-        assert_eq!(s.host_report.unwrap()["boot_ms"], 12);
+        assert_eq!(s.host_report.unwrap().boot_ms, Some(12));
         assert_eq!(s.host_exit, Some(0));
     }
 }

@@ -3,36 +3,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Why the VM stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest powered off through ACPI S5.
-    PowerOff,
-    /// The guest asked for a reset (i8042 or ACPI reset register).
-    Reset,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN); the vCPU's state at that moment, as text.
-    TripleFault(String),
-    /// A vCPU stopped on an error the VMM cannot recover from.
-    VcpuError(String),
-    /// The run's time limit passed.
-    Timeout,
-    /// A vCPU halted with no in-kernel irqchip to wake it (only bare test programs do).
-    Halted,
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitReason::PowerOff => write!(f, "guest powered off"),
-            ExitReason::Reset => write!(f, "guest reset"),
-            ExitReason::TripleFault(state) if state.is_empty() => write!(f, "vCPU triple fault"),
-            ExitReason::TripleFault(state) => write!(f, "vCPU triple fault ({state})"),
-            ExitReason::VcpuError(e) => write!(f, "vCPU error: {e}"),
-            ExitReason::Timeout => write!(f, "timed out"),
-            ExitReason::Halted => write!(f, "vCPU halted"),
-        }
-    }
-}
+/// Why the VM stopped (a record of the report, so defined with it).
+pub use protocol::ExitReason;
 
 /// A cloneable handle shared by the devices and vCPUs that can end the VM.
 #[derive(Clone, Default)]

@@ -13,24 +13,8 @@ pub enum HostChoice {
     Nested,
 }
 
-/// The host kind a run actually used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostKind {
-    /// Directly on KVM.
-    Kvm,
-    /// Inside the virtual host.
-    Nested,
-}
-
-impl HostKind {
-    /// The name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            HostKind::Kvm => "kvm",
-            HostKind::Nested => "nested",
-        }
-    }
-}
+/// The host kind a run actually used (in the report).
+pub use protocol::HostKind;
 
 /// Checks that `/dev/kvm` is hardware virtualization (kvm_intel or kvm_amd). `Err` says why
 /// not, in words a user can act on.
@@ -61,11 +45,11 @@ pub fn resolve(choice: HostChoice) -> Result<HostKind, String> {
     let hw = hardware_kvm_available(Path::new("/sys/module"), Path::new("/dev/kvm"));
     match choice {
         HostChoice::Kvm => hw.map(|_| HostKind::Kvm),
-        HostChoice::Nested => Ok(HostKind::Nested),
+        HostChoice::Nested => Ok(HostKind::VirtualHost),
         HostChoice::Auto => Ok(if hw.is_ok() {
             HostKind::Kvm
         } else {
-            HostKind::Nested
+            HostKind::VirtualHost
         }),
     }
 }

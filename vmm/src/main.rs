@@ -14,7 +14,7 @@ use vmm::cli::{
 };
 use vmm::host::{self, HostKind};
 use vmm::images::{self, GuestImage, ImageOptions};
-use vmm::report::Report;
+use vmm::report::{Report, RunReport};
 use vmm::run::{self, RunSpec};
 use vmm::selftest::{self, Suite};
 
@@ -170,12 +170,12 @@ fn run_guest(
         selftest,
     };
     run::validate(&spec).map_err(|e| e.to_string())?;
-    if kind == HostKind::Nested && spec.extra_cmdline.is_some() {
+    if kind == HostKind::VirtualHost && spec.extra_cmdline.is_some() {
         return Err("--cmdline-extra is only supported with --host kvm".into());
     }
 
     // Everything that can be checked quickly is checked before anything slow happens.
-    if kind == HostKind::Nested {
+    if kind == HostKind::VirtualHost {
         vmm::nested::find_in_path(vmm::nested::QEMU)
             .ok_or_else(|| vmm::nested::NestedError::QemuMissing.to_string())?;
     }
@@ -202,7 +202,7 @@ fn run_guest(
             let initrd = (!guest.initrd.as_os_str().is_empty()).then(|| guest.initrd.clone());
             run::run_direct(&spec, guest.kernel.clone(), initrd, start).map_err(|e| e.to_string())
         }
-        HostKind::Nested => {
+        HostKind::VirtualHost => {
             let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
             vmm::nested::run_nested(&spec, &host.kernel, &host.initrd, start)
                 .map_err(|e| e.to_string())

@@ -17,6 +17,7 @@ use crate::console::ConsoleState;
 use crate::host::HostKind;
 use crate::report::Report;
 use device_model::VgpuConfig;
+use protocol::{ExitReason, Verdict};
 
 use crate::run::RunSpec;
 
@@ -189,22 +190,14 @@ pub fn run_nested(
     let _ = reader.join();
     let qemu_stderr = err_reader.join().unwrap_or_default();
 
-    let mut report = match console
-        .host_report
-        .clone()
-        .map(serde_json::from_value::<Report>)
-    {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Report {
-            errors: vec![format!("unreadable report from the inner VMM: {e}")],
-            ..Default::default()
-        },
+    let mut report = match console.host_report.clone() {
+        Some(r) => r,
         None => Report {
             errors: vec!["the virtual host returned no report".into()],
             ..Default::default()
         },
     };
-    report.host = HostKind::Nested.name().into();
+    report.host = HostKind::VirtualHost;
     report.cpus = spec.cpus;
     report.mem_mib = spec.mem_size >> 20;
     report.virtual_host_boot_ms = console
@@ -218,7 +211,7 @@ pub fn run_nested(
         report
             .errors
             .push(format!("virtual host timed out after {:?}", spec.timeout));
-        report.exit_reason = "timed out".into();
+        report.exit_reason = ExitReason::Timeout;
     }
     match status {
         Ok(s) if !s.success() && !timed_out => report
@@ -227,9 +220,9 @@ pub fn run_nested(
         Err(e) => report.errors.push(format!("waiting for QEMU: {e}")),
         _ => {}
     }
-    let inner_ok = console.host_exit == Some(0) && report.verdict == "pass";
+    let inner_ok = console.host_exit == Some(0) && report.passed();
     if !inner_ok || !report.errors.is_empty() {
-        report.verdict = "fail".into();
+        report.verdict = Verdict::Fail;
         if report.console_tail.is_empty() {
             report.console_tail = console.tail_lines();
         }

@@ -1,98 +1,54 @@
-//! The run report: a human summary and a JSON file whose keys later tools read.
-//!
-//! Stable keys (do not rename): `host`, `kernel`, `boot_ms`, `workloads`; for `vmm selftest`
-//! also `selftest`, `tests` and `summary`. The others describe the run and may grow.
+//! The run report's making and rendering: the record itself is `protocol::report::Report`
+//! (shared with the virtual host's relay, the guest tests and `vmm matrix`); this module fills
+//! it from the console and the device, and owns every human-readable line of it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use device_model::config::OptionValue;
-use device_model::counters::{FaultLatency, EVENT_NAMES};
+use device_model::config::OptionValue as ConfigValue;
+use device_model::counters::FaultLatency;
 use device_model::oracle::ViolationSample;
 use device_model::{Counters, VgpuConfig};
-use serde::{Deserialize, Serialize};
+use protocol::counters::Event;
+use protocol::report::{
+    DeviceReport, FaultLatencyReport, InvalidationRecord, LatencyBucket, OptionValue,
+    TranslationRecord, ViolationRecord,
+};
+pub use protocol::Report;
+use protocol::WorkloadRecord;
 
-use crate::console::{ConsoleState, ProgramResult, SelftestCapture};
-use crate::selftest::{SelftestSummary, TestReport};
-
-/// One run of a guest.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// Where the VMM ran: "kvm" (directly) or "nested" (inside the virtual host).
-    pub host: String,
-    /// The guest's `uname -r`.
-    pub kernel: Option<String>,
-    /// Milliseconds from VMM start to the guest init's first line.
-    pub boot_ms: Option<u64>,
-    /// Device-fault workload reports, one object each (per round with `--repeat-for`).
-    pub workloads: Vec<serde_json::Value>,
-    /// Times the guest ran its program list (more than 1 with `--repeat-for`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rounds: Option<u64>,
-    /// "pass" or "fail".
-    pub verdict: String,
-    /// Why the VM ended.
-    pub exit_reason: String,
-    /// The guest programs and their exit status.
-    pub programs: Vec<ProgramResult>,
-    /// Errors the guest reported, and why a run failed.
-    pub errors: Vec<String>,
-    /// vCPUs of the guest.
-    pub cpus: u8,
-    /// Guest RAM in MiB.
-    pub mem_mib: u64,
-    /// Milliseconds from VMM start to the end of the guest.
-    pub run_ms: u64,
-    /// For nested runs: milliseconds from starting the virtual host until its init ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub virtual_host_boot_ms: Option<u64>,
-    /// For nested runs: wall milliseconds of the whole virtual-host run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub virtual_host_run_ms: Option<u64>,
-    /// The coherence oracle's first violations (PASID, address, both translations, the access
-    /// and the invalidations that last touched the page).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub violation_samples: Vec<serde_json::Value>,
-    /// The virtual GPU's tunables (`--device`), by option name.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub device_config: Option<serde_json::Value>,
-    /// The VMM's own view of the virtual GPU at the end of the run: counter totals per
-    /// event and global, and the fault service latency histogram.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub device: Option<serde_json::Value>,
-    /// The last console lines, kept when the run failed.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub console_tail: Vec<String>,
-    /// `vmm selftest`: the suite that ran ("hmm").
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub selftest: Option<String>,
-    /// `vmm selftest`: the guest driver's policy.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub policy: Option<String>,
-    /// `vmm selftest`: every test the suite reported, in order.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub tests: Option<Vec<TestReport>>,
-    /// `vmm selftest`: counts by result, and what the suite made the device do (JSON key
-    /// `summary`).
-    #[serde(rename = "summary", skip_serializing_if = "Option::is_none", default)]
-    pub selftest_summary: Option<SelftestSummary>,
-    /// `vmm selftest`: the file with the suite's raw kselftest output.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub kselftest_output: Option<String>,
-    /// Kernel selftest output the console carried (not in the JSON; `vmm selftest` judges it
-    /// and writes it beside the report).
-    #[serde(skip)]
-    pub selftest_captures: Vec<SelftestCapture>,
-}
+use crate::console::ConsoleState;
 
 /// The run error for a guest program that exited with a non-zero status.
 pub fn program_exit_error(name: &str, exit: i32) -> String {
     format!("guest program {name} exited with {exit}")
 }
 
-impl Report {
+/// What the VMM adds to a [`Report`]: filling it, rendering it, writing it.
+pub trait RunReport {
     /// Fills the guest-side fields from what the console said.
-    pub fn absorb_console(&mut self, c: &ConsoleState) {
+    fn absorb_console(&mut self, c: &ConsoleState);
+    /// Echoes the device's tunables as `device_config`.
+    fn set_device_config(&mut self, config: &VgpuConfig);
+    /// Records the device's final counters (in total and by PASID) and fault latencies as
+    /// `device`.
+    fn set_device(
+        &mut self,
+        counters: &Counters,
+        by_pasid: &BTreeMap<u32, Counters>,
+        latency: &FaultLatency,
+    );
+    /// Records the oracle's samples as `violation_samples` and makes them a run error (the
+    /// workloads report their own counts; this also catches violations outside a workload).
+    fn set_violations(&mut self, samples: &[ViolationSample]);
+    /// Writes the JSON report.
+    fn write_json(&self, path: &Path) -> std::io::Result<()>;
+    /// The human summary, a few lines.
+    fn summary(&self) -> String;
+}
+
+impl RunReport for Report {
+    fn absorb_console(&mut self, c: &ConsoleState) {
         self.kernel = c.kernel.clone();
         self.programs = c.results.clone();
         self.workloads = c.workloads.clone();
@@ -107,19 +63,16 @@ impl Report {
                 .push("guest did not finish its programs (no VGPU-DONE line)".into());
         }
         for w in &c.workloads {
-            let name = w.get("name").and_then(|v| v.as_str()).unwrap_or("?");
-            if w.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+            if !w.ok {
                 self.errors
-                    .push(format!("workload {name}: data verification failed"));
+                    .push(format!("workload {}: data verification failed", w.name));
             }
             // The coherence oracle saw the device use a translation the CPU no longer had.
-            if let Some(n) = w
-                .get("violations")
-                .and_then(|v| v.as_u64())
-                .filter(|n| *n > 0)
-            {
-                self.errors
-                    .push(format!("workload {name}: {n} coherence violations"));
+            if w.violations > 0 {
+                self.errors.push(format!(
+                    "workload {}: {} coherence violations",
+                    w.name, w.violations
+                ));
             }
         }
         for r in c.results.iter().filter(|r| r.exit != 0) {
@@ -127,99 +80,45 @@ impl Report {
         }
     }
 
-    /// Echoes the device's tunables as `device_config`.
-    pub fn set_device_config(&mut self, config: &VgpuConfig) {
-        let map: serde_json::Map<String, serde_json::Value> = config
-            .options()
-            .iter()
-            .map(|(k, v)| {
-                let v = match *v {
-                    OptionValue::Number(n) => serde_json::Value::from(n),
-                    OptionValue::Word(w) => serde_json::Value::from(w),
-                };
-                (k.to_string(), v)
-            })
-            .collect();
-        self.device_config = Some(map.into());
+    fn set_device_config(&mut self, config: &VgpuConfig) {
+        self.device_config = Some(
+            config
+                .options()
+                .iter()
+                .map(|(k, v)| {
+                    let v = match *v {
+                        ConfigValue::Number(n) => OptionValue::Number(n),
+                        ConfigValue::Word(w) => OptionValue::Word(w.to_string()),
+                    };
+                    (k.to_string(), v)
+                })
+                .collect(),
+        );
     }
 
-    /// Records the device's final counters (in total and by PASID) and fault latencies as
-    /// `device`.
-    pub fn set_device(
+    fn set_device(
         &mut self,
         counters: &Counters,
         by_pasid: &BTreeMap<u32, Counters>,
         latency: &FaultLatency,
     ) {
-        use serde_json::{Map, Value};
-        let object = |fields: &[(&str, u64)]| -> Value {
-            fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::from(*v)))
-                .collect::<Map<_, _>>()
-                .into()
-        };
-        let events = |c: &Counters| -> Map<String, Value> {
-            EVENT_NAMES
-                .iter()
-                .zip(&c.events)
-                .map(|(name, e)| (name.to_string(), object(&e.fields())))
-                .collect()
-        };
-        let pasids: Map<String, Value> = by_pasid
-            .iter()
-            .map(|(p, c)| {
-                let v = serde_json::json!({
-                    "global": object(&c.global.fields()),
-                    "events": events(c),
-                });
-                (p.to_string(), v)
-            })
-            .collect();
-        let buckets: Vec<Value> = latency
-            .nonzero()
-            .map(|(from_us, count)| serde_json::json!({"from_us": from_us, "count": count}))
-            .collect();
-        self.device = Some(serde_json::json!({
-            "global": object(&counters.global.fields()),
-            "events": events(counters),
-            "pasids": pasids,
-            "fault_latency_us": {
-                "count": latency.count(),
-                "total": latency.total_us,
-                "max": latency.max_us,
-                "buckets": buckets,
+        self.device = Some(DeviceReport {
+            counters: *counters,
+            pasids: by_pasid.clone(),
+            fault_latency_us: FaultLatencyReport {
+                count: latency.count(),
+                total: latency.total_us,
+                max: latency.max_us,
+                buckets: latency
+                    .nonzero()
+                    .map(|(from_us, count)| LatencyBucket { from_us, count })
+                    .collect(),
             },
-        }));
+        });
     }
 
-    /// Records the oracle's samples as `violation_samples` and makes them a run error (the
-    /// workloads report their own counts; this also catches violations outside a workload).
-    pub fn set_violations(&mut self, samples: &[ViolationSample]) {
-        let hex = |v: u64| format!("{v:#x}");
-        let event = |e: u32| EVENT_NAMES.get(e as usize).copied().unwrap_or("?");
-        self.violation_samples = samples
-            .iter()
-            .map(|s| {
-                let v = &s.violation;
-                serde_json::json!({
-                    "pasid": v.pasid.0,
-                    "va": hex(v.va.0),
-                    "access": v.access.to_string(),
-                    "device": {"gpa": hex(v.device.gpa.0), "writable": v.device.writable},
-                    "cpu": v.cpu.map(|c| serde_json::json!({"gpa": hex(c.gpa.0), "writable": c.writable})),
-                    "at_us": s.micros,
-                    "history": s.history.iter().map(|h| serde_json::json!({
-                        "seq": h.seq,
-                        "at_us": h.micros,
-                        "event": event(h.event),
-                        "start": hex(h.range.start),
-                        "end": hex(h.range.end),
-                        "downgrade": h.downgrade,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+    fn set_violations(&mut self, samples: &[ViolationSample]) {
+        self.violation_samples = samples.iter().map(violation_record).collect();
         if let Some(first) = samples.first() {
             self.errors.push(format!(
                 "coherence oracle: {} sampled violations, first: {}",
@@ -229,42 +128,11 @@ impl Report {
         }
     }
 
-    /// A device counter's total from `device.global` (0 when absent).
-    pub fn device_global(&self, key: &str) -> u64 {
-        self.device
-            .as_ref()
-            .and_then(|d| d["global"][key].as_u64())
-            .unwrap_or(0)
+    fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.to_json_pretty())
     }
 
-    /// A device event counter by event name, from `device.events` (empty when absent).
-    pub fn device_per_event(&self, key: &str) -> Vec<(String, u64)> {
-        self.device
-            .as_ref()
-            .and_then(|d| d["events"].as_object())
-            .map(|events| {
-                events
-                    .iter()
-                    .map(|(name, e)| (name.clone(), e[key].as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// True if the run passed.
-    pub fn passed(&self) -> bool {
-        self.verdict == "pass"
-    }
-
-    /// Writes the JSON report.
-    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
-        let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        text.push('\n');
-        std::fs::write(path, text)
-    }
-
-    /// The human summary, a few lines.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let mut s = String::new();
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         let title = match (&self.selftest, &self.policy) {
@@ -274,7 +142,7 @@ impl Report {
         };
         s.push_str(&format!(
             "== {title}: {} ({})\n",
-            self.verdict.to_uppercase(),
+            self.verdict.to_string().to_uppercase(),
             self.exit_reason
         ));
         s.push_str(&format!(
@@ -295,9 +163,12 @@ impl Report {
                 ms(self.virtual_host_run_ms)
             ));
         }
+        if let Some(v) = self.image_build_ms {
+            s.push_str(&format!("  images {v} ms"));
+        }
         s.push('\n');
         if self.rounds.is_some_and(|r| r > 1) {
-            s.push_str(&self.repeated_summary());
+            s.push_str(&repeated_summary(self));
         } else {
             // A selftest program's exit status says little (unsupported tests fail too):
             // its tests are listed instead.
@@ -333,122 +204,135 @@ impl Report {
     }
 }
 
-impl Report {
-    /// A stress run's programs and workloads, one line per name with the rounds summed.
-    fn repeated_summary(&self) -> String {
-        let mut s = format!("   rounds {}\n", self.rounds.unwrap_or(0));
-        let mut names: Vec<&str> = Vec::new();
-        for p in &self.programs {
-            if !names.contains(&p.name.as_str()) {
-                names.push(&p.name);
-            }
-        }
-        for name in names {
-            let runs: Vec<_> = self.programs.iter().filter(|p| p.name == name).collect();
-            let failed = runs.iter().filter(|p| p.exit != 0).count();
-            s.push_str(&format!(
-                "   program {name:<16} x{:<4} {}\n",
-                runs.len(),
-                if failed == 0 {
-                    "ok".to_string()
-                } else {
-                    format!("FAIL ({failed} failed)")
-                }
-            ));
-            let ws: Vec<_> = self
-                .workloads
-                .iter()
-                .filter(|w| w.get("name").and_then(|v| v.as_str()) == Some(name))
-                .collect();
-            if ws.is_empty() {
-                continue;
-            }
-            let ok = ws
-                .iter()
-                .all(|w| w.get("ok").and_then(|v| v.as_bool()) == Some(true));
-            s.push_str(&format!(
-                "   workload {name:<12} x{:<4} {}  device faults {}  violations {}\n",
-                ws.len(),
-                if ok { "ok  " } else { "FAIL" },
-                ws.iter().map(|w| num(w, "device_faults")).sum::<u64>(),
-                ws.iter().map(|w| num(w, "violations")).sum::<u64>(),
-            ));
-        }
-        s
+/// The report's record of one oracle sample.
+fn violation_record(s: &ViolationSample) -> ViolationRecord {
+    let hex = |v: u64| format!("{v:#x}");
+    let v = &s.violation;
+    ViolationRecord {
+        pasid: v.pasid.0,
+        va: hex(v.va.0),
+        access: v.access.to_string(),
+        device: TranslationRecord {
+            gpa: hex(v.device.gpa.0),
+            writable: v.device.writable,
+        },
+        cpu: v.cpu.map(|c| TranslationRecord {
+            gpa: hex(c.gpa.0),
+            writable: c.writable,
+        }),
+        at_us: s.micros,
+        history: s
+            .history
+            .iter()
+            .map(|h| InvalidationRecord {
+                seq: h.seq,
+                at_us: h.micros,
+                // The device only records events it validated; the last stands in otherwise.
+                event: Event::from_wire(h.event).unwrap_or(Event::Exclusive),
+                start: hex(h.range.start),
+                end: hex(h.range.end),
+                downgrade: h.downgrade,
+            })
+            .collect(),
     }
 }
 
-/// The unsigned number at `v[k]`, 0 when absent (the report's JSON comes from the guest).
-fn num(v: &serde_json::Value, k: &str) -> u64 {
-    v.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+/// A stress run's programs and workloads, one line per name with the rounds summed.
+fn repeated_summary(r: &Report) -> String {
+    let mut s = format!("   rounds {}\n", r.rounds.unwrap_or(0));
+    let mut names: Vec<&str> = Vec::new();
+    for p in &r.programs {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    for name in names {
+        let runs: Vec<_> = r.programs.iter().filter(|p| p.name == name).collect();
+        let failed = runs.iter().filter(|p| p.exit != 0).count();
+        s.push_str(&format!(
+            "   program {name:<16} x{:<4} {}\n",
+            runs.len(),
+            if failed == 0 {
+                "ok".to_string()
+            } else {
+                format!("FAIL ({failed} failed)")
+            }
+        ));
+        let ws: Vec<&WorkloadRecord> = r.workloads_named(name).collect();
+        if ws.is_empty() {
+            continue;
+        }
+        let ok = ws.iter().all(|w| w.ok);
+        s.push_str(&format!(
+            "   workload {name:<12} x{:<4} {}  device faults {}  violations {}\n",
+            ws.len(),
+            if ok { "ok  " } else { "FAIL" },
+            ws.iter().map(|w| w.device_faults).sum::<u64>(),
+            ws.iter().map(|w| w.violations).sum::<u64>(),
+        ));
+    }
+    s
 }
 
 /// Lines for one workload: its verdict, then one line per event the device heard of.
-fn workload_summary(w: &serde_json::Value) -> String {
-    let str_of = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or("?");
-    let ok = w.get("ok").and_then(|v| v.as_bool()) == Some(true);
+fn workload_summary(w: &WorkloadRecord) -> String {
     let mut s = format!(
         "   workload {:<12} {} policy {}  device faults {}  violations {}\n",
-        str_of("name"),
-        if ok { "ok  " } else { "FAIL" },
-        str_of("policy"),
-        num(w, "device_faults"),
-        w.get("violations")
-            .and_then(|v| v.as_u64())
-            .map_or("-".into(), |v| v.to_string()),
+        w.name,
+        if w.ok { "ok  " } else { "FAIL" },
+        w.policy,
+        w.device_faults,
+        w.violations,
     );
-    if let Some(events) = w.get("events").and_then(|e| e.as_object()) {
-        for (name, e) in events {
-            if num(e, "notifications") == 0 {
-                continue;
-            }
-            s.push_str(&format!(
-                "      {name:<16} notifications {:>6}  ats_invalidations {:>6}  pages {:>7}  refaults {:>6}\n",
-                num(e, "notifications"),
-                num(e, "ats_invalidations"),
-                num(e, "pages_invalidated"),
-                num(e, "refaults"),
-            ));
+    for e in Event::ALL {
+        let c = w.event(e);
+        if c.notifications == 0 {
+            continue;
         }
+        s.push_str(&format!(
+            "      {:<16} notifications {:>6}  ats_invalidations {:>6}  pages {:>7}  refaults {:>6}\n",
+            e.name(),
+            c.notifications,
+            c.ats_invalidations,
+            c.pages_invalidated,
+            c.refaults,
+        ));
     }
     s
 }
 
 /// One line of the host's device totals: the options, faults, ATC use, fault service time.
-fn device_summary(d: &serde_json::Value, config: Option<&serde_json::Value>) -> String {
+fn device_summary(d: &DeviceReport, config: Option<&BTreeMap<String, OptionValue>>) -> String {
     let options = config
-        .and_then(|c| c.as_object())
         .map(|c| {
             c.iter()
-                .map(|(k, v)| match v.as_str() {
-                    Some(word) => format!("{k}={word}"),
-                    None => format!("{k}={v}"),
-                })
+                .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",")
         })
         .unwrap_or_default();
-    let g = &d["global"];
-    let l = &d["fault_latency_us"];
-    let mean = num(l, "total").checked_div(num(l, "count")).unwrap_or(0);
+    let g = &d.counters.global;
+    let l = &d.fault_latency_us;
     format!(
-        "   device {options}: faults {}  atc hits {} misses {}  fault service mean {mean} us max {} us\n",
-        num(g, "device_faults"),
-        num(g, "atc_hits"),
-        num(g, "atc_misses"),
-        num(l, "max"),
+        "   device {options}: faults {}  atc hits {} misses {}  fault service mean {} us max {} us\n",
+        g.device_faults,
+        g.atc_hits,
+        g.atc_misses,
+        l.mean(),
+        l.max,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::console::ProgramResult;
 
     #[test]
     fn stable_keys_are_present() {
         let r = Report {
-            host: "nested".into(),
-            verdict: "pass".into(),
+            host: protocol::HostKind::VirtualHost,
+            verdict: protocol::Verdict::Pass,
             ..Default::default()
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
@@ -470,7 +354,7 @@ mod tests {
         assert_eq!(v["device_config"]["atc_ways"], 4);
         assert_eq!(v["device_config"]["fault_ahead"], 65536);
         assert_eq!(v["device_config"]["oracle"], "every");
-        let summary = device_summary(&serde_json::json!({}), v.get("device_config"));
+        let summary = device_summary(&DeviceReport::default(), r.device_config.as_ref());
         assert!(
             summary.contains("oracle=every") && !summary.contains('"'),
             "{summary}"
@@ -487,10 +371,7 @@ mod tests {
         c.global.permission_faults = 2;
         let mut h = FaultLatency::default();
         h.record(std::time::Duration::from_micros(5));
-        let mut r = Report {
-            host: "kvm".into(),
-            ..Default::default()
-        };
+        let mut r = Report::default();
         let by_pasid = BTreeMap::from([(7, c)]);
         r.set_device(&c, &by_pasid, &h);
         let v = serde_json::to_value(&r).unwrap();
@@ -529,20 +410,22 @@ mod tests {
     #[test]
     fn failed_workload_is_an_error_and_events_are_summarised() {
         let mut c = ConsoleState::default();
-        c.workloads.push(serde_json::json!({
-            "name": "touch", "policy": "naive", "ok": false, "device_faults": 64,
-            "violations": null,
-            "events": {
-                "UNMAP": {"notifications": 3, "ats_invalidations": 5},
-                "CLEAR": {"notifications": 0, "ats_invalidations": 0}
-            }
-        }));
+        let mut w = WorkloadRecord {
+            name: "touch".into(),
+            policy: "naive".into(),
+            ok: false,
+            device_faults: 64,
+            ..Default::default()
+        };
+        w.events[Event::Unmap as usize].notifications = 3;
+        w.events[Event::Unmap as usize].ats_invalidations = 5;
+        c.workloads.push(w);
         c.done_failed = Some(0);
         let mut r = Report::default();
         r.absorb_console(&c);
         assert_eq!(r.errors, vec!["workload touch: data verification failed"]);
-        c.workloads[0]["ok"] = serde_json::json!(true);
-        c.workloads[0]["violations"] = serde_json::json!(3);
+        c.workloads[0].ok = true;
+        c.workloads[0].violations = 3;
         let mut r = Report::default();
         r.absorb_console(&c);
         assert_eq!(r.errors, vec!["workload touch: 3 coherence violations"]);
@@ -565,10 +448,14 @@ mod tests {
                 name: "touch".into(),
                 exit: 0,
             });
-            c.workloads.push(serde_json::json!({
-                "name": "touch", "policy": "naive", "ok": true,
-                "device_faults": faults, "violations": round - 1,
-            }));
+            c.workloads.push(WorkloadRecord {
+                name: "touch".into(),
+                policy: "naive".into(),
+                ok: true,
+                device_faults: faults,
+                violations: round - 1,
+                ..Default::default()
+            });
         }
         let mut r = Report::default();
         r.absorb_console(&c);
@@ -593,7 +480,8 @@ mod tests {
     fn violation_samples_are_reported_and_fail_the_run() {
         use device_model::address::{Iova, IovaRange, Pasid};
         use device_model::oracle::{
-            Access, CpuLeaf, CpuTranslation, DeviceTranslation, InvalidationRecord, Violation,
+            Access, CpuLeaf, CpuTranslation, DeviceTranslation, InvalidationRecord as Inval,
+            Violation,
         };
         use vm_memory::GuestAddress;
         let sample = ViolationSample {
@@ -613,7 +501,7 @@ mod tests {
             },
             micros: 10,
             after_seq: 1,
-            history: vec![InvalidationRecord {
+            history: vec![Inval {
                 seq: 1,
                 micros: 5,
                 event: device_model::wire::event::CLEAR,

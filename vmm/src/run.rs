@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use device_model::VgpuConfig;
 
 use crate::console::ConsoleSink;
-use crate::control::ExitReason;
 use crate::host::HostKind;
-use crate::report::Report;
+use crate::report::{Report, RunReport};
 use crate::vm::{Vm, VmConfig};
 
 /// The guest programs of a run without `--run` or `--workload`.
@@ -207,11 +206,11 @@ pub fn run_direct(
     let state = sink.state();
     let console = state.lock().unwrap();
     let mut report = Report {
-        host: HostKind::Kvm.name().into(),
+        host: HostKind::Kvm,
         boot_ms: console
             .init_at
             .map(|t| t.duration_since(start).as_millis() as u64),
-        exit_reason: reason.to_string(),
+        exit_reason: reason.clone(),
         cpus: spec.cpus,
         mem_mib: spec.mem_size >> 20,
         run_ms: start.elapsed().as_millis() as u64,
@@ -225,12 +224,12 @@ pub fn run_direct(
         &vgpu.fault_latency(),
     );
     report.set_violations(&vgpu.violation_samples());
-    let clean_end = matches!(reason, ExitReason::PowerOff | ExitReason::Reset);
+    let clean_end = reason.is_clean();
     if !clean_end {
         report.errors.push(format!("VM ended abnormally: {reason}"));
     }
     let passed = clean_end && console.guest_passed() && report.errors.is_empty();
-    report.verdict = if passed { "pass" } else { "fail" }.into();
+    report.verdict = protocol::Verdict::of(passed);
     if !passed {
         report.console_tail = console.tail_lines();
     }

@@ -37,9 +37,10 @@
 //! `CONFIG_DEVICE_PRIVATE`): [`Suite::unsupported`] names them with the reason; they are
 //! reported as `unsupported`, whatever the harness said, and never counted as passes.
 
-use serde::{Deserialize, Serialize};
-
 use std::path::{Path, PathBuf};
+
+pub use protocol::report::{HarnessOutcome, SelftestSummary, TestReport, TestResult};
+use protocol::{Event, Verdict};
 
 use crate::console::SelftestCapture;
 use crate::report::{program_exit_error, Report};
@@ -149,20 +150,6 @@ impl Suite {
             Suite::Hmm => HMM_MUST_PASS,
         }
     }
-}
-
-/// What the harness said about one test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HarnessOutcome {
-    /// `ok N name`.
-    Pass,
-    /// `not ok N name`.
-    Fail,
-    /// `ok N # SKIP reason`, or a `SKIP` line before a plain `ok`.
-    Skip,
-    /// The test started (`RUN`) and no result followed: the suite stopped inside it.
-    Unfinished,
 }
 
 /// One test as read from the console.
@@ -398,54 +385,6 @@ pub fn parse(lines: &[String]) -> Parsed {
     out
 }
 
-/// A test's verdict in the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestResult {
-    /// The harness said ok.
-    Pass,
-    /// The harness said not ok, or the test never finished.
-    Fail,
-    /// The test skipped itself (the reason says why).
-    Skip,
-    /// The test cannot run on the guest kernel ([`Suite::unsupported`]); never a pass.
-    Unsupported,
-}
-
-/// One test in the report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestReport {
-    /// `fixture.variant.test`.
-    pub name: String,
-    /// The verdict.
-    pub result: TestResult,
-    /// Why it skipped, failed, or is unsupported.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
-    /// What the harness itself said (differs from `result` for unsupported tests).
-    pub harness: HarnessOutcome,
-}
-
-/// The report's `summary`: counts by result, and what the suite made the device do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SelftestSummary {
-    /// Tests that passed.
-    pub passed: u32,
-    /// Tests that failed or never finished.
-    pub failed: u32,
-    /// Tests that skipped themselves.
-    pub skipped: u32,
-    /// Tests this kernel cannot run.
-    pub unsupported: u32,
-    /// Device faults in the run (the suite is the guest's only program, so all are its own).
-    pub device_faults: u64,
-    /// ATS invalidation requests the device sent to its ATC, all events together
-    /// (`device.events` has them per event).
-    pub ats_invalidations: u64,
-    /// Translations the coherence oracle found stale.
-    pub violations: u64,
-}
-
 /// A suite run, judged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Judged {
@@ -576,13 +515,10 @@ pub fn apply(report: &mut Report, suite: Suite, policy: Policy) {
         ));
     }
     let mut summary = judged.summary;
-    summary.device_faults = report.device_global("device_faults");
-    summary.ats_invalidations = report
-        .device_per_event("ats_invalidations")
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
-    summary.violations = report.device_global("violations");
+    let device = report.device_counters().copied().unwrap_or_default();
+    summary.device_faults = device.global.device_faults;
+    summary.ats_invalidations = device.events.iter().map(|e| e.ats_invalidations).sum();
+    summary.violations = device.global.violations;
     if summary.violations > 0 && report.violation_samples.is_empty() {
         report.errors.push(format!(
             "coherence oracle: {} violations during the {} selftests",
@@ -595,7 +531,7 @@ pub fn apply(report: &mut Report, suite: Suite, policy: Policy) {
     report.tests = Some(judged.tests);
     report.selftest_summary = Some(summary);
     let passed = report.errors.is_empty() && summary.violations == 0;
-    report.verdict = if passed { "pass" } else { "fail" }.into();
+    report.verdict = Verdict::of(passed);
     if passed {
         // Kept by the run only because the program's exit status was not 0.
         report.console_tail.clear();
@@ -654,9 +590,10 @@ pub fn summary_lines(report: &Report) -> String {
         s.push_str(&format!("   unsupported {n:>2}: {reason}\n"));
     }
     s.push_str(&format!("   {}\n", totals_line(suite, summary)));
-    let by_event: Vec<String> = report
-        .device_per_event("ats_invalidations")
+    let device = report.device_counters().copied().unwrap_or_default();
+    let by_event: Vec<String> = Event::ALL
         .into_iter()
+        .map(|e| (e, device.of(e).ats_invalidations))
         .filter(|(_, n)| *n > 0)
         .map(|(event, n)| format!("{event} {n}"))
         .collect();
@@ -685,6 +622,7 @@ pub fn summary_lines(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::RunReport;
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_string).collect()
@@ -1050,9 +988,7 @@ mod tests {
             c.handle_line(line, std::time::Instant::now());
         }
         let mut r = Report {
-            host: "kvm".into(),
-            verdict: "fail".into(),
-            exit_reason: "guest powered off".into(),
+            exit_reason: protocol::ExitReason::PowerOff,
             console_tail: vec!["kept for a failure".into()],
             ..Default::default()
         };
@@ -1097,7 +1033,7 @@ mod tests {
         );
         apply(&mut r, Suite::Hmm, Policy::Naive);
         assert_eq!(r.errors, Vec::<String>::new());
-        assert_eq!(r.verdict, "pass");
+        assert_eq!(r.verdict, Verdict::Pass);
         assert!(r.console_tail.is_empty());
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["selftest"], "hmm");
@@ -1141,7 +1077,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("device faults 40, ATS invalidations 12 (CLEAR 5, UNMAP 7)"),
+            s.contains("device faults 40, ATS invalidations 12 (UNMAP 7, CLEAR 5)"),
             "{s}"
         );
         assert!(s.contains("coherence oracle: 0 violations (pass)"), "{s}");
@@ -1159,7 +1095,7 @@ mod tests {
         );
         let mut r = run_report(&console(&body, Some(1)));
         apply(&mut r, Suite::Hmm, Policy::EventAware);
-        assert_eq!(r.verdict, "fail");
+        assert_eq!(r.verdict, Verdict::Fail);
         assert_eq!(
             r.errors,
             vec!["hmm selftests failed: hmm.hmm_device_private.anon_write"]
@@ -1183,7 +1119,7 @@ mod tests {
         );
         let mut r = run_report(&console(&body, None));
         apply(&mut r, Suite::Hmm, Policy::EventAware);
-        assert_eq!(r.verdict, "fail");
+        assert_eq!(r.verdict, Verdict::Fail);
         let errors = r.errors.join("\n");
         assert!(errors.contains("exited with 1"), "{errors}");
         assert!(errors.contains("did not finish"), "{errors}");
@@ -1200,10 +1136,10 @@ mod tests {
         );
         let mut r = run_report(&console(&body, Some(0)));
         let mut d = r.device.take().unwrap();
-        d["global"]["violations"] = 3.into();
+        d.counters.global.violations = 3;
         r.device = Some(d);
         apply(&mut r, Suite::Hmm, Policy::EventAware);
-        assert_eq!(r.verdict, "fail");
+        assert_eq!(r.verdict, Verdict::Fail);
         assert_eq!(r.selftest_summary.unwrap().violations, 3);
         assert!(r.errors[0].contains("3 violations"), "{:?}", r.errors);
         assert!(r
@@ -1217,7 +1153,7 @@ mod tests {
                     VGPU-RESULT {\"name\":\"hmm-tests\",\"exit\":127}\nVGPU-DONE {\"failed\":1}\n";
         let mut r = run_report(text);
         apply(&mut r, Suite::Hmm, Policy::EventAware);
-        assert_eq!(r.verdict, "fail");
+        assert_eq!(r.verdict, Verdict::Fail);
         assert!(
             r.errors
                 .iter()

@@ -1,18 +1,23 @@
 //! Tests that boot real guests, through the `vmm` binary exactly as a user runs it.
 //!
 //! All of them share [`Vmm`], which runs the binary with a report file and returns the exit
-//! status, the JSON report and the output. Where no host can boot a guest (no hardware KVM and
-//! no QEMU for the virtual host) a booting test prints `SKIP` with the reason and returns; it
-//! never passes silently. Bad-input tests need no guest and always run.
+//! status, the report (read back as the typed `protocol::Report`) and the output. Where no
+//! host can boot a guest (no hardware KVM and no QEMU for the virtual host) a booting test
+//! gives up through `protocol::testing::skip`: `SKIP` with the reason, counted by the CI
+//! summary, and a failure in CI, where every dependency is installed. Bad-input tests need no
+//! guest and always run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use protocol::report::{HostKind, TestResult, Verdict};
+use protocol::{Event, Report, WorkloadRecord};
+
 /// One run of the `vmm` binary.
 struct Run {
     code: i32,
-    report: Option<serde_json::Value>,
+    report: Option<Report>,
     stdout: String,
     stderr: String,
     took: Duration,
@@ -58,7 +63,7 @@ impl Vmm {
             code: status.code().unwrap_or(-1),
             report: std::fs::read_to_string(&report)
                 .ok()
-                .map(|t| serde_json::from_str(&t).expect("report is JSON")),
+                .map(|t| Report::from_json(&t).expect("the report reads as a Report")),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             took: start.elapsed(),
@@ -112,7 +117,7 @@ static BOOT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 macro_rules! require_guest {
     () => {
         if let Some(why) = cannot_boot() {
-            println!("SKIP: {why}");
+            protocol::testing::skip(&why);
             return;
         }
         let _turn = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,13 +131,18 @@ fn boots_the_default_guest_and_reports() {
     let run = vmm.run(&["run"], &[]);
     assert_eq!(run.code, 0, "stdout:\n{}", tail(&run.stdout, 60));
     let r = run.report.expect("report written");
-    let host = r["host"].as_str().unwrap();
-    assert_eq!(host, if hardware_kvm() { "kvm" } else { "nested" });
-    assert!(r["kernel"].as_str().unwrap().starts_with("6.1.0-"), "{r}");
-    assert!(r["boot_ms"].as_u64().unwrap() > 0);
-    assert_eq!(r["verdict"], "pass");
-    assert_eq!(r["programs"][0]["name"], "selfcheck");
-    assert_eq!(r["programs"][0]["exit"], 0);
+    let host = if hardware_kvm() {
+        HostKind::Kvm
+    } else {
+        HostKind::VirtualHost
+    };
+    assert_eq!(r.host, host);
+    let kernel = r.kernel.as_deref().expect("kernel release");
+    assert!(kernel.starts_with("6.1.0-"), "{kernel}");
+    assert!(r.boot_ms.unwrap() > 0);
+    assert_eq!(r.verdict, Verdict::Pass);
+    assert_eq!(r.programs[0].name, "selfcheck");
+    assert_eq!(r.programs[0].exit, 0);
     // The guest's own checks ran: virtio-rng bound and fed bytes, CPUs and memory as asked.
     for check in ["check rng: ok", "check cpus: ok", "check mem: ok"] {
         assert!(run.stdout.contains(check), "missing {check:?}");
@@ -141,60 +151,60 @@ fn boots_the_default_guest_and_reports() {
     // The default programs include the touch workload, under the event-aware policy.
     let touch = check_touch(&r, "event-aware");
     assert!(
-        touch["events"]["PROTECTION_VMA"]["downgrades"].as_u64() > Some(0),
-        "event-aware mprotect(PROT_READ) downgrades instead of dropping: {touch}"
+        touch.event(Event::ProtectionVma).downgrades > 0,
+        "event-aware mprotect(PROT_READ) downgrades instead of dropping: {touch:?}"
     );
     check_protect(&r, "event-aware");
 }
 
 /// Checks the `protect` entry: fork and clear_refs write-protected the buffer under the
 /// device, the device followed (0 violations) and the data is right.
-fn check_protect(r: &serde_json::Value, policy: &str) {
-    let w = r["workloads"]
-        .as_array()
-        .expect("workloads list")
-        .iter()
-        .find(|w| w["name"] == "protect")
-        .unwrap_or_else(|| panic!("no protect workload in {r}"));
-    assert_eq!(w["policy"], policy, "{w}");
-    assert_eq!(w["ok"], true, "{w}");
-    assert_eq!(w["violations"], 0, "{w}");
+fn check_protect(r: &Report, policy: &str) {
+    let w = workload(r, "protect");
+    assert_eq!(w.policy, policy, "{w:?}");
+    assert!(w.ok, "{w:?}");
+    assert_eq!(w.violations, 0, "{w:?}");
     check_audits(w);
-    for event in ["PROTECTION_PAGE", "SOFT_DIRTY"] {
-        let n = w["events"][event]["notifications"].as_u64();
-        assert!(n > Some(0), "no {event} notifications: {w}");
+    for event in [Event::ProtectionPage, Event::SoftDirty] {
+        let n = w.event(event).notifications;
+        assert!(n > 0, "no {event} notifications: {w:?}");
     }
 }
 
+/// The workload called `name` in a report.
+fn workload<'a>(r: &'a Report, name: &str) -> &'a WorkloadRecord {
+    r.workloads
+        .iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no {name} workload in {r:?}"))
+}
+
 /// The device audits that end each phase checked translations and found none stale.
-fn check_audits(w: &serde_json::Value) {
-    assert!(w["audit"]["checked"].as_u64() > Some(0), "no audit: {w}");
-    assert_eq!(w["audit"]["disagreements"], 0, "{w}");
+fn check_audits(w: &WorkloadRecord) {
+    assert!(w.audit.checked > 0, "no audit: {w:?}");
+    assert_eq!(w.audit.disagreements, 0, "{w:?}");
 }
 
 /// Checks the `touch` entry of a report's workloads and returns it.
-fn check_touch(r: &serde_json::Value, policy: &str) -> serde_json::Value {
-    let w = r["workloads"]
-        .as_array()
-        .expect("workloads list")
-        .iter()
-        .find(|w| w["name"] == "touch")
-        .unwrap_or_else(|| panic!("no touch workload in {r}"))
-        .clone();
-    assert_eq!(w["policy"], policy, "{w}");
-    assert_eq!(w["ok"], true, "{w}");
-    assert!(w["device_faults"].as_u64() > Some(0), "{w}");
+fn check_touch(r: &Report, policy: &str) -> WorkloadRecord {
+    let w = workload(r, "touch").clone();
+    assert_eq!(w.policy, policy, "{w:?}");
+    assert!(w.ok, "{w:?}");
+    assert!(w.device_faults > 0, "{w:?}");
     assert_eq!(
-        w["violations"], 0,
-        "the coherence oracle found stale translations: {w}"
+        w.violations, 0,
+        "the coherence oracle found stale translations: {w:?}"
     );
     check_audits(&w);
-    // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device.
-    for event in ["UNMAP", "CLEAR", "PROTECTION_VMA"] {
-        let n = w["events"][event]["notifications"].as_u64();
-        assert!(n > Some(0), "no {event} notifications: {w}");
-        let a = w["events"][event]["ats_invalidations"].as_u64();
-        assert!(a.is_some(), "{event} has no ats_invalidations: {w}");
+    // The workload's own munmap, madvise(DONTNEED) and mprotect reached the device, and each
+    // became ATS invalidations.
+    for event in [Event::Unmap, Event::Clear, Event::ProtectionVma] {
+        let e = w.event(event);
+        assert!(e.notifications > 0, "no {event} notifications: {w:?}");
+        assert!(
+            e.ats_invalidations > 0,
+            "{event} sent no ATS invalidation: {w:?}"
+        );
     }
     w
 }
@@ -211,10 +221,11 @@ fn touch_under_the_naive_policy_drops_instead_of_downgrading() {
     let r = run.report.expect("report written");
     let touch = check_touch(&r, "naive");
     check_protect(&r, "naive");
-    assert_eq!(r["programs"].as_array().map(Vec::len), Some(2), "{r}");
-    for (event, counters) in touch["events"].as_object().unwrap() {
+    assert_eq!(r.programs.len(), 2, "{r:?}");
+    for event in Event::ALL {
         assert_eq!(
-            counters["downgrades"], 0,
+            touch.event(event).downgrades,
+            0,
             "naive never downgrades ({event})"
         );
     }
@@ -227,16 +238,16 @@ fn a_guest_panic_fails_with_the_console_tail() {
     let run = vmm.run(&["run", "--run", "crash", "--cpus", "1"], &[]);
     assert_eq!(run.code, 1);
     let r = run.report.expect("report written");
-    assert_eq!(r["verdict"], "fail");
-    let errors = r["errors"].to_string();
-    assert!(errors.contains("panic"), "{errors}");
-    let tail = r["console_tail"].as_array().expect("console tail kept");
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert!(
+        r.errors.iter().any(|e| e.contains("panic")),
+        "{:?}",
+        r.errors
+    );
+    let tail = &r.console_tail;
     assert!(!tail.is_empty() && tail.len() <= 40);
     // The tail is the end of the crash report the kernel printed.
-    assert!(
-        tail.iter().any(|l| l.as_str().unwrap().contains("RIP:")),
-        "{tail:?}"
-    );
+    assert!(tail.iter().any(|l| l.contains("RIP:")), "{tail:?}");
     assert!(run.stderr.contains("last") && run.stderr.contains("console lines"));
 }
 
@@ -288,6 +299,7 @@ fn too_little_memory_is_refused() {
 #[test]
 fn host_kvm_without_hardware_virtualization_fails_at_once() {
     if hardware_kvm() {
+        // Not a missing dependency: this machine cannot show the refusal.
         println!("SKIP: this machine has hardware KVM, so --host kvm is expected to work");
         return;
     }
@@ -376,30 +388,35 @@ fn an_invalidate_the_device_does_not_answer_stops_the_device() {
     );
     assert_no_kernel_warning(&run.stdout);
     let r = run.report.expect("report written");
-    assert_eq!(r["device"]["global"]["violations"], 0, "{r}");
+    assert_eq!(r.violations(), 0, "{r:?}");
 }
 
 /// Runs `workload` with the driver bug `injection` and checks that the run fails because
 /// the coherence oracle saw the device use translations the CPU no longer had. Returns the
 /// workload's report entry.
-fn assert_caught(injection: &str, workload: &str) -> serde_json::Value {
+fn assert_caught(injection: &str, workload: &str) -> Option<WorkloadRecord> {
     let vmm = Vmm::new(&format!("inject-{}", injection.replace(':', "-")));
     let run = vmm.run(&["run", "--workload", workload, "--inject", injection], &[]);
     assert_eq!(run.code, 1, "stdout:\n{}", tail(&run.stdout, 60));
     let r = run.report.expect("report written");
     // The device's own count: it stands even if the guest died before the workload
     // reported (a nested guest under load has been seen to).
+    let device = r.device_counters().expect("the device's counters");
     assert!(
-        r["device"]["global"]["violations"].as_u64() > Some(0),
-        "{injection} not caught: {r}"
+        device.global.violations > 0,
+        "{injection} not caught: {r:?}"
     );
-    assert!(r["errors"].to_string().contains("coherence"), "{r}");
-    let w = r["workloads"][0].clone();
-    if !w.is_null() {
-        assert_eq!(w["name"], workload, "{r}");
+    assert!(
+        r.errors.iter().any(|e| e.contains("coherence")),
+        "{:?}",
+        r.errors
+    );
+    let w = r.workloads.first().cloned();
+    if let Some(w) = &w {
+        assert_eq!(w.name, workload, "{r:?}");
         assert!(
-            w["violations"].as_u64() > Some(0),
-            "{injection} not caught by {workload}: {w}"
+            w.violations > 0,
+            "{injection} not caught by {workload}: {w:?}"
         );
     }
     w
@@ -408,12 +425,12 @@ fn assert_caught(injection: &str, workload: &str) -> serde_json::Value {
 #[test]
 fn the_oracle_catches_an_injected_driver_bug() {
     require_guest!();
-    let w = assert_caught("thp-truncate", "touch");
+    let w = assert_caught("thp-truncate", "touch").expect("the touch workload reported");
     // Stale translations that outlive a phase are found by its audit too (a bug whose
     // window closes before the phase ends, like early-complete, is not).
     assert!(
-        w["audit"]["disagreements"].as_u64() > Some(0),
-        "the phase-end audits find the stale translations too: {w}"
+        w.audit.disagreements > 0,
+        "the phase-end audits find the stale translations too: {w:?}"
     );
 }
 
@@ -461,26 +478,26 @@ fn check_hmm_selftests(policy: &str) {
     // runs on the virtual host").
     let run = vmm.run(&["selftest", "hmm", "--policy", policy, "--cpus", "1"], &[]);
     let r = run.report.expect("report written");
-    let errors = r["errors"].to_string();
+    let errors = r.errors.join("; ");
     assert!(
         !errors.contains("no VGPU-KSELFTEST-BEGIN"),
         "the guest image has no /bin/vgpu-hmm-tests: the guest half of issue 6 (the \
          dmirror-compatible devices and the static hmm-tests) has not landed. Errors: {errors}"
     );
-    assert_eq!(r["selftest"], "hmm");
-    assert_eq!(r["policy"], policy);
-    let tests = r["tests"].as_array().expect("tests list");
+    assert_eq!(r.selftest.as_deref(), Some("hmm"));
+    assert_eq!(r.policy.as_deref(), Some(policy));
+    let tests = r.tests.as_ref().expect("tests list");
     let result = |name: &str| {
         tests
             .iter()
-            .find(|t| t["name"] == name)
+            .find(|t| t.name == name)
             .unwrap_or_else(|| panic!("{name} did not run: {}", tail(&run.stdout, 40)))
     };
     let mut not_passed = Vec::new();
     for name in Suite::Hmm.must_pass() {
         let t = result(name);
-        if t["result"] != "pass" {
-            not_passed.push(t.to_string());
+        if t.result != TestResult::Pass {
+            not_passed.push(format!("{t:?}"));
         }
     }
     assert!(
@@ -488,32 +505,31 @@ fn check_hmm_selftests(policy: &str) {
         "must-pass tests that did not pass:\n{}",
         not_passed.join("\n")
     );
-    let count = |what: &str| tests.iter().filter(|t| t["result"] == what).count() as u64;
+    let count = |what: TestResult| tests.iter().filter(|t| t.result == what).count() as u32;
     for t in tests {
-        let name = t["name"].as_str().unwrap();
-        if Suite::Hmm.unsupported(name).is_some() {
-            assert_eq!(t["result"], "unsupported", "{t}");
-            assert!(t["reason"].as_str().is_some_and(|r| !r.is_empty()), "{t}");
+        if Suite::Hmm.unsupported(&t.name).is_some() {
+            assert_eq!(t.result, TestResult::Unsupported, "{t:?}");
+            assert!(t.reason.as_ref().is_some_and(|r| !r.is_empty()), "{t:?}");
         }
     }
-    let summary = &r["summary"];
-    assert_eq!(summary["passed"].as_u64(), Some(count("pass")), "{summary}");
+    let summary = r.selftest_summary.expect("summary");
+    assert_eq!(summary.passed, count(TestResult::Pass), "{summary:?}");
     assert_eq!(
-        summary["unsupported"].as_u64(),
-        Some(count("unsupported")),
-        "{summary}"
+        summary.unsupported,
+        count(TestResult::Unsupported),
+        "{summary:?}"
     );
     assert!(
-        count("unsupported") > 0,
+        count(TestResult::Unsupported) > 0,
         "the migration tests are unsupported here"
     );
-    assert_eq!(summary["failed"], 0, "{summary}");
-    assert_eq!(summary["violations"], 0, "{summary}");
-    assert_eq!(r["device"]["global"]["violations"], 0);
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert_eq!(summary.violations, 0, "{summary:?}");
+    assert_eq!(r.violations(), 0);
     // READ and WRITE are device jobs through the device's translation, and the tests
     // unmap and protect under it.
-    assert!(summary["device_faults"].as_u64() > Some(0), "{summary}");
-    assert!(summary["ats_invalidations"].as_u64() > Some(0), "{summary}");
+    assert!(summary.device_faults > 0, "{summary:?}");
+    assert!(summary.ats_invalidations > 0, "{summary:?}");
     let raw = std::fs::read_to_string(vmm::selftest::raw_output_path(&vmm.dir.join("report.json")))
         .expect("raw kselftest output beside the report");
     assert!(raw.contains("TAP version 13"), "{raw}");
@@ -523,7 +539,7 @@ fn check_hmm_selftests(policy: &str) {
         tail(&run.stderr, 20)
     );
     assert_eq!(run.code, 0, "stderr:\n{}", tail(&run.stderr, 40));
-    assert_eq!(r["verdict"], "pass");
+    assert_eq!(r.verdict, Verdict::Pass);
 }
 
 #[test]

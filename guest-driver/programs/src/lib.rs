@@ -3,6 +3,9 @@
 
 pub mod device;
 
+/// The records shared with the device and the VMM.
+pub use protocol;
+
 /// Prints `check <name>: ok` or `check <name>: FAIL <why>` for each check and returns how
 /// many failed (the line format the guest tests look for).
 pub fn print_checks(checks: &[(&str, Result<(), String>)]) -> u32 {
@@ -18,6 +21,5 @@ pub fn print_checks(checks: &[(&str, Result<(), String>)]) -> u32 {
     }
     failed
 }
-pub mod report;
 pub mod uapi;
 pub mod workload;

@@ -74,7 +74,7 @@ pub const STATUS_OK: u32 = 0;
 pub const STATUS_FAULT: u32 = 5;
 
 /// `struct vgpu_counters`, which `VGPU_IOC_COUNTERS` returns as the device wrote it.
-pub use device_model::wire::Counters;
+pub use protocol::wire::Counters;
 
 const IOC_MAGIC: u32 = b'V' as u32;
 const IOC_WRITE: u32 = 1;
@@ -151,7 +151,7 @@ int main(void)
         let out = match cc {
             Ok(o) => o,
             Err(e) => {
-                println!("SKIP: no C compiler ({e})");
+                protocol::testing::skip(&format!("no C compiler ({e})"));
                 return None;
             }
         };

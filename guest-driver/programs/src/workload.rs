@@ -4,9 +4,11 @@
 use std::io;
 use std::ptr::NonNull;
 
+use protocol::console::ConsoleLine;
+use protocol::workload::{AuditSums, WorkloadRecord};
+use protocol::{Counters, Event};
+
 use crate::device::Vgpu;
-use crate::report::{CounterDelta, WorkloadReport};
-use crate::uapi::VgpuAudit;
 
 /// A `vgpu_mirror` module parameter changed for as long as the guard lives; dropping it puts
 /// the old value back (workloads use the driver's test aids this way).
@@ -38,11 +40,7 @@ impl Drop for DriverParam {
 }
 
 /// FNV-1a-64, the device's CHECKSUM.
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
+pub use protocol::fnv::hash as fnv1a64;
 
 /// The driver's current default policy, as its module parameter says.
 pub fn policy_name() -> String {
@@ -158,7 +156,7 @@ pub struct Checks {
     /// What failed, in order.
     pub failures: Vec<String>,
     /// The device audits so far, summed.
-    pub audits: VgpuAudit,
+    pub audits: AuditSums,
 }
 
 impl Checks {
@@ -167,7 +165,7 @@ impl Checks {
         Checks {
             name,
             failures: Vec::new(),
-            audits: VgpuAudit::default(),
+            audits: AuditSums::default(),
         }
     }
 
@@ -222,27 +220,27 @@ impl Checks {
 
 impl Checks {
     /// Fails unless each of `events` reached the device during the workload.
-    pub fn notified(&mut self, delta: &CounterDelta, events: &[&str]) {
+    pub fn notified(&mut self, delta: &Counters, events: &[Event]) {
         for event in events {
-            let heard = delta.event(event).map_or(0, |e| e.notifications);
+            let heard = delta.of(*event).notifications;
             self.check(heard > 0, || {
                 format!("no {event} notification reached the device")
             });
         }
     }
 
-    /// Prints the workload's `VGPU-WORKLOAD` line and returns whether every check passed.
-    pub fn report(&self, name: &str, delta: &CounterDelta) -> bool {
-        let ok = self.failures.is_empty();
-        let report = WorkloadReport {
+    /// Prints the workload's `VGPU-WORKLOAD` line (its counters moved by `delta`) and
+    /// returns whether every check passed.
+    pub fn report(&self, name: &str, delta: &Counters) -> bool {
+        let record = WorkloadRecord::new(
             name,
-            policy: &policy_name(),
-            ok,
-            failures: &self.failures,
+            &policy_name(),
+            self.failures.clone(),
             delta,
-            audits: self.audits,
-        };
-        println!("VGPU-WORKLOAD {}", report.to_json());
+            self.audits,
+        );
+        let ok = record.ok;
+        println!("{}", ConsoleLine::Workload(Box::new(record)));
         ok
     }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::process::ExitCode;
 
 use guest_programs::device::Vgpu;
-use guest_programs::report::CounterDelta;
+use guest_programs::protocol::{Counters, Event};
 use guest_programs::uapi::{self, JOB_FILL, STATUS_OK};
 use guest_programs::workload::{run_in_child, Buffer, Checks};
 
@@ -57,7 +57,7 @@ fn run() -> io::Result<bool> {
         .map_err(|e| io::Error::new(e.kind(), format!("clear_refs: {e}")))?;
     fill(&mut c, &buf, "fill after clear_refs", 0xf00d_0000_0000_0003)?;
 
-    let delta = CounterDelta::between(&before, &vgpu.counters()?);
-    c.notified(&delta, &["PROTECTION_PAGE", "SOFT_DIRTY"]);
+    let delta = Counters::movement(&before, &vgpu.counters()?);
+    c.notified(&delta, &[Event::ProtectionPage, Event::SoftDirty]);
     Ok(c.report("protect", &delta))
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use guest_programs::device::Vgpu;
-use guest_programs::report::CounterDelta;
+use guest_programs::protocol::{Counters, Event};
 use guest_programs::uapi::{self, JOB_CHECKSUM, STATUS_FAULT, STATUS_OK};
 use guest_programs::workload::{fnv1a64, Buffer, Checks, DriverParam};
 
@@ -166,8 +166,8 @@ fn run() -> io::Result<bool> {
         )
     });
 
-    let delta = CounterDelta::between(&before, &vgpu.counters()?);
-    c.notified(&delta, &["CLEAR"]);
+    let delta = Counters::movement(&before, &vgpu.counters()?);
+    c.notified(&delta, &[Event::Clear]);
     buf.munmap(0, LEN)?;
     Ok(c.report("race", &delta))
 }

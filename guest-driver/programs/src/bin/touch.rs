@@ -16,7 +16,7 @@ use std::io;
 use std::process::ExitCode;
 
 use guest_programs::device::Vgpu;
-use guest_programs::report::CounterDelta;
+use guest_programs::protocol::{Counters, Event};
 use guest_programs::uapi::{self, JOB_CHECKSUM, JOB_FILL, STATUS_FAULT, STATUS_OK};
 use guest_programs::workload::{fnv1a64, run_in_child, Buffer, Checks};
 
@@ -153,10 +153,16 @@ fn run() -> io::Result<bool> {
     exit_while_mapped()?;
     c.audit(&vgpu, "exit while mapped")?;
 
-    let delta = CounterDelta::between(&before, &vgpu.counters()?);
+    let delta = Counters::movement(&before, &vgpu.counters()?);
     c.notified(
         &delta,
-        &["UNMAP", "CLEAR", "PROTECTION_VMA", "MIGRATE", "RELEASE"],
+        &[
+            Event::Unmap,
+            Event::Clear,
+            Event::ProtectionVma,
+            Event::Migrate,
+            Event::Release,
+        ],
     );
     buf.munmap(q0, 3 * QUARTER)?;
 

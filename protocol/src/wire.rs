@@ -1,10 +1,12 @@
-//! The structs that cross the virtio queues, exactly as SPEC.md and
+//! The structs that cross the virtio queues, exactly as `device-model/SPEC.md` and
 //! `guest-driver/include/vgpu_wire.h` lay them out.
 //!
 //! Fields are plain integers: every field is little-endian on the wire and the device only
 //! builds for little-endian hosts (checked below), so no byte swapping is needed.
-//! `tests/wire_abi.rs` compiles the C header and compares every size and offset.
+//! `tests/wire_abi.rs` compiles the C header and compares every struct, field, offset and
+//! constant, both ways: [`C_CONSTANTS`] names every constant of this file.
 
+use serde::{Deserialize, Serialize};
 use vm_memory::ByteValued;
 
 #[cfg(not(target_endian = "little"))]
@@ -22,6 +24,8 @@ pub const QUEUE_FAULT: u16 = 1;
 pub const COMMAND_QUEUE_SIZE: u16 = 128;
 /// Size of the fault queue.
 pub const FAULT_QUEUE_SIZE: u16 = 64;
+/// The device's page size: every range and address on the wire is aligned to it.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Command opcodes (`vgpu_cmd.opcode`).
 pub mod opcode {
@@ -131,7 +135,8 @@ pub const FAULT_F_WRITE: u32 = 1 << 0;
 
 /// `struct vgpu_config`: the read-only device configuration space.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Config {
     /// PASIDs 1..=max_pasids are valid.
     pub max_pasids: u32,
@@ -144,12 +149,14 @@ pub struct Config {
     /// Bytes the driver should map around a faulting address.
     pub fault_ahead: u32,
     /// Zero.
+    #[serde(skip)]
     pub reserved: [u32; 3],
 }
 
 /// `struct vgpu_cmd`: the device-readable head of every request.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Cmd {
     /// One of [`opcode`].
     pub opcode: u32,
@@ -171,11 +178,13 @@ pub struct Cmd {
 
 /// `struct vgpu_resp`: the device-writable response of every request.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Resp {
     /// One of [`status`].
     pub status: u32,
     /// Zero.
+    #[serde(skip)]
     pub reserved: u32,
     /// Per opcode.
     pub value0: u64,
@@ -185,7 +194,8 @@ pub struct Resp {
 
 /// `struct vgpu_map_entry`: one page of a MAP payload.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MapEntry {
     /// Guest-physical address | [`MAP_VALID`] | [`MAP_WRITE`].
     pub gpa_flags: u64,
@@ -193,7 +203,8 @@ pub struct MapEntry {
 
 /// `struct vgpu_fault`: a device page request posted on the fault queue.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Fault {
     /// Nonzero; echoed by MAP (`MAP_F_FAULT_REPLY`) or FAULT_FAIL.
     pub fault_id: u64,
@@ -209,7 +220,8 @@ pub struct Fault {
 
 /// `struct vgpu_event_counters`: the counters of one mmu-notifier event.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EventCounters {
     /// INVALIDATE commands received.
     pub notifications: u64,
@@ -230,12 +242,14 @@ pub struct EventCounters {
     /// 2 MiB leaves split into 4 KiB leaves.
     pub leaf_splits: u64,
     /// Zero.
+    #[serde(skip)]
     pub reserved: [u64; 7],
 }
 
 /// `struct vgpu_global_counters`: the counters that belong to no event.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GlobalCounters {
     /// Device page faults raised.
     pub device_faults: u64,
@@ -268,14 +282,17 @@ pub struct GlobalCounters {
     /// (MAP `arg1`, as the driver reports it): how often the fault path lost a race.
     pub fault_retries: u64,
     /// Zero.
+    #[serde(skip)]
     pub reserved: [u64; 18],
 }
 
 /// `struct vgpu_counters`: what COUNTERS writes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
-    /// Indexed by [`event`].
+    /// Indexed by [`event`]; in JSON an object keyed by event name.
+    #[serde(with = "crate::counters::by_event")]
     pub events: [EventCounters; event::COUNT],
     /// Counters of no event.
     pub global: GlobalCounters,
@@ -307,3 +324,64 @@ const _: () = assert!(std::mem::size_of::<Fault>() == 32);
 const _: () = assert!(std::mem::size_of::<EventCounters>() == 16 * 8);
 const _: () = assert!(std::mem::size_of::<GlobalCounters>() == 32 * 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 8 * 16 * 8 + 32 * 8);
+
+/// The C name of a constant of this file, its Rust path and its value.
+macro_rules! c_name {
+    ($c:literal, $($path:ident)::+) => {
+        ($c, stringify!($($path)::+), $($path)::+ as u64)
+    };
+}
+
+/// Every constant of this file with the name `vgpu_wire.h` gives it (C name, Rust path,
+/// value). `tests/wire_abi.rs` checks that the header defines exactly these names, with
+/// these values, and that no constant of this file is missing here.
+pub const C_CONSTANTS: &[(&str, &str, u64)] = &[
+    c_name!("VIRTIO_ID_VGPU", VIRTIO_ID_VGPU),
+    c_name!("VGPU_QUEUE_COMMAND", QUEUE_COMMAND),
+    c_name!("VGPU_QUEUE_FAULT", QUEUE_FAULT),
+    c_name!("VGPU_COMMAND_QUEUE_SIZE", COMMAND_QUEUE_SIZE),
+    c_name!("VGPU_FAULT_QUEUE_SIZE", FAULT_QUEUE_SIZE),
+    c_name!("VGPU_PAGE_SIZE", PAGE_SIZE),
+    c_name!("VGPU_CMD_BIND", opcode::BIND),
+    c_name!("VGPU_CMD_UNBIND", opcode::UNBIND),
+    c_name!("VGPU_CMD_MAP", opcode::MAP),
+    c_name!("VGPU_CMD_INVALIDATE", opcode::INVALIDATE),
+    c_name!("VGPU_CMD_JOB", opcode::JOB),
+    c_name!("VGPU_CMD_FAULT_FAIL", opcode::FAULT_FAIL),
+    c_name!("VGPU_CMD_COUNTERS", opcode::COUNTERS),
+    c_name!("VGPU_CMD_AUDIT", opcode::AUDIT),
+    c_name!("VGPU_S_OK", status::OK),
+    c_name!("VGPU_S_BAD_OPCODE", status::BAD_OPCODE),
+    c_name!("VGPU_S_BAD_PASID", status::BAD_PASID),
+    c_name!("VGPU_S_BAD_RANGE", status::BAD_RANGE),
+    c_name!("VGPU_S_BAD_CHAIN", status::BAD_CHAIN),
+    c_name!("VGPU_S_FAULT", status::FAULT),
+    c_name!("VGPU_S_BAD_JOB", status::BAD_JOB),
+    c_name!("VGPU_S_BUSY", status::BUSY),
+    c_name!("VGPU_EV_UNMAP", event::UNMAP),
+    c_name!("VGPU_EV_CLEAR", event::CLEAR),
+    c_name!("VGPU_EV_PROTECTION_VMA", event::PROTECTION_VMA),
+    c_name!("VGPU_EV_PROTECTION_PAGE", event::PROTECTION_PAGE),
+    c_name!("VGPU_EV_SOFT_DIRTY", event::SOFT_DIRTY),
+    c_name!("VGPU_EV_RELEASE", event::RELEASE),
+    c_name!("VGPU_EV_MIGRATE", event::MIGRATE),
+    c_name!("VGPU_EV_EXCLUSIVE", event::EXCLUSIVE),
+    c_name!("VGPU_EV_COUNT", event::COUNT),
+    c_name!("VGPU_MAP_F_FAULT_REPLY", MAP_F_FAULT_REPLY),
+    c_name!("VGPU_INV_F_BLOCKABLE", INV_F_BLOCKABLE),
+    c_name!("VGPU_INV_F_OWNER_MATCH", INV_F_OWNER_MATCH),
+    c_name!("VGPU_INV_F_DOWNGRADE", INV_F_DOWNGRADE),
+    c_name!("VGPU_INV_F_RELEASE_TRACKING", INV_F_RELEASE_TRACKING),
+    c_name!("VGPU_PROT_READ", PROT_READ),
+    c_name!("VGPU_PROT_WRITE", PROT_WRITE),
+    c_name!("VGPU_COUNTERS_F_RESET", COUNTERS_F_RESET),
+    c_name!("VGPU_JOB_FILL", job_op::FILL),
+    c_name!("VGPU_JOB_CHECKSUM", job_op::CHECKSUM),
+    c_name!("VGPU_JOB_COPY", job_op::COPY),
+    c_name!("VGPU_JOB_COPY_TO_DMA", job_op::COPY_TO_DMA),
+    c_name!("VGPU_JOB_COPY_FROM_DMA", job_op::COPY_FROM_DMA),
+    c_name!("VGPU_MAP_VALID", MAP_VALID),
+    c_name!("VGPU_MAP_WRITE", MAP_WRITE),
+    c_name!("VGPU_MAP_GPA_MASK", MAP_GPA_MASK),
+    c_name!("VGPU_FAULT_F_WRITE", FAULT_F_WRITE),
+];
