@@ -37,12 +37,33 @@ pub enum Command {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Run every workload under every guest-driver bug injection and print what the
+    /// coherence oracle caught, as a Markdown table (exit 1 if the correct driver showed a
+    /// violation).
+    Matrix(Box<MatrixArgs>),
     /// Measure the device model in this process (no guest).
     Bench {
         /// What to measure.
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+/// Options of `vmm matrix`.
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// The workloads (columns), comma-separated.
+    #[arg(long = "workload", value_delimiter = ',', default_values_t = crate::run::WORKLOADS.iter().map(|w| w.to_string()), value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
+    pub workloads: Vec<String>,
+    /// The injections (rows after the correct driver), comma-separated; default: all.
+    #[arg(long = "inject", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::injections::INJECTIONS))]
+    pub injections: Vec<String>,
+    /// Write every run's report here as `<injection>.<workload>.json`.
+    #[arg(long)]
+    pub reports_dir: Option<PathBuf>,
+    /// How and where the guests run.
+    #[command(flatten)]
+    pub guest: GuestArgs,
 }
 
 /// `vmm bench ...`
@@ -131,8 +152,8 @@ pub struct SelftestArgs {
     pub guest: GuestArgs,
 }
 
-/// How and where a guest runs: the options `vmm run` and `vmm selftest` share.
-#[derive(Debug, Args)]
+/// How and where a guest runs: the options `vmm run`, `vmm selftest` and `vmm matrix` share.
+#[derive(Clone, Debug, Args)]
 pub struct GuestArgs {
     /// Where to run: `kvm` needs hardware virtualization; `nested` boots the virtual host.
     #[arg(long, value_enum, default_value = "auto")]

@@ -16,6 +16,7 @@ pub mod injections;
 pub mod interrupt;
 pub mod irq_routing;
 pub mod logger;
+pub mod matrix;
 pub mod memory;
 pub mod nested;
 pub mod pci;

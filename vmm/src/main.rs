@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use vmm::cli::{
-    BenchWhat, Cli, Command, GuestArgs, ImageAction, ImageArgs, OracleBenchArgs, RunArgs,
-    SelftestArgs,
+    BenchWhat, Cli, Command, GuestArgs, ImageAction, ImageArgs, MatrixArgs, OracleBenchArgs,
+    RunArgs, SelftestArgs,
 };
 use vmm::host::{self, HostKind};
 use vmm::images::{self, GuestImage, ImageOptions};
@@ -24,12 +24,14 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Run(a) => a.guest.verbose,
         Command::Selftest(a) => a.guest.verbose,
+        Command::Matrix(a) => a.guest.verbose,
         Command::Image { .. } | Command::Bench { .. } => false,
     };
     init_logging(verbose);
     let result = match cli.command {
         Command::Run(args) => cmd_run(*args, start),
         Command::Selftest(args) => cmd_selftest(*args, start),
+        Command::Matrix(args) => cmd_matrix(*args),
         Command::Image {
             action: ImageAction::Build(args),
         } => cmd_image_build(args).map(|_| ExitCode::SUCCESS),
@@ -141,6 +143,61 @@ fn cmd_selftest(args: SelftestArgs, start: Instant) -> Result<ExitCode, String> 
         eprintln!("   kselftest output: {raw}");
     }
     Ok(code)
+}
+
+fn cmd_matrix(args: MatrixArgs) -> Result<ExitCode, String> {
+    use vmm::matrix::{self, Cell, Row};
+    let injections: Vec<Option<String>> = std::iter::once(None)
+        .chain(if args.injections.is_empty() {
+            vmm::injections::INJECTIONS
+                .iter()
+                .map(|i| Some(i.to_string()))
+                .collect::<Vec<_>>()
+        } else {
+            args.injections.iter().cloned().map(Some).collect()
+        })
+        .collect();
+    if let Some(dir) = &args.reports_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let total = injections.len() * args.workloads.len();
+    let mut rows = Vec::new();
+    for injection in injections {
+        let mut cells = Vec::new();
+        for workload in &args.workloads {
+            let name = injection.as_deref().unwrap_or("none");
+            eprintln!(
+                "[matrix] {}/{total}: {name} / {workload}",
+                rows.len() * args.workloads.len() + cells.len() + 1
+            );
+            let mut guest = args.guest.clone();
+            guest.inject = injection.clone();
+            // A run that could not be done at all (bad input, no QEMU) ends the matrix;
+            // a failed guest is a cell.
+            let report = run_guest(
+                &guest,
+                vec![workload.clone()],
+                None,
+                Duration::ZERO,
+                Instant::now(),
+            )?;
+            if let Some(dir) = &args.reports_dir {
+                let path = dir.join(format!("{}.{workload}.json", name.replace(':', "-")));
+                report
+                    .write_json(&path)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            cells.push(Cell::of(Some(&report), workload));
+        }
+        rows.push(Row { injection, cells });
+    }
+    print!("{}", matrix::render(&args.workloads, &rows));
+    Ok(if matrix::correct_driver_is_clean(&rows) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("vmm: the correct driver showed violations");
+        ExitCode::from(1)
+    })
 }
 
 /// Boots the guest with `programs` (repeated for `repeat_for`) on the host `args` choose
