@@ -175,7 +175,8 @@ pub struct GuestArgs {
     pub policy: Policy,
     /// Virtual GPU options, `key=value` separated by commas: atc_entries (0..=65536),
     /// atc_ways (dividing atc_entries), fault_ahead (0, 64K, 2M), fault_batch (1..=16),
-    /// pasid_inval_threshold (a size such as 1G; 0 = off), oracle (every, sampled, off).
+    /// pasid_inval_threshold (a size such as 1G; 0 = off), oracle (every, sampled, off),
+    /// inval_latency_us (how long an ATS invalidation is in flight; 0 = at once).
     #[arg(long, default_value = "")]
     pub device: String,
     /// Load the guest driver with a deliberate bug (see `vmm run --list-injections`), to
@@ -194,4 +195,25 @@ pub struct GuestArgs {
     /// Where images are kept (default: <workspace>/build/images).
     #[arg(long, env = "VGPU_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_device_help_names_every_device_option() {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run");
+        let device = run
+            .get_arguments()
+            .find(|a| a.get_id() == "device")
+            .expect("--device");
+        let help = device.get_help().expect("help").to_string();
+        for (key, _) in device_model::VgpuConfig::default().options() {
+            assert!(help.contains(key), "--device help omits {key}: {help}");
+        }
+    }
 }
