@@ -9,7 +9,9 @@
 //!   consoles, parsed and printed by the same types;
 //! - [`workload`]: what a guest workload reports (the `VGPU-WORKLOAD` line);
 //! - [`report`]: the run report the VMM writes and the virtual host relays;
-//! - [`fnv`]: FNV-1a-64, the device's CHECKSUM and the image cache's content hash.
+//! - [`fnv`]: FNV-1a-64, the device's CHECKSUM and the image cache's content hash;
+//! - [`testing`]: how a test that cannot run says so (`SKIP`, a failure in CI), and the C
+//!   compiler runs of the ABI tests.
 //!
 //! The guest programs, the device model, the VMM, its tests and its scripts all use these
 //! types, so a new counter or report field is one edit here (plus the C header).

@@ -8,9 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::{offset_of, size_of, size_of_val};
 use std::path::PathBuf;
-use std::process::Command;
 
-use protocol::testing::skip;
 use protocol::wire;
 
 /// One struct: its C name, its size, and (field, offset, size) per field.
@@ -116,8 +114,6 @@ fn c_program(layouts: &[Layout]) -> String {
 #[test]
 fn c_header_and_rust_structs_agree() {
     let include = include_dir();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wire_abi");
-    std::fs::create_dir_all(&dir).unwrap();
     let layouts = rust_layouts();
     let mut program = c_program(&layouts);
     let consts: Vec<(&str, u64)> = wire::C_CONSTANTS.iter().map(|(c, _, v)| (*c, *v)).collect();
@@ -129,41 +125,10 @@ fn c_header_and_rust_structs_agree() {
             .map(|(n, _)| format!("\tprintf(\"#{n} %llu\\n\", (unsigned long long)({n}));\n"))
             .collect::<String>(),
     ) + "\treturn 0;\n}\n";
-    let src = dir.join("wire_abi.c");
-    let exe = dir.join("wire_abi");
-    std::fs::write(&src, program).unwrap();
-
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let built = Command::new(&cc)
-        .arg("-Wall")
-        .arg("-Werror")
-        .arg("-I")
-        .arg(&include)
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .output();
-    let built = match built {
-        Ok(o) => o,
-        Err(e) => {
-            skip(&format!("cannot run the C compiler {cc:?}: {e}"));
-            return;
-        }
+    let Some(out) = protocol::testing::run_c_program("wire_abi", &program, &include) else {
+        return;
     };
-    if !built.status.success() {
-        let err = String::from_utf8_lossy(&built.stderr);
-        if err.contains("linux/types.h") {
-            skip(&format!(
-                "kernel uapi headers (linux/types.h) are not installed: {err}"
-            ));
-            return;
-        }
-        panic!("compiling the C header failed:\n{err}");
-    }
-    let out = Command::new(&exe).output().unwrap();
-    assert!(out.status.success());
-    let c: BTreeMap<String, Vec<u64>> = String::from_utf8(out.stdout)
-        .unwrap()
+    let c: BTreeMap<String, Vec<u64>> = out
         .lines()
         .map(|l| {
             let mut parts = l.split_whitespace();

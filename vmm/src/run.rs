@@ -17,7 +17,7 @@ pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect", "race"]
 /// The device workloads (guest programs that print a `VGPU-WORKLOAD` report).
 pub const WORKLOADS: &[&str] = &["touch", "protect", "race"];
 
-/// The guest driver's invalidation policy (device-model/SPEC.md, DESIGN.md).
+/// The guest driver's invalidation policy (device-model/SPEC.md, "Policies" in the guest driver README).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Policy {
     /// Every event drops the whole range.

@@ -101,16 +101,12 @@ mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
     use std::path::Path;
-    use std::process::Command;
 
     /// Compiles a C program that prints the header's layout, one `name value` per line.
     fn c_layout() -> Option<String> {
         let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../include");
-        let dir = std::env::temp_dir().join(format!("vgpu-uapi-abi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = dir.join("abi.c");
-        std::fs::write(
-            &src,
+        protocol::testing::run_c_program(
+            "uapi_abi",
             r#"#include <stdio.h>
 #include <stddef.h>
 #include "vgpu_uapi.h"
@@ -138,31 +134,8 @@ int main(void)
 	return 0;
 }
 "#,
+            &include,
         )
-        .unwrap();
-        let exe = dir.join("abi");
-        let cc = Command::new("cc")
-            .arg("-I")
-            .arg(&include)
-            .arg(&src)
-            .arg("-o")
-            .arg(&exe)
-            .output();
-        let out = match cc {
-            Ok(o) => o,
-            Err(e) => {
-                protocol::testing::skip(&format!("no C compiler ({e})"));
-                return None;
-            }
-        };
-        assert!(
-            out.status.success(),
-            "compiling the uapi header failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run = Command::new(&exe).output().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        Some(String::from_utf8(run.stdout).unwrap())
     }
 
     #[test]
