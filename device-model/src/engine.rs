@@ -324,7 +324,7 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::atc::Atc;
+    use crate::mmu::atc::Atc;
 
     const RAM: u64 = 0x40_0000;
 

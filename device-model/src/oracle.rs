@@ -22,8 +22,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::invalidate::Invalidation;
+use crate::mmu::page_table::Translation;
 use crate::mmu::Mmu;
-use crate::page_table::Translation;
 
 /// Present bit of an x86-64 paging entry.
 pub const PTE_PRESENT: u64 = 1 << 0;
@@ -798,7 +798,7 @@ mod tests {
 
     /// A device with PASID 1 bound to the CPU table at `ROOT` (or to no table).
     fn mmu_bound_to(root: u64) -> Mmu {
-        let mut mmu = Mmu::new(crate::atc::Atc::new(64, 8).unwrap(), 4, 64);
+        let mut mmu = Mmu::new(crate::mmu::atc::Atc::new(64, 8).unwrap(), 4, 64);
         mmu.bind(Pasid(1), GuestAddress(root)).unwrap();
         mmu
     }
@@ -852,7 +852,7 @@ mod tests {
         device_map(&mut mmu, 0x5000, 0xa000, true, false, true);
         mmu.space(Pasid(1)).unwrap().table.update_range(
             IovaRange::pages(0x5000, 0x1000).unwrap(),
-            crate::page_table::RangeOp::Drop,
+            crate::mmu::page_table::RangeOp::Drop,
             &mut |_, _| {},
         );
         let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);

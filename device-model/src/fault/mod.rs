@@ -155,8 +155,8 @@ fn wire_bytes(f: &wire::Fault) -> &[u8] {
 mod tests {
     use super::*;
     use crate::address::IovaRange;
-    use crate::atc::Atc;
     use crate::invalidate::{invalidate, Invalidation};
+    use crate::mmu::atc::Atc;
     use crate::mmu::Mmu;
     use vm_memory::GuestAddress;
 

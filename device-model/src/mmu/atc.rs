@@ -11,7 +11,7 @@
 //! into such blocks.
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SHIFT};
-use crate::page_table::{LeafSize, Translation};
+use crate::mmu::page_table::{LeafSize, Translation};
 
 /// Errors of ATC construction.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -427,10 +427,10 @@ mod properties {
 
     use super::*;
     use crate::address::PAGE_SIZE;
-    use crate::page_table::properties::{
+    use crate::mmu::page_table::properties::{
         apply_model, apply_table, op, Model, Op, WINDOW_BASE, WINDOW_PAGES,
     };
-    use crate::page_table::PageTable;
+    use crate::mmu::page_table::PageTable;
 
     /// Entries of `pasid` that overlap `range`, straight from the slots.
     fn overlapping(atc: &Atc, pasid: Pasid, range: IovaRange) -> usize {

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::Counters;
+use crate::mmu::page_table::{LeafSize, RangeOp};
 use crate::mmu::{Mmu, MmuError};
-use crate::page_table::{LeafSize, RangeOp};
 use crate::wire;
 
 /// One INVALIDATE, validated.
@@ -159,8 +159,8 @@ mod tests {
 
     use super::*;
     use crate::address::{HUGE_PAGE_SIZE, VA_LIMIT};
-    use crate::atc::Atc;
     use crate::counters::GlobalCounters;
+    use crate::mmu::atc::Atc;
     use crate::wire::event;
 
     struct Rig {

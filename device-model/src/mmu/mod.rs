@@ -1,14 +1,17 @@
 //! The device's translation path: the PASIDs it knows, each with its page table, and the
 //! shared ATC in front of them. Engines translate through [`Mmu::translate`].
 
+pub mod atc;
+pub mod page_table;
+
 use std::collections::BTreeMap;
 
 use vm_memory::GuestAddress;
 
 use crate::address::{Iova, Pasid};
-use crate::atc::{Atc, Lookup};
 use crate::counters::GlobalCounters;
-use crate::page_table::{PageTable, Translation};
+use crate::mmu::atc::{Atc, Lookup};
+use crate::mmu::page_table::{PageTable, Translation};
 
 /// Errors of address-space management.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

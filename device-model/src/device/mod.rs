@@ -20,16 +20,16 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
-use crate::atc::Atc;
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, Invalidation, RemovalLog};
+use crate::mmu::atc::Atc;
+use crate::mmu::page_table::PageTableError;
 use crate::mmu::{Mmu, MmuError};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
-use crate::page_table::PageTableError;
 use crate::wire::{self, opcode, status};
 
 /// Which queues got used buffers the driver wants an interrupt for.
