@@ -16,15 +16,21 @@ pub mod counters;
 pub mod device;
 pub mod engine;
 pub mod fault;
-pub mod guest_tables;
 pub mod invalidate;
 pub mod mmu;
 pub mod oracle;
 pub mod wire;
+pub mod x86;
 
 // The ATC and the page table live under the MMU that alone changes them; their old paths
 // stay for the VMM's `bench oracle`.
 pub use mmu::{atc, page_table};
+
+/// The x86-64 table writer under its old name, which the VMM's `bench oracle` imports; new
+/// code uses [`x86::TableWriter`].
+pub mod guest_tables {
+    pub use crate::x86::{TableWriter as GuestTables, WriterError as GuestTablesError};
+}
 
 pub use config::{ConfigError, OptionError, VgpuConfig};
 pub use counters::Counters;

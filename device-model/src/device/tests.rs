@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::address::VA_LIMIT;
 use crate::engine::fnv1a64;
-use crate::guest_tables::GuestTables;
-use crate::oracle::{Access, CpuLeaf};
+use crate::oracle::Access;
 use crate::wire::{event, job_op};
+use crate::x86::{CpuLeaf, TableWriter};
 
 const CMDQ: u64 = 0;
 const FAULTQ: u64 = 0x8000;
@@ -729,9 +729,9 @@ fn no_interrupt_flag_and_reset() {
 
 /// Writes a 4-level CPU page table at `root` (tables in the 15 pages after it) mapping
 /// each `(va, frame, writable)` with a 4 KiB leaf.
-fn cpu_tables(mem: &GuestMemoryMmap, root: u64, pages: &[(u64, u64, bool)]) -> GuestTables {
+fn cpu_tables(mem: &GuestMemoryMmap, root: u64, pages: &[(u64, u64, bool)]) -> TableWriter {
     let limit = GuestAddress(root + 16 * PAGE_SIZE);
-    let mut t = GuestTables::new(mem, GuestAddress(root), limit).unwrap();
+    let mut t = TableWriter::new(mem, GuestAddress(root), limit).unwrap();
     for &(va, frame, writable) in pages {
         t.map(mem, va, frame, CpuLeaf::Small, writable).unwrap();
     }
