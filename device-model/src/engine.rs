@@ -233,9 +233,9 @@ impl Job {
     /// ask for a batch of pages. Only the range the job writes (or, for CHECKSUM, reads) is
     /// looked at; a COPY's source faults one page at a time. The page table is read
     /// directly: a lookahead is not an access, so no ATC or walk counter moves.
-    pub fn missing_ahead(&self, mmu: &mut Mmu, after: Iova, limit: usize) -> Vec<Iova> {
+    pub fn missing_ahead(&self, mmu: &Mmu, after: Iova, limit: usize) -> Vec<Iova> {
         let write = self.op.writes_range();
-        let Ok(space) = mmu.space(self.pasid) else {
+        let Some(table) = mmu.table(self.pasid) else {
             return Vec::new();
         };
         let mut missing = Vec::new();
@@ -245,8 +245,7 @@ impl Job {
             if page >= self.range.end {
                 break;
             }
-            let usable = space
-                .table
+            let usable = table
                 .translate(Iova(page))
                 .is_some_and(|t| t.writable || !write);
             if !usable {
@@ -325,6 +324,7 @@ mod tests {
 
     use super::*;
     use crate::mmu::atc::Atc;
+    use crate::mmu::page_table::LeafSize;
 
     const RAM: u64 = 0x40_0000;
 
@@ -348,10 +348,13 @@ mod tests {
         /// Maps virtual page `va` to guest frame `gpa`.
         fn map(&mut self, va: u64, gpa: u64, writable: bool) {
             self.mmu
-                .space(Pasid(1))
-                .unwrap()
-                .table
-                .map_page(Iova(va), GuestAddress(gpa), writable)
+                .map(
+                    Pasid(1),
+                    Iova(va),
+                    GuestAddress(gpa),
+                    writable,
+                    LeafSize::Small,
+                )
                 .unwrap();
         }
     }
@@ -580,16 +583,16 @@ mod tests {
         let fill = job_of(&cmd(job_op::FILL, 0, 0x5000, 1), 1 << 20).unwrap();
         // Page 1 is writable; page 3 is read-only, so a FILL needs it too.
         assert_eq!(
-            fill.missing_ahead(&mut r.mmu, Iova(0), 8),
+            fill.missing_ahead(&r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x3000), Iova(0x4000)]
         );
-        assert_eq!(fill.missing_ahead(&mut r.mmu, Iova(0), 1), [Iova(0x2000)]);
+        assert_eq!(fill.missing_ahead(&r.mmu, Iova(0), 1), [Iova(0x2000)]);
         let sum = job_of(&cmd(job_op::CHECKSUM, 0, 0x5000, 0), 1 << 20).unwrap();
         assert_eq!(
-            sum.missing_ahead(&mut r.mmu, Iova(0), 8),
+            sum.missing_ahead(&r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x4000)]
         );
-        assert!(fill.missing_ahead(&mut r.mmu, Iova(0x4000), 8).is_empty());
+        assert!(fill.missing_ahead(&r.mmu, Iova(0x4000), 8).is_empty());
         assert_eq!((r.c.atc_hits, r.c.atc_misses, r.c.page_walks), (0, 0, 0));
     }
 

@@ -449,6 +449,7 @@ mod tests {
     use vm_memory::Bytes;
 
     use super::*;
+    use crate::mmu::page_table::LeafSize;
     use crate::x86::scratch::{Tables, ROOT};
 
     fn device(gpa: u64, writable: bool) -> DeviceTranslation {
@@ -591,16 +592,17 @@ mod tests {
 
     /// Puts a translation in PASID 1's device page table, and in the ATC if `cached`.
     fn device_map(mmu: &mut Mmu, va: u64, frame: u64, writable: bool, huge: bool, cached: bool) {
-        let table = &mut mmu.space(Pasid(1)).unwrap().table;
-        if huge {
-            table.map_huge(Iova(va), GuestAddress(frame), writable)
+        let size = if huge {
+            LeafSize::Huge
         } else {
-            table.map_page(Iova(va), GuestAddress(frame), writable)
-        }
-        .unwrap();
+            LeafSize::Small
+        };
+        mmu.map(Pasid(1), Iova(va), GuestAddress(frame), writable, size)
+            .unwrap();
         if cached {
-            let t = table.translate(Iova(va)).unwrap();
-            mmu.atc.insert(Pasid(1), t);
+            // A walk caches what it finds.
+            let mut c = GlobalCounters::default();
+            mmu.translate(Pasid(1), Iova(va), false, &mut c).unwrap();
         }
     }
 
@@ -636,11 +638,7 @@ mod tests {
         device_map(&mut mmu, 0x3000, 0x8000, false, false, false);
         device_map(&mut mmu, 0x4000, 0x9000, false, false, false);
         device_map(&mut mmu, 0x5000, 0xa000, true, false, true);
-        mmu.space(Pasid(1)).unwrap().table.update_range(
-            IovaRange::pages(0x5000, 0x1000).unwrap(),
-            crate::mmu::page_table::RangeOp::Drop,
-            &mut |_, _| {},
-        );
+        mmu.make_stale(Pasid(1), IovaRange::pages(0x5000, 0x1000).unwrap());
         let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
         assert_eq!(
             r,

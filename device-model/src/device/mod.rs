@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
 
-use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
+use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
@@ -27,8 +27,7 @@ use crate::engine::{Job, Step};
 use crate::fault::{FaultId, Faults};
 use crate::invalidate::{self, Invalidation, RemovalLog};
 use crate::mmu::atc::Atc;
-use crate::mmu::page_table::PageTableError;
-use crate::mmu::{Mmu, MmuError};
+use crate::mmu::{Mmu, PageMapping};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
 use crate::wire::{self, opcode, status};
 
@@ -489,7 +488,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.oracle.record_invalidation(&f.inv);
                 resp(status::OK, done.ats_requests, done.pages)
             }
-            Err(MmuError::Unbound(_) | MmuError::CannotBind(_)) => resp(status::BAD_PASID, 0, 0),
+            // Only an unbound PASID fails an invalidation.
+            Err(_) => resp(status::BAD_PASID, 0, 0),
         };
         self.respond(f.reply, r);
     }
@@ -508,12 +508,17 @@ impl<M: GuestMemory> VgpuDevice<M> {
         {
             return resp(status::BAD_RANGE, 0, 0);
         }
-        let entries: Vec<u64> = payload
+        let entries: Vec<Option<PageMapping>> = payload
             .chunks_exact(ENTRY_SIZE)
             .take(pages as usize)
-            .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+            .map(|e| map_entry(u64::from_le_bytes(e.try_into().unwrap_or_default())))
             .collect();
-        let (mapped, result) = self.apply_map(pasid, range.start, &entries);
+        let log = &mut self.log;
+        let (mapped, result) =
+            self.mmu
+                .map_pages(pasid, Iova(range.start), &entries, &mut |page| {
+                    log.forget(pasid, page)
+                });
         self.counters.global.maps += 1;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             // The driver's own count; guest-controlled, so it only ever adds up.
@@ -543,79 +548,6 @@ impl<M: GuestMemory> VgpuDevice<M> {
             }
         }
         resp(status::OK, mapped, resumed)
-    }
-
-    /// Maps `entries` at `start`, with 2 MiB leaves where an aligned run of 512 entries maps
-    /// 512 contiguous, aligned frames with the same permission. Returns the pages mapped.
-    fn apply_map(
-        &mut self,
-        pasid: Pasid,
-        start: u64,
-        entries: &[u64],
-    ) -> (u64, Result<(), PageTableError>) {
-        let run = PAGES_PER_HUGE_PAGE as usize;
-        let mut mapped = 0;
-        let mut i = 0;
-        while i < entries.len() {
-            let va = Iova(start + i as u64 * PAGE_SIZE);
-            let e = entries[i];
-            let gpa = GuestAddress(e & wire::MAP_GPA_MASK);
-            let writable = e & wire::MAP_WRITE != 0;
-            let huge = va.0.is_multiple_of(HUGE_PAGE_SIZE)
-                && entries.len() - i >= run
-                && is_huge_run(&entries[i..i + run]);
-            let (pages, result) = if huge {
-                (
-                    PAGES_PER_HUGE_PAGE,
-                    self.map_leaf(pasid, va, gpa, writable, true),
-                )
-            } else if e & wire::MAP_VALID != 0 {
-                (1, self.map_leaf(pasid, va, gpa, writable, false))
-            } else {
-                (1, Ok(false))
-            };
-            match result {
-                Ok(true) => {
-                    mapped += pages;
-                    for p in 0..pages {
-                        self.log.forget(pasid, Iova(va.0 + p * PAGE_SIZE));
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => return (mapped, Err(e)),
-            }
-            i += pages as usize;
-        }
-        (mapped, Ok(()))
-    }
-
-    /// Maps one leaf; returns whether a translation was installed.
-    fn map_leaf(
-        &mut self,
-        pasid: Pasid,
-        va: Iova,
-        gpa: GuestAddress,
-        writable: bool,
-        huge: bool,
-    ) -> Result<bool, PageTableError> {
-        let Ok(space) = self.mmu.space(pasid) else {
-            return Ok(false);
-        };
-        let replaced = space.table.translate(va).is_some();
-        let changes = if huge {
-            space.table.map_huge(va, gpa, writable)?
-        } else {
-            space.table.map_page(va, gpa, writable)?
-        };
-        // Remapping a present page to another frame or permission is the driver's to
-        // invalidate first; dropping the cached copy keeps the ATC a cache of the table.
-        if replaced && changes.ptes > 0 {
-            let size = if huge { HUGE_PAGE_SIZE } else { PAGE_SIZE };
-            if let Ok(r) = IovaRange::pages(va.0, size) {
-                self.mmu.atc.invalidate_range(pasid, r);
-            }
-        }
-        Ok(true)
     }
 
     fn submit(&mut self, mem: &M, cmd: &wire::Cmd, payload: &[u8], reply: Reply) {
@@ -658,7 +590,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 // The faulting page, then (with fault_batch > 1) the next pages the job
                 // would fault on, each its own record; bounded by the configured batch.
                 let ahead = self.config.fault_batch.saturating_sub(1) as usize;
-                let more = job.missing_ahead(&mut self.mmu, address, ahead);
+                let more = job.missing_ahead(&self.mmu, address, ahead);
                 let batch = std::iter::once((address, write))
                     .chain(more.into_iter().map(|a| (a, job.op.writes_range())));
                 let mut pending = BTreeSet::new();
@@ -752,18 +684,12 @@ fn is_command_error(status: u32) -> bool {
     )
 }
 
-/// Whether 512 map entries describe one 2 MiB leaf: all valid, same permission, and
-/// contiguous frames starting 2 MiB aligned.
-fn is_huge_run(entries: &[u64]) -> bool {
-    let first = entries[0];
-    let base = first & wire::MAP_GPA_MASK;
-    let perm = first & (wire::MAP_VALID | wire::MAP_WRITE);
-    first & wire::MAP_VALID != 0
-        && base.is_multiple_of(HUGE_PAGE_SIZE)
-        && entries.iter().enumerate().all(|(k, &e)| {
-            e & (wire::MAP_VALID | wire::MAP_WRITE) == perm
-                && e & wire::MAP_GPA_MASK == base + k as u64 * PAGE_SIZE
-        })
+/// What a MAP payload entry asks for (`None`: the page stays as it is).
+fn map_entry(e: u64) -> Option<PageMapping> {
+    (e & wire::MAP_VALID != 0).then_some(PageMapping {
+        frame: GuestAddress(e & wire::MAP_GPA_MASK),
+        writable: e & wire::MAP_WRITE != 0,
+    })
 }
 
 // The end-to-end tests drive the queues the way the guest driver does; they are long

@@ -11,7 +11,7 @@ use vm_memory::Bytes;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::address::VA_LIMIT;
+use crate::address::{HUGE_PAGE_SIZE, VA_LIMIT};
 use crate::engine::fnv1a64;
 use crate::oracle::Access;
 use crate::wire::{event, job_op};
@@ -491,25 +491,41 @@ fn aligned_2mib_run_is_one_leaf_and_partial_invalidation_splits_it() {
         .map(|i| entry(FRAMES + i * PAGE_SIZE, true))
         .collect();
     assert_eq!(r.map(1, MB2, &entries).value0, 512);
-    assert_eq!(
-        r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
-        (0, 1)
-    );
+    assert_eq!(r.dev.mmu.table(Pasid(1)).unwrap().leaf_counts(), (0, 1));
     // A hole or a different permission keeps 4 KiB leaves.
     let mut holey = entries.clone();
     holey[7] = 0;
     assert_eq!(r.map(1, 2 * MB2, &holey).value0, 511);
-    assert_eq!(
-        r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
-        (511, 1)
-    );
+    assert_eq!(r.dev.mmu.table(Pasid(1)).unwrap().leaf_counts(), (511, 1));
     r.invalidate(1, MB2 + 0x1000, 0x1000, event::UNMAP, 0);
     let e = r.counters().events[event::UNMAP as usize];
     assert_eq!(e.leaf_splits, 1);
     assert_eq!(
-        r.dev.mmu.space(Pasid(1)).unwrap().table.leaf_counts(),
+        r.dev.mmu.table(Pasid(1)).unwrap().leaf_counts(),
         (511 + 511, 0)
     );
+}
+
+/// A MAP of a whole 2 MiB run over 4 KiB pages the ATC holds (the run's first page had no
+/// translation) leaves none of their old frames usable: the next job writes the new frame.
+#[test]
+fn a_2mib_map_over_cached_4k_pages_leaves_no_stale_copy() {
+    let mut r = rig();
+    r.bind(1);
+    r.map(1, MB2 + 0x1000, &[entry(FRAMES, true)]);
+    let s = r.job(1, job_op::FILL, MB2 + 0x1000, 0x1000, 1);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    let entries: Vec<u64> = (0..512)
+        .map(|i| entry(FRAMES + MB2 + i * PAGE_SIZE, true))
+        .collect();
+    assert_eq!(r.map(1, MB2, &entries).value0, 512);
+    let s = r.job(1, job_op::FILL, MB2 + 0x1000, 0x1000, 2);
+    r.dev.process_command_queue();
+    assert_eq!(r.used(), vec![(s.head, 24)]);
+    let word = |at: u64| r.mem.read_obj::<u64>(GuestAddress(at)).unwrap();
+    assert_eq!(word(FRAMES + MB2 + 0x1000), 2, "the new frame");
+    assert_eq!(word(FRAMES), 1, "the old frame is left alone");
 }
 
 #[test]

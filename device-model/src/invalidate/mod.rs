@@ -2,16 +2,17 @@
 //! downgrade), ATS-invalidate the ATC, count per event, and remember which event removed
 //! each page's translation so a later fault on it counts as a refault of that event.
 //!
-//! The device is single-threaded and jobs translate page by page between commands, so once
-//! [`invalidate`] returns no engine can use an old translation; when the command completes
-//! is the device's choice (`inval_latency_us`, see `device.rs`).
+//! The table change and the ATS invalidation are one [`Mmu::update_range`] call, and jobs
+//! translate page by page between commands, so once [`invalidate`] returns no engine can
+//! use an old translation; when the command completes is the device's choice
+//! (`inval_latency_us`, see [`crate::device`]).
 
 use std::collections::HashMap;
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::Counters;
 use crate::mmu::page_table::{LeafSize, RangeOp};
-use crate::mmu::{Mmu, MmuError};
+use crate::mmu::{AtcScope, Mmu, MmuError};
 use crate::wire;
 
 /// One INVALIDATE, validated.
@@ -92,29 +93,29 @@ impl RemovalLog {
     }
 }
 
-/// Applies `inv`: page table first, then the ATC, so no walk after this can see the old
-/// translation.
+/// Applies `inv` through the MMU, which changes the page table and invalidates the ATC in
+/// one step, so no translation after this can see the old one; then counts it for its event.
 pub fn invalidate(
     mmu: &mut Mmu,
     log: &mut RemovalLog,
     counters: &mut Counters,
     inv: &Invalidation,
 ) -> Result<InvalidationDone, MmuError> {
-    let space = mmu.space(inv.pasid)?;
     let op = if inv.downgrade {
         RangeOp::Downgrade
     } else {
         RangeOp::Drop
     };
-    let changes = space.table.update_range(inv.range, op, &mut |base, size| {
-        log.record(inv.pasid, base, size, inv.event)
-    });
-    let (ats_requests, dropped, whole_pasid) = if inv.whole_pasid {
-        (0, mmu.atc.invalidate_pasid(inv.pasid), 1)
+    let scope = if inv.whole_pasid {
+        AtcScope::WholePasid
     } else {
-        let r = mmu.atc.invalidate_range(inv.pasid, inv.range);
-        (r.requests, r.dropped, 0)
+        AtcScope::Blocks
     };
+    let done = mmu.update_range(inv.pasid, inv.range, op, scope, &mut |base, size| {
+        log.record(inv.pasid, base, size, inv.event)
+    })?;
+    let (changes, ats_requests, dropped) = (done.changes, done.atc.requests, done.atc.dropped);
+    let whole_pasid = u64::from(inv.whole_pasid);
     let pages = inv.range.len() / PAGE_SIZE;
     let e = counters.event(inv.event);
     e.notifications += 1;
@@ -181,13 +182,11 @@ mod tests {
 
     impl Rig {
         fn map(&mut self, page: u64, writable: bool) {
-            let t = &mut self.mmu.space(Pasid(1)).unwrap().table;
-            t.map_page(
-                Iova(page * PAGE_SIZE),
-                GuestAddress(page * PAGE_SIZE),
-                writable,
-            )
-            .unwrap();
+            let va = Iova(page * PAGE_SIZE);
+            let frame = GuestAddress(page * PAGE_SIZE);
+            self.mmu
+                .map(Pasid(1), va, frame, writable, LeafSize::Small)
+                .unwrap();
         }
 
         fn touch(&mut self, page: u64) {
@@ -272,10 +271,13 @@ mod tests {
     fn partial_huge_invalidation_splits_and_whole_space_is_one_pasid_invalidation() {
         let mut r = rig();
         r.mmu
-            .space(Pasid(1))
-            .unwrap()
-            .table
-            .map_huge(Iova(HUGE_PAGE_SIZE), GuestAddress(0), true)
+            .map(
+                Pasid(1),
+                Iova(HUGE_PAGE_SIZE),
+                GuestAddress(0),
+                true,
+                LeafSize::Huge,
+            )
             .unwrap();
         r.inv(HUGE_PAGE_SIZE, 0x1000, event::PROTECTION_VMA, true);
         assert_eq!(r.c.events[event::PROTECTION_VMA as usize].leaf_splits, 1);
@@ -358,7 +360,7 @@ mod tests {
         let e = r.c.events[event::UNMAP as usize];
         assert_eq!((e.pasid_invalidations, e.ats_invalidations), (1, 0));
         assert_eq!(e.atc_entries_dropped, 2);
-        assert!(r.mmu.atc.is_empty());
+        assert!(r.mmu.atc().is_empty());
     }
 
     fn parse0(cmd: &wire::Cmd) -> Result<Invalidation, u32> {

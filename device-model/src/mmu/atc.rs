@@ -4,7 +4,8 @@
 //! one leaf of the page table (4 KiB or 2 MiB). It follows the rule of vm-memory's IOTLB:
 //! restricting or removing a translation must invalidate it here first, making it more
 //! permissive needs no invalidation (a lookup that finds a read-only entry for a write
-//! reports [`Lookup::Denied`] and the caller walks the page table again).
+//! reports [`Lookup::Denied`] and the caller walks the page table again). The
+//! [`Mmu`](super::Mmu) owns the device's ATC and is what keeps that rule.
 //!
 //! Invalidation works like PCIe ATS invalidation requests: each request covers one
 //! naturally aligned power-of-two block, so a range costs as many requests as it splits
