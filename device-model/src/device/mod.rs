@@ -12,7 +12,7 @@
 //! translations. The host calls [`VgpuDevice::complete_due`] when
 //! [`VgpuDevice::next_deadline`] passes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,8 @@ use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, Step};
-use crate::fault::{FaultId, Faults};
-use crate::invalidate::{self, Invalidation, RemovalLog};
+use crate::fault::{Answer, FaultId, FaultQueue, RefaultLog, StalledJobs};
+use crate::invalidate::{self, Invalidation};
 use crate::mmu::atc::Atc;
 use crate::mmu::{Mmu, PageMapping};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
@@ -50,15 +50,6 @@ impl UsedQueues {
         .into_iter()
         .filter_map(|(used, q)| used.then_some(q))
     }
-}
-
-/// A job waiting for the driver to answer its faults: one, or up to `fault_batch`.
-#[derive(Debug)]
-struct Stalled {
-    job: Job,
-    reply: Reply,
-    /// The faults of the batch not yet answered; the job resumes when none is left.
-    pending: BTreeSet<FaultId>,
 }
 
 /// A response ready to go on the command queue.
@@ -87,9 +78,9 @@ struct Active<M> {
 pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     config: VgpuConfig,
     mmu: Mmu,
-    log: RemovalLog,
-    faults: Faults,
-    stalled: BTreeMap<FaultId, Stalled>,
+    refaults: RefaultLog,
+    fault_queue: FaultQueue,
+    stalled: StalledJobs,
     counters: Counters,
     /// The same counters split by the PASID of the command that moved them (host side).
     pasid_counters: BTreeMap<u32, Counters>,
@@ -125,9 +116,9 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let atc = Atc::new(config.atc_entries, config.atc_ways)?;
         Ok(VgpuDevice {
             mmu: Mmu::new(atc, config.max_pasids, config.max_table_nodes),
-            log: RemovalLog::new(config.max_removal_records),
-            faults: Faults::default(),
-            stalled: BTreeMap::new(),
+            refaults: RefaultLog::new(config.max_removal_records),
+            fault_queue: FaultQueue::default(),
+            stalled: StalledJobs::new(config.max_stalled_jobs, config.fault_batch),
             counters: Counters::default(),
             pasid_counters: BTreeMap::new(),
             current_pasid: None,
@@ -177,8 +168,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
     pub fn reset(&mut self) {
         self.active = None;
         self.mmu.clear();
-        self.log = RemovalLog::new(self.config.max_removal_records);
-        self.faults.clear();
+        self.refaults = RefaultLog::new(self.config.max_removal_records);
+        self.fault_queue.clear();
         self.stalled.clear();
         self.completions.clear();
         self.in_flight.clear();
@@ -215,7 +206,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
 
     /// How long the driver took to answer faults (host-only, not on the wire).
     pub fn fault_latency(&self) -> FaultLatency {
-        self.faults.latency()
+        self.fault_queue.latency()
     }
 
     /// Jobs waiting for a fault answer.
@@ -238,7 +229,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             used.command |= self.flush(&mut a);
         }
         used.fault = self
-            .faults
+            .fault_queue
             .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
         let used = Self::interrupts(&mut a, used);
         self.active = Some(a);
@@ -281,7 +272,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let used = UsedQueues {
             command: false,
             fault: self
-                .faults
+                .fault_queue
                 .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters),
         };
         let used = Self::interrupts(&mut a, used);
@@ -435,22 +426,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let Ok(dropped) = self.mmu.unbind(pasid) else {
             return resp(status::BAD_PASID, 0, 0);
         };
-        self.log.forget_pasid(pasid);
+        self.refaults.forget_pasid(pasid);
         self.oracle.forget_pasid(pasid);
-        let orphans: Vec<FaultId> = self
-            .stalled
-            .iter()
-            .filter(|(_, s)| s.job.pasid == pasid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphans {
-            if let Some(s) = self.stalled.remove(&id) {
-                for f in &s.pending {
-                    self.faults.withdraw(*f);
-                }
-                self.counters.global.jobs_failed += 1;
-                self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
-            }
+        for s in self.stalled.fail_pasid(pasid, &mut self.fault_queue) {
+            self.counters.global.jobs_failed += 1;
+            self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
         }
         resp(status::OK, dropped, stale)
     }
@@ -480,7 +460,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
     fn complete_invalidation(&mut self, f: InFlightInvalidation) {
         let r = match invalidate::invalidate(
             &mut self.mmu,
-            &mut self.log,
+            &mut self.refaults,
             &mut self.counters,
             &f.inv,
         ) {
@@ -513,7 +493,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             .take(pages as usize)
             .map(|e| map_entry(u64::from_le_bytes(e.try_into().unwrap_or_default())))
             .collect();
-        let log = &mut self.log;
+        let log = &mut self.refaults;
         let (mapped, result) =
             self.mmu
                 .map_pages(pasid, Iova(range.start), &entries, &mut |page| {
@@ -533,18 +513,15 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let mut resumed = 0;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             let id = FaultId(cmd.arg0);
-            if let Some(key) = self.batch_of(id, pasid) {
-                self.faults.answered(id);
-                let done = self.stalled.get_mut(&key).is_some_and(|s| {
-                    s.pending.remove(&id);
-                    s.pending.is_empty()
-                });
-                if let Some(s) = done.then(|| self.stalled.remove(&key)).flatten() {
+            match self.stalled.answer(id, pasid, &mut self.fault_queue) {
+                Answer::Resume(s) => {
                     resumed = 1;
                     self.run_job(mem, s.job, s.reply);
                 }
-            } else {
-                log::debug!("vgpu: MAP answers unknown fault {} on {pasid}", id.0);
+                Answer::Waiting => {}
+                Answer::Unknown => {
+                    log::debug!("vgpu: MAP answers unknown fault {} on {pasid}", id.0);
+                }
             }
         }
         resp(status::OK, mapped, resumed)
@@ -559,7 +536,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             Ok(job) => job,
             Err(st) => return self.respond(reply, resp(st, 0, 0)),
         };
-        if self.stalled.len() >= self.config.max_stalled_jobs {
+        if !self.stalled.has_room() {
             self.counters.global.jobs_failed += 1;
             return self.respond(reply, resp(status::BUSY, 0, 0));
         }
@@ -583,38 +560,20 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.respond(reply, resp(st, 0, job.faults));
             }
             Step::Fault { address, write } => {
-                if self.stalled.len() >= self.config.max_stalled_jobs {
+                let stalled = self.stalled.stall(
+                    job,
+                    reply,
+                    address,
+                    write,
+                    &self.mmu,
+                    &mut self.fault_queue,
+                    &mut self.counters,
+                    &mut self.refaults,
+                );
+                if let Err(refused) = stalled {
+                    let (job, reply) = *refused;
                     self.counters.global.jobs_failed += 1;
-                    return self.respond(reply, resp(status::BUSY, 0, job.faults));
-                }
-                // The faulting page, then (with fault_batch > 1) the next pages the job
-                // would fault on, each its own record; bounded by the configured batch.
-                let ahead = self.config.fault_batch.saturating_sub(1) as usize;
-                let more = job.missing_ahead(&self.mmu, address, ahead);
-                let batch = std::iter::once((address, write))
-                    .chain(more.into_iter().map(|a| (a, job.op.writes_range())));
-                let mut pending = BTreeSet::new();
-                for (address, write) in batch {
-                    job.faults += 1;
-                    pending.insert(self.faults.raise(
-                        job.pasid,
-                        job.id,
-                        address,
-                        write,
-                        &mut self.counters,
-                        &mut self.log,
-                    ));
-                }
-                // The batch is keyed by its first fault, which is the smallest id.
-                if let Some(&key) = pending.first() {
-                    self.stalled.insert(
-                        key,
-                        Stalled {
-                            job,
-                            reply,
-                            pending,
-                        },
-                    );
+                    self.respond(reply, resp(status::BUSY, 0, job.faults));
                 }
             }
         }
@@ -624,28 +583,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(pasid) {
             return resp(status::BAD_PASID, 0, 0);
         }
-        let Some(key) = self.batch_of(id, pasid) else {
+        let Some(s) = self.stalled.fail(id, pasid, &mut self.fault_queue) else {
             return resp(status::BAD_JOB, 0, 0);
         };
-        if let Some(s) = self.stalled.remove(&key) {
-            self.faults.answered(id);
-            // The rest of the batch no longer has a job to resume.
-            for f in &s.pending {
-                self.faults.withdraw(*f);
-            }
-            self.counters.global.jobs_failed += 1;
-            self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
-        }
+        self.counters.global.jobs_failed += 1;
+        self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
         resp(status::OK, 0, 0)
-    }
-
-    /// The key of the stalled job on `pasid` still waiting for fault `id`. The search is
-    /// bounded: at most max_stalled_jobs jobs with at most fault_batch faults each.
-    fn batch_of(&self, id: FaultId, pasid: Pasid) -> Option<FaultId> {
-        self.stalled
-            .iter()
-            .find(|(_, s)| s.job.pasid == pasid && s.pending.contains(&id))
-            .map(|(key, _)| *key)
     }
 
     fn read_counters(&mut self, cmd: &wire::Cmd, req: &Request, reply: Reply) {

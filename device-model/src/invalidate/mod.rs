@@ -7,11 +7,10 @@
 //! use an old translation; when the command completes is the device's choice
 //! (`inval_latency_us`, see [`crate::device`]).
 
-use std::collections::HashMap;
-
-use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::address::{IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::Counters;
-use crate::mmu::page_table::{LeafSize, RangeOp};
+use crate::fault::RefaultLog;
+use crate::mmu::page_table::RangeOp;
 use crate::mmu::{AtcScope, Mmu, MmuError};
 use crate::wire;
 
@@ -40,64 +39,11 @@ pub struct InvalidationDone {
     pub pages: u64,
 }
 
-/// Which event last removed the translation of a page, per (PASID, page number).
-#[derive(Debug, Default)]
-pub struct RemovalLog {
-    removed: HashMap<(Pasid, u64), u32>,
-    capacity: usize,
-}
-
-impl RemovalLog {
-    /// A log of at most `capacity` pages; pages past it are not remembered.
-    pub fn new(capacity: usize) -> Self {
-        RemovalLog {
-            removed: HashMap::new(),
-            capacity,
-        }
-    }
-
-    fn record(&mut self, pasid: Pasid, base: Iova, size: LeafSize, event: u32) {
-        for page in (0..size.bytes()).step_by(PAGE_SIZE as usize) {
-            let key = (pasid, Iova(base.0 + page).page_number());
-            if self.removed.len() >= self.capacity && !self.removed.contains_key(&key) {
-                log::debug!("vgpu: removal log full, refaults are undercounted");
-                return;
-            }
-            self.removed.insert(key, event);
-        }
-    }
-
-    /// The page was mapped again: a later fault on it is not a refault.
-    pub fn forget(&mut self, pasid: Pasid, page: Iova) {
-        self.removed.remove(&(pasid, page.page_number()));
-    }
-
-    /// Takes the event that removed `page`'s translation, if one did.
-    pub fn take(&mut self, pasid: Pasid, page: Iova) -> Option<u32> {
-        self.removed.remove(&(pasid, page.page_number()))
-    }
-
-    /// Forgets everything about `pasid`.
-    pub fn forget_pasid(&mut self, pasid: Pasid) {
-        self.removed.retain(|(p, _), _| *p != pasid);
-    }
-
-    /// Pages remembered.
-    pub fn len(&self) -> usize {
-        self.removed.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.removed.is_empty()
-    }
-}
-
 /// Applies `inv` through the MMU, which changes the page table and invalidates the ATC in
 /// one step, so no translation after this can see the old one; then counts it for its event.
 pub fn invalidate(
     mmu: &mut Mmu,
-    log: &mut RemovalLog,
+    log: &mut RefaultLog,
     counters: &mut Counters,
     inv: &Invalidation,
 ) -> Result<InvalidationDone, MmuError> {
@@ -159,14 +105,15 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::*;
-    use crate::address::{HUGE_PAGE_SIZE, VA_LIMIT};
+    use crate::address::{Iova, HUGE_PAGE_SIZE, VA_LIMIT};
     use crate::counters::GlobalCounters;
     use crate::mmu::atc::Atc;
+    use crate::mmu::page_table::LeafSize;
     use crate::wire::event;
 
     struct Rig {
         mmu: Mmu,
-        log: RemovalLog,
+        log: RefaultLog,
         c: Counters,
     }
 
@@ -175,7 +122,7 @@ mod tests {
         mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
         Rig {
             mmu,
-            log: RemovalLog::new(4096),
+            log: RefaultLog::new(4096),
             c: Counters::default(),
         }
     }
@@ -365,14 +312,5 @@ mod tests {
 
     fn parse0(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
         parse(cmd, 0)
-    }
-
-    #[test]
-    fn removal_log_is_bounded() {
-        let mut log = RemovalLog::new(2);
-        log.record(Pasid(1), Iova(0), LeafSize::Huge, 0);
-        assert_eq!(log.len(), 2);
-        log.forget(Pasid(1), Iova(0));
-        assert_eq!(log.len(), 1);
     }
 }
