@@ -12,9 +12,9 @@
 //! translations. The host calls [`VgpuDevice::complete_due`] when
 //! [`VgpuDevice::next_deadline`] passes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -25,7 +25,7 @@ use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, Step};
 use crate::fault::{Answer, FaultId, FaultQueue, RefaultLog, StalledJobs};
-use crate::invalidate::{self, Invalidation};
+use crate::invalidate::{self, InFlight, Pending};
 use crate::mmu::atc::Atc;
 use crate::mmu::{Mmu, PageMapping};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
@@ -60,14 +60,6 @@ struct Completion {
     data: Vec<u8>,
 }
 
-/// An INVALIDATE taken off the queue whose completion is not due yet.
-#[derive(Debug)]
-struct InFlightInvalidation {
-    inv: Invalidation,
-    reply: Reply,
-    due: Instant,
-}
-
 struct Active<M> {
     mem: Arc<M>,
     command: Queue,
@@ -88,8 +80,8 @@ pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     current_pasid: Option<Pasid>,
     oracle: Oracle,
     completions: Vec<Completion>,
-    /// INVALIDATEs in flight, oldest first (all have the same latency, so also by due time).
-    in_flight: VecDeque<InFlightInvalidation>,
+    /// INVALIDATEs in flight.
+    in_flight: InFlight,
     active: Option<Active<M>>,
 }
 
@@ -124,7 +116,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             current_pasid: None,
             oracle: Oracle::new(config.oracle),
             completions: Vec::new(),
-            in_flight: VecDeque::new(),
+            in_flight: InFlight::new(config.inval_latency_us),
             active: None,
             config,
         })
@@ -238,7 +230,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
 
     /// When the oldest INVALIDATE in flight is due, if one is.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.in_flight.front().map(|f| f.due)
+        self.in_flight.next_deadline()
     }
 
     /// Applies and completes every INVALIDATE due by `now`.
@@ -246,14 +238,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let Some(mut a) = self.active.take() else {
             return UsedQueues::default();
         };
-        while self.in_flight.front().is_some_and(|f| f.due <= now) {
-            if let Some(f) = self.in_flight.pop_front() {
-                // Counted for its PASID, as if it completed with the command.
-                let before = self.counters;
-                self.current_pasid = Some(f.inv.pasid);
-                self.complete_invalidation(f);
-                self.attribute(&before);
-            }
+        while let Some(f) = self.in_flight.pop_due(now) {
+            // Counted for its PASID, as if it completed with the command.
+            let before = self.counters;
+            self.current_pasid = Some(f.inv.pasid);
+            self.complete_invalidation(f);
+            self.attribute(&before);
         }
         let used = UsedQueues {
             command: self.flush(&mut a),
@@ -405,11 +395,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             return resp(status::BAD_PASID, 0, 0);
         }
         // Invalidations of this space still in flight complete first, in order.
-        let (mine, others) = std::mem::take(&mut self.in_flight)
-            .into_iter()
-            .partition(|f| f.inv.pasid == pasid);
-        self.in_flight = others;
-        for f in mine {
+        for f in self.in_flight.take_pasid(pasid) {
             self.complete_invalidation(f);
         }
         // A translation still held now is stale if the process's mappings are gone (UNBIND
@@ -444,21 +430,14 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(inv.pasid) {
             return self.respond(reply, resp(status::BAD_PASID, 0, 0));
         }
-        let f = InFlightInvalidation {
-            inv,
-            reply,
-            due: Instant::now() + Duration::from_micros(self.config.inval_latency_us.into()),
-        };
-        if self.config.inval_latency_us == 0 {
-            self.complete_invalidation(f);
-        } else {
-            self.in_flight.push_back(f);
+        if let Some(due_now) = self.in_flight.start(inv, reply, Instant::now()) {
+            self.complete_invalidation(due_now);
         }
     }
 
     /// Applies an invalidation to the page table and the ATC and queues its completion.
-    fn complete_invalidation(&mut self, f: InFlightInvalidation) {
-        let r = match invalidate::invalidate(
+    fn complete_invalidation(&mut self, f: Pending) {
+        let r = match invalidate::apply(
             &mut self.mmu,
             &mut self.refaults,
             &mut self.counters,

@@ -149,7 +149,7 @@ fn wire_bytes(f: &wire::Fault) -> &[u8] {
 mod tests {
     use super::*;
     use crate::address::IovaRange;
-    use crate::invalidate::{invalidate, Invalidation};
+    use crate::invalidate::{apply, Invalidation};
     use crate::mmu::atc::Atc;
     use crate::mmu::Mmu;
     use vm_memory::GuestAddress;
@@ -194,7 +194,7 @@ mod tests {
             downgrade: false,
             whole_pasid: false,
         };
-        invalidate(&mut mmu, &mut log, &mut c, &inv).unwrap();
+        apply(&mut mmu, &mut log, &mut c, &inv).unwrap();
         let a = faults.raise(Pasid(1), 9, Iova(0x3123), true, &mut c, &mut log);
         let b = faults.raise(Pasid(1), 9, Iova(0x3000), false, &mut c, &mut log);
         assert_ne!(a, b);
