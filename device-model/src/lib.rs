@@ -19,6 +19,8 @@ pub mod fault;
 pub mod invalidate;
 pub mod mmu;
 pub mod oracle;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod wire;
 pub mod x86;
 
