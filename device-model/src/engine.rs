@@ -14,7 +14,8 @@ use crate::mmu::{Miss, Mmu};
 use crate::oracle::{Access, DeviceTranslation, Oracle};
 use crate::wire::{self, job_op, status};
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// Where an FNV-1a-64 hash starts (what CHECKSUM of nothing returns).
+pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// FNV-1a-64 of `bytes`, continuing from `hash`.

@@ -10,6 +10,8 @@
 //! memory for tests and benchmarks that need a CPU page table without a guest.
 
 pub mod address;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod chain;
 pub mod config;
 pub mod counters;
