@@ -22,7 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 use crate::address::{Iova, Pasid, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
 use crate::config::VgpuConfig;
 use crate::counters::GlobalCounters;
-use crate::engine::{fnv1a64, Job, Step, FNV_OFFSET_BASIS};
+use crate::engine::{fnv1a64, Job, JobError, Step, FNV_OFFSET_BASIS};
 use crate::mmu::atc::{Atc, AtcError};
 use crate::mmu::page_table::{PageTable, PageTableError};
 use crate::mmu::{Mmu, MmuError};
@@ -69,9 +69,9 @@ pub enum BenchError {
     /// The device page table refused the region.
     #[error("cannot set up the device: {0}")]
     Table(#[from] PageTableError),
-    /// The job command was refused with this status (a setup bug).
-    #[error("JOB refused with status {0}")]
-    Refused(u32),
+    /// The job command was refused (a setup bug).
+    #[error("JOB refused: {0}")]
+    Refused(#[from] JobError),
     /// A job did not complete (a setup bug: everything is mapped).
     #[error("{op} with the oracle {mode} did not complete: {step:?}")]
     Job {

@@ -8,7 +8,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::address::{Iova, IovaRange, Pasid, RangeError, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::mmu::{Miss, Mmu};
 use crate::oracle::{Access, DeviceTranslation, Oracle};
@@ -25,6 +25,55 @@ pub fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
+}
+
+/// Why a JOB command was refused; [`JobError::status`] is the response status.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    /// The job's range is not a page-aligned range of the address space.
+    #[error("job range: {0}")]
+    Range(#[source] RangeError),
+    /// The job's range is longer than the device runs in one go.
+    #[error("job of {length:#x} bytes is longer than {max:#x}")]
+    TooLong {
+        /// Bytes asked for.
+        length: u64,
+        /// The device's `max_job_bytes`.
+        max: u64,
+    },
+    /// A COPY source that leaves the address space.
+    #[error("copy source: {0}")]
+    Source(#[source] RangeError),
+    /// The job op is none of SPEC.md's.
+    #[error("unknown job op {0}")]
+    UnknownOp(u32),
+    /// A DMA copy's payload names fewer pages than the range has, or more pages than the
+    /// device takes.
+    #[error("DMA copy of {pages} pages with {entries} page addresses (at most {max})")]
+    DmaPages {
+        /// Pages in the range.
+        pages: u64,
+        /// Page addresses in the payload.
+        entries: u64,
+        /// The most the device takes (`max_map_pages`).
+        max: u64,
+    },
+    /// A DMA page address that is not page aligned.
+    #[error("DMA page {0:#x} is not page aligned")]
+    UnalignedDmaPage(u64),
+}
+
+impl JobError {
+    /// The response status SPEC.md gives the refusal.
+    pub fn status(self) -> u32 {
+        match self {
+            JobError::Range(_)
+            | JobError::TooLong { .. }
+            | JobError::Source(_)
+            | JobError::DmaPages { .. } => status::BAD_RANGE,
+            JobError::UnknownOp(_) | JobError::UnalignedDmaPage(_) => status::BAD_JOB,
+        }
+    }
 }
 
 /// What a job does.
@@ -94,16 +143,19 @@ pub enum Step {
 
 impl Job {
     /// Builds a job from a JOB command and its payload (the DMA pages of a DMA copy, at
-    /// most `max_dma_pages`); the error is the response status.
+    /// most `max_dma_pages`).
     pub fn from_cmd(
         cmd: &wire::Cmd,
         payload: &[u8],
         max_bytes: u64,
         max_dma_pages: u64,
-    ) -> Result<Job, u32> {
-        let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| status::BAD_RANGE)?;
+    ) -> Result<Job, JobError> {
+        let range = IovaRange::pages(cmd.start, cmd.length).map_err(JobError::Range)?;
         if range.len() > max_bytes {
-            return Err(status::BAD_RANGE);
+            return Err(JobError::TooLong {
+                length: range.len(),
+                max: max_bytes,
+            });
         }
         let mut dma = Vec::new();
         let op = match cmd.flags {
@@ -111,7 +163,7 @@ impl Job {
             job_op::CHECKSUM => JobOp::Checksum,
             job_op::COPY => {
                 // The source may have any alignment, but must lie in the address space.
-                IovaRange::new(cmd.arg0, cmd.length).map_err(|_| status::BAD_RANGE)?;
+                IovaRange::new(cmd.arg0, cmd.length).map_err(JobError::Source)?;
                 JobOp::Copy {
                     source: Iova(cmd.arg0),
                 }
@@ -124,7 +176,7 @@ impl Job {
                     JobOp::CopyFromDma
                 }
             }
-            _ => return Err(status::BAD_JOB),
+            op => return Err(JobError::UnknownOp(op)),
         };
         Ok(Job {
             pasid: Pasid(cmd.pasid),
@@ -297,13 +349,19 @@ impl Job {
     }
 }
 
-/// The `pages` guest-physical page addresses of a DMA copy's payload: at most `max_pages`
-/// (else `BAD_RANGE`), each page aligned (else `BAD_JOB`).
-fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddress>, u32> {
+/// The `pages` guest-physical page addresses of a DMA copy's payload: at most `max_pages`,
+/// each page aligned.
+fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddress>, JobError> {
     const ENTRY: usize = std::mem::size_of::<u64>();
-    let n = usize::try_from(pages).map_err(|_| status::BAD_RANGE)?;
-    if pages > max_pages || payload.len() / ENTRY < n {
-        return Err(status::BAD_RANGE);
+    let entries = (payload.len() / ENTRY) as u64;
+    let too_many = JobError::DmaPages {
+        pages,
+        entries,
+        max: max_pages,
+    };
+    let n = usize::try_from(pages).map_err(|_| too_many)?;
+    if pages > max_pages || entries < pages {
+        return Err(too_many);
     }
     payload
         .chunks_exact(ENTRY)
@@ -313,7 +371,7 @@ fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddr
             if gpa % PAGE_SIZE == 0 {
                 Ok(GuestAddress(gpa))
             } else {
-                Err(status::BAD_JOB)
+                Err(JobError::UnalignedDmaPage(gpa))
             }
         })
         .collect()
@@ -373,9 +431,14 @@ mod tests {
         }
     }
 
-    /// A job without payload, at most 512 DMA pages.
+    /// A job without payload, at most 512 DMA pages; the error is the response status.
     fn job_of(c: &wire::Cmd, max_bytes: u64) -> Result<Job, u32> {
-        Job::from_cmd(c, &[], max_bytes, 512)
+        Job::from_cmd(c, &[], max_bytes, 512).map_err(JobError::status)
+    }
+
+    /// [`Job::from_cmd`], the error as the response status.
+    fn status_of(c: &wire::Cmd, payload: &[u8], max_bytes: u64, max_dma: u64) -> Result<Job, u32> {
+        Job::from_cmd(c, payload, max_bytes, max_dma).map_err(JobError::status)
     }
 
     /// The payload of a DMA copy.
@@ -418,6 +481,50 @@ mod tests {
             }
         );
         assert_eq!(j.id, 77);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let max = 1 << 20;
+        let refuse = |c: &wire::Cmd, payload: &[u8], max_dma| {
+            Job::from_cmd(c, payload, max, max_dma).unwrap_err()
+        };
+        assert_eq!(
+            refuse(&cmd(9, 0, 0x1000, 0), &[], 0),
+            JobError::UnknownOp(9)
+        );
+        assert!(matches!(
+            refuse(&cmd(job_op::FILL, 0x10, 0x1000, 0), &[], 0),
+            JobError::Range(RangeError::Unaligned { .. })
+        ));
+        assert_eq!(
+            refuse(&cmd(job_op::FILL, 0, 2 << 20, 0), &[], 0),
+            JobError::TooLong {
+                length: 2 << 20,
+                max
+            }
+        );
+        assert!(matches!(
+            refuse(&cmd(job_op::COPY, 0, 0x1000, u64::MAX), &[], 0),
+            JobError::Source(RangeError::OutOfSpace { .. })
+        ));
+        let e = refuse(&cmd(job_op::COPY_TO_DMA, 0, 0x3000, 0), &payload(&[0]), 2);
+        assert_eq!(
+            e,
+            JobError::DmaPages {
+                pages: 3,
+                entries: 1,
+                max: 2
+            }
+        );
+        assert!(e.to_string().contains("3 pages"), "{e}");
+        let e = refuse(
+            &cmd(job_op::COPY_FROM_DMA, 0, 0x1000, 0),
+            &payload(&[0x10]),
+            2,
+        );
+        assert_eq!(e, JobError::UnalignedDmaPage(0x10));
+        assert_eq!(e.status(), status::BAD_JOB);
     }
 
     #[test]
@@ -478,15 +585,12 @@ mod tests {
         assert!(JobOp::CopyFromDma.writes_range());
         // One page short, more pages than the device takes, an unaligned page.
         assert_eq!(
-            Job::from_cmd(&to_dma, &two[..8], 1 << 20, 512),
+            status_of(&to_dma, &two[..8], 1 << 20, 512),
             Err(status::BAD_RANGE)
         );
+        assert_eq!(status_of(&to_dma, &two, 1 << 20, 1), Err(status::BAD_RANGE));
         assert_eq!(
-            Job::from_cmd(&to_dma, &two, 1 << 20, 1),
-            Err(status::BAD_RANGE)
-        );
-        assert_eq!(
-            Job::from_cmd(&to_dma, &payload(&[0x5000, 0x9008]), 1 << 20, 512),
+            status_of(&to_dma, &payload(&[0x5000, 0x9008]), 1 << 20, 512),
             Err(status::BAD_JOB)
         );
         // Extra payload bytes are ignored.

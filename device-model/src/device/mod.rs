@@ -425,7 +425,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
     fn start_invalidation(&mut self, cmd: &wire::Cmd, reply: Reply) {
         let inv = match invalidate::parse(cmd, self.config.pasid_inval_threshold) {
             Ok(inv) => inv,
-            Err(st) => return self.respond(reply, resp(st, 0, 0)),
+            Err(e) => {
+                log::debug!("vgpu: INVALIDATE on pasid {}: {e}", cmd.pasid);
+                return self.respond(reply, resp(e.status(), 0, 0));
+            }
         };
         if !self.mmu.is_bound(inv.pasid) {
             return self.respond(reply, resp(status::BAD_PASID, 0, 0));
@@ -513,7 +516,10 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let max_dma_pages = u64::from(self.config.max_map_pages);
         let job = match Job::from_cmd(cmd, payload, self.config.max_job_bytes, max_dma_pages) {
             Ok(job) => job,
-            Err(st) => return self.respond(reply, resp(st, 0, 0)),
+            Err(e) => {
+                log::debug!("vgpu: JOB on pasid {}: {e}", cmd.pasid);
+                return self.respond(reply, resp(e.status(), 0, 0));
+            }
         };
         if !self.stalled.has_room() {
             self.counters.global.jobs_failed += 1;

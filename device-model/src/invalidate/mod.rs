@@ -16,7 +16,7 @@ mod in_flight;
 pub use apply::apply;
 pub use in_flight::{InFlight, Pending};
 
-use crate::address::{IovaRange, Pasid};
+use crate::address::{IovaRange, Pasid, RangeError};
 use crate::wire;
 
 /// One INVALIDATE, validated.
@@ -44,13 +44,31 @@ pub struct InvalidationDone {
     pub pages: u64,
 }
 
-/// Builds an [`Invalidation`] from a command; the error is the response status. Ranges
-/// longer than `pasid_threshold` bytes (0: none) use a whole-PASID ATC invalidation, as a
-/// real IOMMU driver does when per-block requests would outnumber the cache.
-pub fn parse(cmd: &wire::Cmd, pasid_threshold: u64) -> Result<Invalidation, u32> {
-    let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| wire::status::BAD_RANGE)?;
+/// Why an INVALIDATE was refused; [`ParseError::status`] is the response status.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The range is not a page-aligned range of the address space.
+    #[error("invalidation range: {0}")]
+    Range(#[source] RangeError),
+    /// The event is none of the kernel's `enum mmu_notifier_event`.
+    #[error("unknown mmu-notifier event {0}")]
+    UnknownEvent(u32),
+}
+
+impl ParseError {
+    /// The response status SPEC.md gives the refusal (`BAD_RANGE` for both).
+    pub fn status(self) -> u32 {
+        wire::status::BAD_RANGE
+    }
+}
+
+/// Builds an [`Invalidation`] from a command. Ranges longer than `pasid_threshold` bytes
+/// (0: none) use a whole-PASID ATC invalidation, as a real IOMMU driver does when per-block
+/// requests would outnumber the cache.
+pub fn parse(cmd: &wire::Cmd, pasid_threshold: u64) -> Result<Invalidation, ParseError> {
+    let range = IovaRange::pages(cmd.start, cmd.length).map_err(ParseError::Range)?;
     if cmd.event as usize >= wire::event::COUNT {
-        return Err(wire::status::BAD_RANGE);
+        return Err(ParseError::UnknownEvent(cmd.event));
     }
     Ok(Invalidation {
         pasid: Pasid(cmd.pasid),
@@ -67,8 +85,9 @@ mod tests {
     use super::*;
     use crate::address::VA_LIMIT;
 
+    /// [`parse`] without a threshold, the error as the response status.
     fn parse0(cmd: &wire::Cmd) -> Result<Invalidation, u32> {
-        parse(cmd, 0)
+        parse(cmd, 0).map_err(ParseError::status)
     }
 
     #[test]
@@ -95,6 +114,14 @@ mod tests {
             Err(wire::status::BAD_RANGE)
         );
         assert_eq!(parse0(&cmd(0, 0x1000, 8)), Err(wire::status::BAD_RANGE));
+        assert_eq!(
+            parse(&cmd(0, 0x1000, 8), 0),
+            Err(ParseError::UnknownEvent(8))
+        );
+        assert!(matches!(
+            parse(&cmd(0x1001, 0x1000, 0), 0),
+            Err(ParseError::Range(RangeError::Unaligned { .. }))
+        ));
         assert!(parse0(&cmd(0, 0x1000, 7)).is_ok());
         // Whole-PASID: the whole space always, longer ranges only above the threshold.
         assert!(parse0(&cmd(0, VA_LIMIT, 0)).unwrap().whole_pasid);
