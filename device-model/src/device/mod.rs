@@ -11,6 +11,11 @@
 //! invalidation in flight on a real link: until then engines still use the old
 //! translations. The host calls [`VgpuDevice::complete_due`] when
 //! [`VgpuDevice::next_deadline`] passes.
+//!
+//! This module only takes commands off the queues, dispatches them and writes responses:
+//! translations are the [`Mmu`]'s, jobs the [`engine`](crate::engine)'s, stalls and
+//! answers [`fault`](crate::fault)'s, invalidations (and their time in flight)
+//! [`invalidate`]'s, checks the [`oracle`](crate::oracle)'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
