@@ -382,8 +382,8 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::mmu::atc::Atc;
     use crate::mmu::page_table::LeafSize;
+    use crate::mmu::test_mmu;
 
     const RAM: u64 = 0x40_0000;
 
@@ -394,10 +394,8 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 2, 64);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
         Rig {
-            mmu,
+            mmu: test_mmu(&[1]),
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
             c: GlobalCounters::default(),
         }

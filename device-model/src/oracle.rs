@@ -585,7 +585,7 @@ mod tests {
 
     /// A device with PASID 1 bound to the CPU table at `ROOT` (or to no table).
     fn mmu_bound_to(root: u64) -> Mmu {
-        let mut mmu = Mmu::new(crate::mmu::atc::Atc::new(64, 8).unwrap(), 4, 64);
+        let mut mmu = crate::mmu::test_mmu(&[]);
         mmu.bind(Pasid(1), GuestAddress(root)).unwrap();
         mmu
     }

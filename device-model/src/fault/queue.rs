@@ -150,8 +150,7 @@ mod tests {
     use super::*;
     use crate::address::IovaRange;
     use crate::invalidate::{apply, Invalidation};
-    use crate::mmu::atc::Atc;
-    use crate::mmu::Mmu;
+    use crate::mmu::test_mmu;
     use vm_memory::GuestAddress;
 
     #[test]
@@ -180,8 +179,7 @@ mod tests {
         let mut faults = FaultQueue::default();
         let mut c = Counters::default();
         let mut log = RefaultLog::new(16);
-        let mut mmu = Mmu::new(Atc::new(8, 8).unwrap(), 1, 16);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
+        let mut mmu = test_mmu(&[1]);
         mmu.space(Pasid(1))
             .unwrap()
             .table

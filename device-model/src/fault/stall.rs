@@ -174,8 +174,8 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::*;
-    use crate::mmu::atc::Atc;
     use crate::mmu::page_table::LeafSize;
+    use crate::mmu::test_mmu;
     use crate::wire::{self, job_op};
 
     struct Rig {
@@ -186,11 +186,8 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        let mut mmu = Mmu::new(Atc::new(8, 8).unwrap(), 2, 16);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
-        mmu.bind(Pasid(2), GuestAddress(0)).unwrap();
         Rig {
-            mmu,
+            mmu: test_mmu(&[1, 2]),
             queue: FaultQueue::default(),
             counters: Counters::default(),
             log: RefaultLog::new(16),

@@ -59,8 +59,8 @@ mod tests {
     use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, VA_LIMIT};
     use crate::counters::GlobalCounters;
     use crate::invalidate::parse;
-    use crate::mmu::atc::Atc;
     use crate::mmu::page_table::LeafSize;
+    use crate::mmu::test_mmu;
     use crate::wire;
     use crate::wire::event;
 
@@ -71,10 +71,8 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 4, 64);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
         Rig {
-            mmu,
+            mmu: test_mmu(&[1]),
             log: RefaultLog::new(4096),
             c: Counters::default(),
         }

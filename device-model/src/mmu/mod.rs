@@ -336,6 +336,17 @@ impl Mmu {
     }
 }
 
+/// An MMU for unit tests: a 64-entry, 8-way ATC, PASIDs 1..=4 of 64 table nodes each, and
+/// `pasids` bound without a CPU page table.
+#[cfg(test)]
+pub(crate) fn test_mmu(pasids: &[u32]) -> Mmu {
+    let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 4, 64);
+    for &p in pasids {
+        mmu.bind(Pasid(p), GuestAddress(0)).unwrap();
+    }
+    mmu
+}
+
 /// Whether 512 pages describe one 2 MiB leaf: all mapped, one permission, and contiguous
 /// frames starting 2 MiB aligned.
 fn is_huge_run(pages: &[Option<PageMapping>]) -> bool {
