@@ -62,7 +62,7 @@ pub struct IovaRange {
 }
 
 /// Why a guest-supplied range was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RangeError {
     /// The range has no bytes.
     #[error("empty range")]

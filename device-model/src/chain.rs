@@ -196,29 +196,38 @@ pub fn needs_interrupt<M: GuestMemory>(queue: &mut Queue, mem: &M) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestMemoryMmap;
 
     use super::*;
+    use crate::testing::{guest_memory, DriverQueue, Next, RawDesc};
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const N: u16 = VRING_DESC_F_NEXT as u16;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> Arc<GuestMemoryMmap> {
+        guest_memory(0x10_0000)
     }
 
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    /// A descriptor with an absolute `next` index.
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
+        RawDesc {
+            addr,
+            len,
+            flags,
+            next: Next::Index(next),
+        }
     }
 
-    fn parse(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> Request {
-        let q = MockSplitQueue::new(mem, 16);
-        q.add_desc_chains(descs, 0).unwrap();
-        let mut queue: Queue = q.create_queue().unwrap();
-        Request::parse(queue.pop_descriptor_chain(mem).unwrap())
+    /// Offers `descs` as they are, from descriptor 0 of a fresh 16-entry queue, and parses
+    /// what the device takes off it.
+    fn parse(mem: &Arc<GuestMemoryMmap>, descs: &[RawDesc]) -> Request {
+        let mut q = DriverQueue::new(mem.clone(), GuestAddress(0), 16);
+        assert_eq!(q.add_raw_chain(descs), 0);
+        let mut queue = q.device_queue();
+        Request::parse(queue.pop_descriptor_chain(mem.as_ref()).unwrap())
     }
 
     #[test]
@@ -244,10 +253,10 @@ mod tests {
         assert_eq!(r.writable_len(), 32);
         // Writes spill from one buffer into the next.
         let reply = r.reply_to();
-        assert_eq!(reply.write(&m, &[&[1u8; 20], &[2u8; 10]]), Some(30));
+        assert_eq!(reply.write(m.as_ref(), &[&[1u8; 20], &[2u8; 10]]), Some(30));
         assert_eq!(m.read_obj::<[u8; 4]>(GuestAddress(0x9014)).unwrap(), [2; 4]);
         assert_eq!(m.read_obj::<[u8; 6]>(GuestAddress(0xa000)).unwrap(), [2; 6]);
-        assert_eq!(reply.write(&m, &[&[0u8; 33]]), None);
+        assert_eq!(reply.write(m.as_ref(), &[&[0u8; 33]]), None);
     }
 
     #[test]
@@ -266,9 +275,9 @@ mod tests {
         assert_eq!(r.defect, Some(ChainError::WrongDirection));
         let r = parse(&m, &[desc(0x20_0000, 48, N, 1), desc(0x30_0000, 24, W, 0)]);
         assert_eq!(r.defect, None);
-        assert!(r.read(&m, 48).is_err());
-        assert_eq!(r.reply_to().write(&m, &[&[0u8; 24]]), None);
-        assert!(!r.can_write(&m, 24));
+        assert!(r.read(m.as_ref(), 48).is_err());
+        assert_eq!(r.reply_to().write(m.as_ref(), &[&[0u8; 24]]), None);
+        assert!(!r.can_write(m.as_ref(), 24));
         let r = parse(
             &m,
             &[
@@ -277,7 +286,7 @@ mod tests {
                 desc(0xa000, 8, W, 0),
             ],
         );
-        assert!(r.can_write(&m, 24));
-        assert!(!r.can_write(&m, 25));
+        assert!(r.can_write(m.as_ref(), 24));
+        assert!(!r.can_write(m.as_ref(), 25));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::atc::{Atc, AtcError};
+use crate::mmu::atc::{Atc, AtcError};
 use crate::oracle::OracleMode;
 use crate::wire;
 

@@ -8,13 +8,14 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
+use crate::address::{Iova, IovaRange, Pasid, RangeError, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::mmu::{Miss, Mmu};
 use crate::oracle::{Access, DeviceTranslation, Oracle};
 use crate::wire::{self, job_op, status};
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// Where an FNV-1a-64 hash starts (what CHECKSUM of nothing returns).
+pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 /// FNV-1a-64 of `bytes`, continuing from `hash`.
@@ -24,6 +25,55 @@ pub fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
+}
+
+/// Why a JOB command was refused; [`JobError::status`] is the response status.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    /// The job's range is not a page-aligned range of the address space.
+    #[error("job range: {0}")]
+    Range(#[source] RangeError),
+    /// The job's range is longer than the device runs in one go.
+    #[error("job of {length:#x} bytes is longer than {max:#x}")]
+    TooLong {
+        /// Bytes asked for.
+        length: u64,
+        /// The device's `max_job_bytes`.
+        max: u64,
+    },
+    /// A COPY source that leaves the address space.
+    #[error("copy source: {0}")]
+    Source(#[source] RangeError),
+    /// The job op is none of SPEC.md's.
+    #[error("unknown job op {0}")]
+    UnknownOp(u32),
+    /// A DMA copy's payload names fewer pages than the range has, or more pages than the
+    /// device takes.
+    #[error("DMA copy of {pages} pages with {entries} page addresses (at most {max})")]
+    DmaPages {
+        /// Pages in the range.
+        pages: u64,
+        /// Page addresses in the payload.
+        entries: u64,
+        /// The most the device takes (`max_map_pages`).
+        max: u64,
+    },
+    /// A DMA page address that is not page aligned.
+    #[error("DMA page {0:#x} is not page aligned")]
+    UnalignedDmaPage(u64),
+}
+
+impl JobError {
+    /// The response status SPEC.md gives the refusal.
+    pub fn status(self) -> u32 {
+        match self {
+            JobError::Range(_)
+            | JobError::TooLong { .. }
+            | JobError::Source(_)
+            | JobError::DmaPages { .. } => status::BAD_RANGE,
+            JobError::UnknownOp(_) | JobError::UnalignedDmaPage(_) => status::BAD_JOB,
+        }
+    }
 }
 
 /// What a job does.
@@ -93,16 +143,19 @@ pub enum Step {
 
 impl Job {
     /// Builds a job from a JOB command and its payload (the DMA pages of a DMA copy, at
-    /// most `max_dma_pages`); the error is the response status.
+    /// most `max_dma_pages`).
     pub fn from_cmd(
         cmd: &wire::Cmd,
         payload: &[u8],
         max_bytes: u64,
         max_dma_pages: u64,
-    ) -> Result<Job, u32> {
-        let range = IovaRange::pages(cmd.start, cmd.length).map_err(|_| status::BAD_RANGE)?;
+    ) -> Result<Job, JobError> {
+        let range = IovaRange::pages(cmd.start, cmd.length).map_err(JobError::Range)?;
         if range.len() > max_bytes {
-            return Err(status::BAD_RANGE);
+            return Err(JobError::TooLong {
+                length: range.len(),
+                max: max_bytes,
+            });
         }
         let mut dma = Vec::new();
         let op = match cmd.flags {
@@ -110,7 +163,7 @@ impl Job {
             job_op::CHECKSUM => JobOp::Checksum,
             job_op::COPY => {
                 // The source may have any alignment, but must lie in the address space.
-                IovaRange::new(cmd.arg0, cmd.length).map_err(|_| status::BAD_RANGE)?;
+                IovaRange::new(cmd.arg0, cmd.length).map_err(JobError::Source)?;
                 JobOp::Copy {
                     source: Iova(cmd.arg0),
                 }
@@ -123,7 +176,7 @@ impl Job {
                     JobOp::CopyFromDma
                 }
             }
-            _ => return Err(status::BAD_JOB),
+            op => return Err(JobError::UnknownOp(op)),
         };
         Ok(Job {
             pasid: Pasid(cmd.pasid),
@@ -233,9 +286,9 @@ impl Job {
     /// ask for a batch of pages. Only the range the job writes (or, for CHECKSUM, reads) is
     /// looked at; a COPY's source faults one page at a time. The page table is read
     /// directly: a lookahead is not an access, so no ATC or walk counter moves.
-    pub fn missing_ahead(&self, mmu: &mut Mmu, after: Iova, limit: usize) -> Vec<Iova> {
+    pub fn missing_ahead(&self, mmu: &Mmu, after: Iova, limit: usize) -> Vec<Iova> {
         let write = self.op.writes_range();
-        let Ok(space) = mmu.space(self.pasid) else {
+        let Some(table) = mmu.table(self.pasid) else {
             return Vec::new();
         };
         let mut missing = Vec::new();
@@ -245,8 +298,7 @@ impl Job {
             if page >= self.range.end {
                 break;
             }
-            let usable = space
-                .table
+            let usable = table
                 .translate(Iova(page))
                 .is_some_and(|t| t.writable || !write);
             if !usable {
@@ -297,13 +349,19 @@ impl Job {
     }
 }
 
-/// The `pages` guest-physical page addresses of a DMA copy's payload: at most `max_pages`
-/// (else `BAD_RANGE`), each page aligned (else `BAD_JOB`).
-fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddress>, u32> {
+/// The `pages` guest-physical page addresses of a DMA copy's payload: at most `max_pages`,
+/// each page aligned.
+fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddress>, JobError> {
     const ENTRY: usize = std::mem::size_of::<u64>();
-    let n = usize::try_from(pages).map_err(|_| status::BAD_RANGE)?;
-    if pages > max_pages || payload.len() / ENTRY < n {
-        return Err(status::BAD_RANGE);
+    let entries = (payload.len() / ENTRY) as u64;
+    let too_many = JobError::DmaPages {
+        pages,
+        entries,
+        max: max_pages,
+    };
+    let n = usize::try_from(pages).map_err(|_| too_many)?;
+    if pages > max_pages || entries < pages {
+        return Err(too_many);
     }
     payload
         .chunks_exact(ENTRY)
@@ -313,7 +371,7 @@ fn dma_pages(payload: &[u8], pages: u64, max_pages: u64) -> Result<Vec<GuestAddr
             if gpa % PAGE_SIZE == 0 {
                 Ok(GuestAddress(gpa))
             } else {
-                Err(status::BAD_JOB)
+                Err(JobError::UnalignedDmaPage(gpa))
             }
         })
         .collect()
@@ -324,7 +382,8 @@ mod tests {
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::atc::Atc;
+    use crate::mmu::page_table::LeafSize;
+    use crate::mmu::test_mmu;
 
     const RAM: u64 = 0x40_0000;
 
@@ -335,10 +394,8 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        let mut mmu = Mmu::new(Atc::new(64, 8).unwrap(), 2, 64);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
         Rig {
-            mmu,
+            mmu: test_mmu(&[1]),
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
             c: GlobalCounters::default(),
         }
@@ -348,10 +405,13 @@ mod tests {
         /// Maps virtual page `va` to guest frame `gpa`.
         fn map(&mut self, va: u64, gpa: u64, writable: bool) {
             self.mmu
-                .space(Pasid(1))
-                .unwrap()
-                .table
-                .map_page(Iova(va), GuestAddress(gpa), writable)
+                .map(
+                    Pasid(1),
+                    Iova(va),
+                    GuestAddress(gpa),
+                    writable,
+                    LeafSize::Small,
+                )
                 .unwrap();
         }
     }
@@ -369,9 +429,14 @@ mod tests {
         }
     }
 
-    /// A job without payload, at most 512 DMA pages.
+    /// A job without payload, at most 512 DMA pages; the error is the response status.
     fn job_of(c: &wire::Cmd, max_bytes: u64) -> Result<Job, u32> {
-        Job::from_cmd(c, &[], max_bytes, 512)
+        Job::from_cmd(c, &[], max_bytes, 512).map_err(JobError::status)
+    }
+
+    /// [`Job::from_cmd`], the error as the response status.
+    fn status_of(c: &wire::Cmd, payload: &[u8], max_bytes: u64, max_dma: u64) -> Result<Job, u32> {
+        Job::from_cmd(c, payload, max_bytes, max_dma).map_err(JobError::status)
     }
 
     /// The payload of a DMA copy.
@@ -414,6 +479,50 @@ mod tests {
             }
         );
         assert_eq!(j.id, 77);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let max = 1 << 20;
+        let refuse = |c: &wire::Cmd, payload: &[u8], max_dma| {
+            Job::from_cmd(c, payload, max, max_dma).unwrap_err()
+        };
+        assert_eq!(
+            refuse(&cmd(9, 0, 0x1000, 0), &[], 0),
+            JobError::UnknownOp(9)
+        );
+        assert!(matches!(
+            refuse(&cmd(job_op::FILL, 0x10, 0x1000, 0), &[], 0),
+            JobError::Range(RangeError::Unaligned { .. })
+        ));
+        assert_eq!(
+            refuse(&cmd(job_op::FILL, 0, 2 << 20, 0), &[], 0),
+            JobError::TooLong {
+                length: 2 << 20,
+                max
+            }
+        );
+        assert!(matches!(
+            refuse(&cmd(job_op::COPY, 0, 0x1000, u64::MAX), &[], 0),
+            JobError::Source(RangeError::OutOfSpace { .. })
+        ));
+        let e = refuse(&cmd(job_op::COPY_TO_DMA, 0, 0x3000, 0), &payload(&[0]), 2);
+        assert_eq!(
+            e,
+            JobError::DmaPages {
+                pages: 3,
+                entries: 1,
+                max: 2
+            }
+        );
+        assert!(e.to_string().contains("3 pages"), "{e}");
+        let e = refuse(
+            &cmd(job_op::COPY_FROM_DMA, 0, 0x1000, 0),
+            &payload(&[0x10]),
+            2,
+        );
+        assert_eq!(e, JobError::UnalignedDmaPage(0x10));
+        assert_eq!(e.status(), status::BAD_JOB);
     }
 
     #[test]
@@ -474,15 +583,12 @@ mod tests {
         assert!(JobOp::CopyFromDma.writes_range());
         // One page short, more pages than the device takes, an unaligned page.
         assert_eq!(
-            Job::from_cmd(&to_dma, &two[..8], 1 << 20, 512),
+            status_of(&to_dma, &two[..8], 1 << 20, 512),
             Err(status::BAD_RANGE)
         );
+        assert_eq!(status_of(&to_dma, &two, 1 << 20, 1), Err(status::BAD_RANGE));
         assert_eq!(
-            Job::from_cmd(&to_dma, &two, 1 << 20, 1),
-            Err(status::BAD_RANGE)
-        );
-        assert_eq!(
-            Job::from_cmd(&to_dma, &payload(&[0x5000, 0x9008]), 1 << 20, 512),
+            status_of(&to_dma, &payload(&[0x5000, 0x9008]), 1 << 20, 512),
             Err(status::BAD_JOB)
         );
         // Extra payload bytes are ignored.
@@ -580,16 +686,16 @@ mod tests {
         let fill = job_of(&cmd(job_op::FILL, 0, 0x5000, 1), 1 << 20).unwrap();
         // Page 1 is writable; page 3 is read-only, so a FILL needs it too.
         assert_eq!(
-            fill.missing_ahead(&mut r.mmu, Iova(0), 8),
+            fill.missing_ahead(&r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x3000), Iova(0x4000)]
         );
-        assert_eq!(fill.missing_ahead(&mut r.mmu, Iova(0), 1), [Iova(0x2000)]);
+        assert_eq!(fill.missing_ahead(&r.mmu, Iova(0), 1), [Iova(0x2000)]);
         let sum = job_of(&cmd(job_op::CHECKSUM, 0, 0x5000, 0), 1 << 20).unwrap();
         assert_eq!(
-            sum.missing_ahead(&mut r.mmu, Iova(0), 8),
+            sum.missing_ahead(&r.mmu, Iova(0), 8),
             [Iova(0x2000), Iova(0x4000)]
         );
-        assert!(fill.missing_ahead(&mut r.mmu, Iova(0x4000), 8).is_empty());
+        assert!(fill.missing_ahead(&r.mmu, Iova(0x4000), 8).is_empty());
         assert_eq!((r.c.atc_hits, r.c.atc_misses, r.c.page_walks), (0, 0, 0));
     }
 

@@ -9,38 +9,28 @@
 //! would too). A violation is counted and the first few are kept as samples, each with the
 //! recent invalidations that touched its page.
 //!
-//! Guest page tables are guest-controlled data: the walk is bounded to four levels, and an
-//! entry it cannot read is "absent", never a panic.
+//! The walk of the CPU table is [`x86::walk`]: bounded to four levels, and an entry it
+//! cannot read is "absent", never a panic (guest page tables are guest-controlled data).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
 use crate::invalidate::Invalidation;
-use crate::mmu::Mmu;
-use crate::page_table::Translation;
+use crate::mmu::page_table::Translation;
+use crate::x86::{self, walk};
 
-/// Present bit of an x86-64 paging entry.
-pub const PTE_PRESENT: u64 = 1 << 0;
-/// Read/write bit: the CPU may write only if every level has it.
-pub const PTE_WRITABLE: u64 = 1 << 1;
-/// Page-size bit: in a PDPT entry a 1 GiB leaf, in a PD entry a 2 MiB leaf.
-pub const PTE_LEAF: u64 = 1 << 7;
-/// Physical-address bits of an entry (bits 12..=51, the architectural maximum).
-pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-/// Entries in one table.
-const TABLE_INDEX_MASK: u64 = 0x1ff;
-/// Bytes of one entry.
-pub const PTE_SIZE: u64 = 8;
+use crate::mmu::Mmu;
+pub use crate::x86::{CpuLeaf, CpuTranslation};
+
 /// User addresses end here (4-level paging, lower canonical half). Only these are checked:
 /// with PTI the root given at BIND is the kernel PGD, whose user half maps the same pages as
 /// the user PGD.
-pub const USER_VA_LIMIT: u64 = 1 << 47;
+pub const USER_VA_LIMIT: u64 = x86::LOWER_HALF_END;
 /// Most samples kept.
 pub const MAX_SAMPLES: usize = 16;
 /// Invalidations remembered per PASID.
@@ -87,80 +77,6 @@ impl OracleMode {
             OracleMode::Off => "off",
         }
     }
-}
-
-/// Size of a CPU leaf.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuLeaf {
-    /// 4 KiB (a PT entry).
-    Small,
-    /// 2 MiB (a PD entry with PS).
-    Huge2M,
-    /// 1 GiB (a PDPT entry with PS).
-    Huge1G,
-}
-
-impl CpuLeaf {
-    /// Bytes covered by the leaf.
-    pub fn bytes(self) -> u64 {
-        match self {
-            CpuLeaf::Small => PAGE_SIZE,
-            CpuLeaf::Huge2M => 1 << 21,
-            CpuLeaf::Huge1G => 1 << 30,
-        }
-    }
-}
-
-/// What the guest CPU's page table says about one virtual address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CpuTranslation {
-    /// Guest-physical address of the virtual address (frame plus offset).
-    pub gpa: GuestAddress,
-    /// Whether every level allows writes.
-    pub writable: bool,
-    /// The leaf that maps it.
-    pub leaf: CpuLeaf,
-}
-
-/// Walks the 4-level table at `root` for the user address `va`. `None` when any level is
-/// not present, an entry is not guest memory, or `va` is not a user address.
-pub fn walk<M: GuestMemory>(mem: &M, root: GuestAddress, va: u64) -> Option<CpuTranslation> {
-    if va >= USER_VA_LIMIT {
-        return None;
-    }
-    let mut table = root.0 & PTE_ADDR_MASK;
-    let mut writable = true;
-    // One iteration per level, PML4 to PT: the loop cannot run longer than the table is deep.
-    for shift in [39u32, 30, 21, 12] {
-        let slot = table + ((va >> shift) & TABLE_INDEX_MASK) * PTE_SIZE;
-        // An atomic load: other vCPUs update entries while the device reads them, and an
-        // aligned 8-byte load sees either the old or the new entry, never a mix.
-        let entry: u64 = mem.load(GuestAddress(slot), Ordering::Relaxed).ok()?;
-        if entry & PTE_PRESENT == 0 {
-            return None;
-        }
-        writable &= entry & PTE_WRITABLE != 0;
-        let leaf = match shift {
-            12 => Some(CpuLeaf::Small),
-            21 if entry & PTE_LEAF != 0 => Some(CpuLeaf::Huge2M),
-            30 if entry & PTE_LEAF != 0 => Some(CpuLeaf::Huge1G),
-            // PS in a PML4 entry is reserved: the CPU would fault, so it maps nothing.
-            39 if entry & PTE_LEAF != 0 => return None,
-            _ => None,
-        };
-        if let Some(leaf) = leaf {
-            let size = leaf.bytes();
-            // Masking with the leaf size also drops the large-page PAT bit (bit 12).
-            let frame = entry & PTE_ADDR_MASK & !(size - 1);
-            return Some(CpuTranslation {
-                gpa: GuestAddress(frame | (va & (size - 1))),
-                writable,
-                leaf,
-            });
-        }
-        table = entry & PTE_ADDR_MASK;
-    }
-    None
 }
 
 /// The kind of access an engine makes, or the AUDIT that found a translation stale.
@@ -530,140 +446,11 @@ impl Oracle {
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::Bytes;
 
     use super::*;
-    use crate::guest_tables::GuestTables;
-
-    const RAM: u64 = 0x80_0000;
-    const ROOT: u64 = 0x1000;
-
-    /// Guest memory with an empty PML4 at `ROOT`; more tables go in the pages after it.
-    struct Tables {
-        mem: GuestMemoryMmap,
-        tables: GuestTables,
-    }
-
-    impl Tables {
-        fn new() -> Self {
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-            let tables = GuestTables::new(&mem, GuestAddress(ROOT), GuestAddress(RAM)).unwrap();
-            Tables { mem, tables }
-        }
-
-        fn entry(&self, table: u64, va: u64, shift: u32) -> GuestAddress {
-            GuestTables::slot(table, va, shift)
-        }
-
-        /// Maps `va` with a leaf at level `shift` (12, 21 or 30).
-        fn map(&mut self, va: u64, frame: u64, shift: u32, writable: bool) {
-            let leaf = match shift {
-                12 => CpuLeaf::Small,
-                21 => CpuLeaf::Huge2M,
-                _ => CpuLeaf::Huge1G,
-            };
-            self.tables
-                .map(&self.mem, va, frame, leaf, writable)
-                .unwrap();
-        }
-
-        fn walk(&self, va: u64) -> Option<CpuTranslation> {
-            walk(&self.mem, GuestAddress(ROOT), va)
-        }
-    }
-
-    #[test]
-    fn small_leaf() {
-        let mut t = Tables::new();
-        t.map(0x7f00_1234_5000, 0x30_0000, 12, true);
-        assert_eq!(
-            t.walk(0x7f00_1234_5abc),
-            Some(CpuTranslation {
-                gpa: GuestAddress(0x30_0abc),
-                writable: true,
-                leaf: CpuLeaf::Small
-            })
-        );
-        assert_eq!(t.walk(0x7f00_1234_6000), None);
-        assert_eq!(t.walk(0x7f00_1234_4fff), None);
-    }
-
-    #[test]
-    fn huge_leaves() {
-        let mut t = Tables::new();
-        // A 2 MiB leaf with the large-page PAT bit (12) set: it is not an address bit.
-        t.map(0x4000_0000, 0x60_0000, 21, true);
-        let at = t.tables.entry_of(&t.mem, 0x4000_0000, 21).unwrap();
-        let e: u64 = t.mem.read_obj(at).unwrap();
-        t.mem.write_obj(e | (1 << 12), at).unwrap();
-        assert_eq!(
-            t.walk(0x401f_f008),
-            Some(CpuTranslation {
-                gpa: GuestAddress(0x7f_f008),
-                writable: true,
-                leaf: CpuLeaf::Huge2M
-            })
-        );
-        // A 1 GiB leaf: the frame need not be guest RAM for the walk, only for the tables.
-        t.map(0x80_0000_0000, 0x1_4000_0000, 30, false);
-        assert_eq!(
-            t.walk(0x80_3fff_ffff),
-            Some(CpuTranslation {
-                gpa: GuestAddress(0x1_7fff_ffff),
-                writable: false,
-                leaf: CpuLeaf::Huge1G
-            })
-        );
-    }
-
-    #[test]
-    fn read_only_at_any_level_is_read_only() {
-        let mut t = Tables::new();
-        t.map(0x1000, 0x5000, 12, true);
-        assert!(t.walk(0x1000).unwrap().writable);
-        // Clear R/W in the PML4 entry: the whole walk becomes read-only.
-        let at = t.entry(ROOT, 0x1000, 39);
-        let e: u64 = t.mem.read_obj(at).unwrap();
-        t.mem.write_obj(e & !PTE_WRITABLE, at).unwrap();
-        assert!(!t.walk(0x1000).unwrap().writable);
-    }
-
-    #[test]
-    fn absent_garbage_and_kernel_addresses() {
-        let mut t = Tables::new();
-        assert_eq!(t.walk(0), None);
-        t.map(0x2000, 0x5000, 12, true);
-        // Kernel half and non-canonical addresses are never checked.
-        assert_eq!(t.walk(USER_VA_LIMIT), None);
-        assert_eq!(t.walk(u64::MAX), None);
-        // A PDPT entry pointing outside guest memory.
-        let at = t.entry(ROOT, 0x2000, 39);
-        let pdpt: u64 = t.mem.read_obj::<u64>(at).unwrap() & PTE_ADDR_MASK;
-        t.mem
-            .write_obj(
-                0x000f_ffff_ffff_f000 | PTE_PRESENT,
-                t.entry(pdpt, 0x2000, 30),
-            )
-            .unwrap();
-        assert_eq!(t.walk(0x2000), None);
-        // A root outside guest memory, and one at the very end of the address bits.
-        assert_eq!(walk(&t.mem, GuestAddress(RAM), 0x2000), None);
-        assert_eq!(walk(&t.mem, GuestAddress(u64::MAX), 0x2000), None);
-        // PS in a PML4 entry is reserved: nothing is mapped.
-        t.mem
-            .write_obj(PTE_PRESENT | PTE_LEAF | 0x5000, t.entry(ROOT, 0, 39))
-            .unwrap();
-        assert_eq!(t.walk(0x2000), None);
-        // A self-referencing table stays bounded to four levels.
-        t.mem
-            .write_obj(ROOT | PTE_PRESENT | PTE_WRITABLE, t.entry(ROOT, 0, 39))
-            .unwrap();
-        assert_eq!(
-            t.walk(0).map(|c| c.gpa),
-            Some(GuestAddress(ROOT)),
-            "four levels through the root itself land on the root page"
-        );
-    }
+    use crate::mmu::page_table::LeafSize;
+    use crate::x86::scratch::{Tables, ROOT};
 
     fn device(gpa: u64, writable: bool) -> DeviceTranslation {
         DeviceTranslation {
@@ -798,23 +585,24 @@ mod tests {
 
     /// A device with PASID 1 bound to the CPU table at `ROOT` (or to no table).
     fn mmu_bound_to(root: u64) -> Mmu {
-        let mut mmu = Mmu::new(crate::atc::Atc::new(64, 8).unwrap(), 4, 64);
+        let mut mmu = crate::mmu::test_mmu(&[]);
         mmu.bind(Pasid(1), GuestAddress(root)).unwrap();
         mmu
     }
 
     /// Puts a translation in PASID 1's device page table, and in the ATC if `cached`.
     fn device_map(mmu: &mut Mmu, va: u64, frame: u64, writable: bool, huge: bool, cached: bool) {
-        let table = &mut mmu.space(Pasid(1)).unwrap().table;
-        if huge {
-            table.map_huge(Iova(va), GuestAddress(frame), writable)
+        let size = if huge {
+            LeafSize::Huge
         } else {
-            table.map_page(Iova(va), GuestAddress(frame), writable)
-        }
-        .unwrap();
+            LeafSize::Small
+        };
+        mmu.map(Pasid(1), Iova(va), GuestAddress(frame), writable, size)
+            .unwrap();
         if cached {
-            let t = table.translate(Iova(va)).unwrap();
-            mmu.atc.insert(Pasid(1), t);
+            // A walk caches what it finds.
+            let mut c = GlobalCounters::default();
+            mmu.translate(Pasid(1), Iova(va), false, &mut c).unwrap();
         }
     }
 
@@ -850,11 +638,7 @@ mod tests {
         device_map(&mut mmu, 0x3000, 0x8000, false, false, false);
         device_map(&mut mmu, 0x4000, 0x9000, false, false, false);
         device_map(&mut mmu, 0x5000, 0xa000, true, false, true);
-        mmu.space(Pasid(1)).unwrap().table.update_range(
-            IovaRange::pages(0x5000, 0x1000).unwrap(),
-            crate::page_table::RangeOp::Drop,
-            &mut |_, _| {},
-        );
+        mmu.make_stale(Pasid(1), IovaRange::pages(0x5000, 0x1000).unwrap());
         let r = o.audit(&t.mem, &mmu, Pasid(1), &mut c);
         assert_eq!(
             r,

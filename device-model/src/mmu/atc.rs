@@ -4,14 +4,15 @@
 //! one leaf of the page table (4 KiB or 2 MiB). It follows the rule of vm-memory's IOTLB:
 //! restricting or removing a translation must invalidate it here first, making it more
 //! permissive needs no invalidation (a lookup that finds a read-only entry for a write
-//! reports [`Lookup::Denied`] and the caller walks the page table again).
+//! reports [`Lookup::Denied`] and the caller walks the page table again). The
+//! [`Mmu`](super::Mmu) owns the device's ATC and is what keeps that rule.
 //!
 //! Invalidation works like PCIe ATS invalidation requests: each request covers one
 //! naturally aligned power-of-two block, so a range costs as many requests as it splits
 //! into such blocks.
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SHIFT};
-use crate::page_table::{LeafSize, Translation};
+use crate::mmu::page_table::{LeafSize, Translation};
 
 /// Errors of ATC construction.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -427,10 +428,10 @@ mod properties {
 
     use super::*;
     use crate::address::PAGE_SIZE;
-    use crate::page_table::properties::{
+    use crate::mmu::page_table::properties::{
         apply_model, apply_table, op, Model, Op, WINDOW_BASE, WINDOW_PAGES,
     };
-    use crate::page_table::PageTable;
+    use crate::mmu::page_table::PageTable;
 
     /// Entries of `pasid` that overlap `range`, straight from the slots.
     fn overlapping(atc: &Atc, pasid: Pasid, range: IovaRange) -> usize {

@@ -4,6 +4,12 @@
 //! The table lives in device memory (host memory of the VMM), so its size is bounded by a
 //! node budget rather than by guest RAM. Every operation reports how many leaf entries it
 //! changed, so callers can tell useless invalidations from useful ones.
+//!
+//! The ATC caches these translations, so only the [`Mmu`](super::Mmu) may restrict or
+//! remove one: the operations that can (replacing a leaf, dropping or downgrading a range,
+//! clearing the table) are visible to the `mmu` module alone. Outside it a table only grows
+//! or widens ([`PageTable::map_page`], [`PageTable::map_huge`]), which needs no ATC
+//! invalidation.
 
 use vm_memory::GuestAddress;
 
@@ -35,6 +41,10 @@ pub enum PageTableError {
     /// The address is beyond the 2^47 address space.
     #[error("{0} is outside the address space")]
     OutOfSpace(Iova),
+    /// The new leaf would take a frame or write permission away from a translation already
+    /// there: only the MMU may do that, because the ATC may hold a copy.
+    #[error("mapping {0} would restrict a translation the ATC may cache")]
+    Restricts(Iova),
 }
 
 /// A leaf entry: valid, read and write bits and the guest-physical frame.
@@ -106,6 +116,24 @@ pub struct Translation {
 }
 
 impl Translation {
+    /// The translation held by `pte`, a leaf at `level` whose first address is `base`.
+    fn of_leaf(level: u32, base: u64, pte: Pte) -> Translation {
+        Translation {
+            base: Iova(base),
+            frame: pte.frame(),
+            size: leaf_size(level),
+            writable: pte.is_writable(),
+        }
+    }
+
+    /// The bytes the leaf maps.
+    pub fn range(&self) -> IovaRange {
+        IovaRange {
+            start: self.base.0,
+            end: self.base.0 + self.size.bytes(),
+        }
+    }
+
     /// Whether the leaf maps `iova`.
     pub fn covers(&self, iova: Iova) -> bool {
         iova.0 >= self.base.0 && iova.0 - self.base.0 < self.size.bytes()
@@ -114,6 +142,28 @@ impl Translation {
     /// The guest-physical address of `iova`, which must be covered.
     pub fn gpa(&self, iova: Iova) -> GuestAddress {
         GuestAddress(self.frame.0 + (iova.0 - self.base.0))
+    }
+}
+
+/// How a new leaf would change the translations of the pages it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafChange {
+    /// The same leaf is already there: nothing changes.
+    Same,
+    /// No page it covers has a translation: it only adds.
+    Adds,
+    /// Every page it covers that has a translation keeps its frame and loses no permission
+    /// (it may gain write permission, or be held by a leaf of another size).
+    Widens,
+    /// Some page it covers would map another frame or lose write permission.
+    Restricts,
+}
+
+impl LeafChange {
+    /// Whether a translation already there changes (a cached copy of it is then out of date:
+    /// wrong if the change restricts, merely narrower than the table if it widens).
+    pub fn replaces(self) -> bool {
+        matches!(self, LeafChange::Widens | LeafChange::Restricts)
     }
 }
 
@@ -181,6 +231,22 @@ fn slot_size(level: u32) -> u64 {
 /// Index of `va` in a node at `level`.
 fn index(level: u32, va: u64) -> usize {
     ((va >> (PAGE_SHIFT + BITS_PER_LEVEL * level)) as usize) & (ENTRIES - 1)
+}
+
+/// The slots of the node at `level` mapping from `base` that hold a byte of `range` (which
+/// overlaps the node).
+fn slots_in(level: u32, base: u64, range: IovaRange) -> std::ops::RangeInclusive<usize> {
+    let last_va = (range.end - 1).min(base + slot_size(level) * ENTRIES as u64 - 1);
+    index(level, range.start.max(base))..=index(level, last_va)
+}
+
+/// The size of a leaf at `level` (0 or [`HUGE_LEVEL`]).
+fn leaf_size(level: u32) -> LeafSize {
+    if level == 0 {
+        LeafSize::Small
+    } else {
+        LeafSize::Huge
+    }
 }
 
 /// How a range operation changes the leaves it covers.
@@ -265,41 +331,94 @@ impl PageTable {
         Ok(node)
     }
 
-    /// Maps the 4 KiB page at `iova` to `frame`.
+    /// Maps the 4 KiB page at `iova` to `frame`, if that restricts no translation already
+    /// there (else [`PageTableError::Restricts`]; [`Mmu::map`](super::Mmu::map) may).
     pub fn map_page(
         &mut self,
         iova: Iova,
         frame: GuestAddress,
         writable: bool,
     ) -> Result<Changes, PageTableError> {
-        self.map_leaf(iova, frame, writable, LeafSize::Small)
+        self.add_leaf(iova, frame, writable, LeafSize::Small)
     }
 
     /// Maps the 2 MiB run at `iova` (2 MiB aligned) to the run at `frame` (2 MiB aligned)
-    /// with one leaf. Whatever was mapped below it is replaced.
+    /// with one leaf, replacing the leaves below it, if that restricts none of their
+    /// translations (else [`PageTableError::Restricts`]; [`Mmu::map`](super::Mmu::map) may).
     pub fn map_huge(
         &mut self,
         iova: Iova,
         frame: GuestAddress,
         writable: bool,
     ) -> Result<Changes, PageTableError> {
-        self.map_leaf(iova, frame, writable, LeafSize::Huge)
+        self.add_leaf(iova, frame, writable, LeafSize::Huge)
     }
 
-    fn map_leaf(
+    fn add_leaf(
         &mut self,
         iova: Iova,
         frame: GuestAddress,
         writable: bool,
         size: LeafSize,
     ) -> Result<Changes, PageTableError> {
+        if self.change_of(iova, frame, writable, size)? == LeafChange::Restricts {
+            return Err(PageTableError::Restricts(iova));
+        }
+        self.set_leaf(iova, frame, writable, size)
+    }
+
+    /// The bytes a leaf of `size` at `iova` mapping `frame` covers, if it can exist.
+    fn leaf_span(
+        iova: Iova,
+        frame: GuestAddress,
+        size: LeafSize,
+    ) -> Result<IovaRange, PageTableError> {
         let bytes = size.bytes();
         if !iova.0.is_multiple_of(bytes) || !frame.0.is_multiple_of(bytes) {
             return Err(PageTableError::Unaligned { iova, gpa: frame.0 });
         }
-        if IovaRange::new(iova.0, bytes).is_err() {
-            return Err(PageTableError::OutOfSpace(iova));
-        }
+        IovaRange::new(iova.0, bytes).map_err(|_| PageTableError::OutOfSpace(iova))
+    }
+
+    /// What mapping `iova` to `frame` with a leaf of `size` would do to the translations
+    /// already there.
+    pub fn change_of(
+        &self,
+        iova: Iova,
+        frame: GuestAddress,
+        writable: bool,
+        size: LeafSize,
+    ) -> Result<LeafChange, PageTableError> {
+        let span = Self::leaf_span(iova, frame, size)?;
+        let mut change = LeafChange::Adds;
+        self.for_each_leaf_in(span, &mut |t| {
+            if t.base == iova && t.size == size && t.frame == frame && t.writable == writable {
+                change = LeafChange::Same;
+                return;
+            }
+            // Both leaves map linearly: where they first overlap decides for all of it.
+            let first = t.base.0.max(span.start);
+            let moved = t.gpa(Iova(first)).0 != frame.0 + (first - span.start);
+            if moved || (t.writable && !writable) {
+                change = LeafChange::Restricts;
+            } else if change != LeafChange::Restricts {
+                change = LeafChange::Widens;
+            }
+        });
+        Ok(change)
+    }
+
+    /// Maps `iova` to `frame` with a leaf of `size`, whatever was there (the MMU's own
+    /// operation: it invalidates the ATC when [`Self::change_of`] says a translation is
+    /// replaced).
+    pub(super) fn set_leaf(
+        &mut self,
+        iova: Iova,
+        frame: GuestAddress,
+        writable: bool,
+        size: LeafSize,
+    ) -> Result<Changes, PageTableError> {
+        Self::leaf_span(iova, frame, size)?;
         if self
             .translate(iova)
             .is_some_and(|t| t.size == size && t.gpa(iova) == frame && t.writable == writable)
@@ -339,18 +458,8 @@ impl PageTable {
                 Slot::Empty => return None,
                 Slot::Table(child) => node = child,
                 Slot::Leaf(pte) if pte.is_valid() => {
-                    let size = slot_size(level);
-                    let size = if size == PAGE_SIZE {
-                        LeafSize::Small
-                    } else {
-                        LeafSize::Huge
-                    };
-                    return Some(Translation {
-                        base: Iova(iova.0 & !(size.bytes() - 1)),
-                        frame: pte.frame(),
-                        size,
-                        writable: pte.is_writable(),
-                    });
+                    let base = iova.0 & !(slot_size(level) - 1);
+                    return Some(Translation::of_leaf(level, base, *pte));
                 }
                 Slot::Leaf(_) => return None,
             }
@@ -362,7 +471,8 @@ impl PageTable {
     /// changed (its first address and size, after any split). A 2 MiB leaf the range only
     /// partly covers is split first; if the node budget forbids the split, a drop removes
     /// the whole leaf (removing more is always safe) and a downgrade downgrades it whole.
-    pub fn update_range(
+    /// (The MMU's own operation: it invalidates the ATC over the range.)
+    pub(super) fn update_range(
         &mut self,
         range: IovaRange,
         op: RangeOp,
@@ -381,8 +491,9 @@ impl PageTable {
         walk.changes
     }
 
-    /// Removes every translation; returns the number of leaves removed.
-    pub fn clear(&mut self) -> u64 {
+    /// Removes every translation; returns the number of leaves removed. (The MMU's own
+    /// operation: it invalidates the PASID in the ATC.)
+    pub(super) fn clear(&mut self) -> u64 {
         fn count(node: &Node) -> u64 {
             node.slots
                 .iter()
@@ -401,28 +512,39 @@ impl PageTable {
 
     /// Calls `f` with every valid leaf, in address order.
     pub fn for_each_leaf(&self, f: &mut dyn FnMut(Translation)) {
-        fn visit(node: &Node, level: u32, base: u64, f: &mut dyn FnMut(Translation)) {
-            for (i, s) in node.slots.iter().enumerate() {
+        let everything = IovaRange {
+            start: 0,
+            end: VA_LIMIT,
+        };
+        self.for_each_leaf_in(everything, f);
+    }
+
+    /// Calls `f` with every valid leaf that maps a byte of `range`, in address order.
+    pub fn for_each_leaf_in(&self, range: IovaRange, f: &mut dyn FnMut(Translation)) {
+        fn visit(
+            node: &Node,
+            level: u32,
+            base: u64,
+            range: IovaRange,
+            f: &mut dyn FnMut(Translation),
+        ) {
+            for i in slots_in(level, base, range) {
                 let slot_base = base + i as u64 * slot_size(level);
-                match s {
+                match &node.slots[i] {
                     Slot::Empty => {}
-                    Slot::Leaf(pte) if pte.is_valid() => f(Translation {
-                        base: Iova(slot_base),
-                        frame: pte.frame(),
-                        size: if level == 0 {
-                            LeafSize::Small
-                        } else {
-                            LeafSize::Huge
-                        },
-                        writable: pte.is_writable(),
-                    }),
+                    Slot::Leaf(pte) if pte.is_valid() => {
+                        f(Translation::of_leaf(level, slot_base, *pte))
+                    }
                     Slot::Leaf(_) => {}
                     // Tables only hang below levels 3..=1, so level - 1 cannot underflow.
-                    Slot::Table(child) => visit(child, level - 1, slot_base, f),
+                    Slot::Table(child) => visit(child, level - 1, slot_base, range, f),
                 }
             }
         }
-        visit(&self.root, LEVELS - 1, 0, f);
+        if range.is_empty() {
+            return;
+        }
+        visit(&self.root, LEVELS - 1, 0, range, f);
     }
 
     /// Leaves of each size, for tests and reports.
@@ -456,20 +578,12 @@ struct RangeWalk<'a> {
 impl RangeWalk<'_> {
     fn node(&mut self, node: &mut Node, level: u32, base: u64) {
         let size = slot_size(level);
-        let first = index(level, self.range.start.max(base));
-        let last_va = (self.range.end - 1).min(base + size * ENTRIES as u64 - 1);
-        let last = index(level, last_va);
-        for i in first..=last {
+        for i in slots_in(level, base, self.range) {
             let slot_base = base + i as u64 * size;
             let whole = self.range.start <= slot_base && slot_base + size <= self.range.end;
             match &mut node.slots[i] {
                 Slot::Empty => {}
                 Slot::Leaf(pte) if whole || self.cannot_split(*pte) => {
-                    let leaf = if level == 0 {
-                        LeafSize::Small
-                    } else {
-                        LeafSize::Huge
-                    };
                     match self.op {
                         RangeOp::Drop => {
                             node.slots[i] = Slot::Empty;
@@ -479,7 +593,7 @@ impl RangeWalk<'_> {
                         RangeOp::Downgrade => continue,
                     }
                     self.changes.ptes += 1;
-                    (self.changed)(Iova(slot_base), leaf);
+                    (self.changed)(Iova(slot_base), leaf_size(level));
                 }
                 Slot::Leaf(pte) => {
                     self.nodes += 1;
@@ -547,9 +661,76 @@ mod tests {
         // Same mapping again changes nothing; a different one changes one PTE.
         let again = pt.map_page(Iova(0x7f00_0000_1000), GuestAddress(0x5000), true);
         assert_eq!(again.unwrap(), Changes::default());
-        let ro = pt.map_page(Iova(0x7f00_0000_1000), GuestAddress(0x5000), false);
+        let ro = pt.set_leaf(
+            Iova(0x7f00_0000_1000),
+            GuestAddress(0x5000),
+            false,
+            LeafSize::Small,
+        );
         assert_eq!(ro.unwrap().ptes, 1);
         assert!(!pt.translate(Iova(0x7f00_0000_1000)).unwrap().writable);
+    }
+
+    #[test]
+    fn growing_maps_refuse_to_restrict() {
+        let mut pt = PageTable::new(16);
+        let small = |pt: &PageTable, va: u64, frame: u64, w: bool| {
+            pt.change_of(Iova(va), GuestAddress(frame), w, LeafSize::Small)
+                .unwrap()
+        };
+        assert_eq!(small(&pt, 0x1000, 0x5000, false), LeafChange::Adds);
+        pt.map_page(Iova(0x1000), GuestAddress(0x5000), false)
+            .unwrap();
+        assert_eq!(small(&pt, 0x1000, 0x5000, false), LeafChange::Same);
+        // Gaining write keeps the frame: a widening, which needs no ATC invalidation.
+        assert_eq!(small(&pt, 0x1000, 0x5000, true), LeafChange::Widens);
+        pt.map_page(Iova(0x1000), GuestAddress(0x5000), true)
+            .unwrap();
+        // Losing write, or another frame: restrictions, refused here.
+        assert_eq!(small(&pt, 0x1000, 0x5000, false), LeafChange::Restricts);
+        assert_eq!(small(&pt, 0x1000, 0x6000, true), LeafChange::Restricts);
+        assert_eq!(
+            pt.map_page(Iova(0x1000), GuestAddress(0x6000), true),
+            Err(PageTableError::Restricts(Iova(0x1000)))
+        );
+        assert_eq!(
+            pt.map_page(Iova(0x1000), GuestAddress(0x5000), false),
+            Err(PageTableError::Restricts(Iova(0x1000)))
+        );
+        // A 2 MiB leaf over 4 KiB ones judges every page under it, not just its first:
+        // page 1 maps frame 0x5000, which the run from frame 0 would move to 0x1000.
+        let huge = |pt: &PageTable, frame: u64, w: bool| {
+            pt.change_of(Iova(0), GuestAddress(frame), w, LeafSize::Huge)
+                .unwrap()
+        };
+        assert_eq!(huge(&pt, 0, true), LeafChange::Restricts);
+        assert_eq!(
+            pt.map_huge(Iova(0), GuestAddress(0), true),
+            Err(PageTableError::Restricts(Iova(0)))
+        );
+        // The same frames in one leaf widen (another leaf size, nothing taken away).
+        let mut pt = PageTable::new(16);
+        pt.map_page(Iova(MB2 + 0x3000), GuestAddress(0x20_3000), false)
+            .unwrap();
+        let at = |pt: &PageTable, w| {
+            pt.change_of(Iova(MB2), GuestAddress(0x20_0000), w, LeafSize::Huge)
+                .unwrap()
+        };
+        assert_eq!(at(&pt, true), LeafChange::Widens);
+        pt.map_huge(Iova(MB2), GuestAddress(0x20_0000), true)
+            .unwrap();
+        assert_eq!(at(&pt, true), LeafChange::Same);
+        // And a 4 KiB leaf inside it with its own frame restricts it.
+        assert_eq!(
+            small(&pt, MB2 + 0x5000, 0x20_5000, true),
+            LeafChange::Widens
+        );
+        assert_eq!(
+            small(&pt, MB2 + 0x5000, 0x9000, true),
+            LeafChange::Restricts
+        );
+        assert!(LeafChange::Widens.replaces() && LeafChange::Restricts.replaces());
+        assert!(!LeafChange::Same.replaces() && !LeafChange::Adds.replaces());
     }
 
     #[test]
@@ -639,7 +820,12 @@ mod tests {
         // A small map into a huge leaf splits it too.
         pt.map_huge(Iova(3 * MB2), GuestAddress(0), true).unwrap();
         let c = pt
-            .map_page(Iova(3 * MB2 + 0x1000), GuestAddress(0x9000), true)
+            .set_leaf(
+                Iova(3 * MB2 + 0x1000),
+                GuestAddress(0x9000),
+                true,
+                LeafSize::Small,
+            )
             .unwrap();
         assert_eq!(c, Changes { ptes: 1, splits: 1 });
         assert_eq!(
@@ -837,10 +1023,11 @@ pub(crate) mod properties {
             } => {
                 let p = WINDOW_BASE + page;
                 table
-                    .map_page(
+                    .set_leaf(
                         Iova(p * PAGE_SIZE),
                         GuestAddress(frame * PAGE_SIZE),
                         writable,
+                        LeafSize::Small,
                     )
                     .unwrap();
                 Some((p, p + 1))
@@ -852,10 +1039,11 @@ pub(crate) mod properties {
             } => {
                 let p = WINDOW_BASE + run * PAGES_PER_HUGE_PAGE;
                 table
-                    .map_huge(
+                    .set_leaf(
                         Iova(p * PAGE_SIZE),
                         GuestAddress(frame_run * HUGE_PAGE_SIZE),
                         writable,
+                        LeafSize::Huge,
                     )
                     .unwrap();
                 Some((p, p + PAGES_PER_HUGE_PAGE))

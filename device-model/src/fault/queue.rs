@@ -1,7 +1,5 @@
-//! Device page faults: a job whose translation misses both the ATC and the page table
-//! raises a `vgpu_fault` record on the fault queue and stalls. The driver answers with a MAP
-//! carrying `MAP_F_FAULT_REPLY` and the fault id (the job resumes) or with FAULT_FAIL (the
-//! job fails). Faults wait here until the driver posts a fault buffer.
+//! The fault queue: records of faults raised and not yet written to a fault buffer the
+//! driver posted, and when each unanswered fault was raised (its service latency).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -9,19 +7,15 @@ use std::time::Instant;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 
+use super::{FaultId, RefaultLog};
 use crate::address::{Iova, Pasid};
 use crate::chain::{ChainError, Request};
 use crate::counters::{Counters, FaultLatency};
-use crate::invalidate::RemovalLog;
 use crate::wire;
-
-/// A fault's id, nonzero, unique while the device runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FaultId(pub u64);
 
 /// Faults raised and not yet written to a fault buffer.
 #[derive(Debug)]
-pub struct Faults {
+pub struct FaultQueue {
     next_id: u64,
     undelivered: VecDeque<wire::Fault>,
     /// When each unanswered fault was raised. One entry per stalled job, which the device
@@ -30,9 +24,9 @@ pub struct Faults {
     latency: FaultLatency,
 }
 
-impl Default for Faults {
+impl Default for FaultQueue {
     fn default() -> Self {
-        Faults {
+        FaultQueue {
             next_id: 1,
             undelivered: VecDeque::new(),
             raised_at: HashMap::new(),
@@ -41,7 +35,7 @@ impl Default for Faults {
     }
 }
 
-impl Faults {
+impl FaultQueue {
     /// Raises a fault of job `job_id` at `address` and counts it; a fault on a page whose
     /// translation an invalidation removed is also a refault of that invalidation's event.
     pub fn raise(
@@ -51,7 +45,7 @@ impl Faults {
         address: Iova,
         write: bool,
         counters: &mut Counters,
-        log: &mut RemovalLog,
+        log: &mut RefaultLog,
     ) -> FaultId {
         let id = FaultId(self.next_id);
         // Ids stay nonzero even if the counter wraps (it will not in practice).
@@ -155,16 +149,15 @@ fn wire_bytes(f: &wire::Fault) -> &[u8] {
 mod tests {
     use super::*;
     use crate::address::IovaRange;
-    use crate::atc::Atc;
-    use crate::invalidate::{invalidate, Invalidation};
-    use crate::mmu::Mmu;
+    use crate::invalidate::{apply, Invalidation};
+    use crate::mmu::test_mmu;
     use vm_memory::GuestAddress;
 
     #[test]
     fn answers_time_their_fault_once_and_withdrawn_faults_not_at_all() {
-        let mut faults = Faults::default();
+        let mut faults = FaultQueue::default();
         let mut c = Counters::default();
-        let mut log = RemovalLog::new(16);
+        let mut log = RefaultLog::new(16);
         let a = faults.raise(Pasid(1), 1, Iova(0x1000), false, &mut c, &mut log);
         let b = faults.raise(Pasid(1), 2, Iova(0x2000), false, &mut c, &mut log);
         faults.answered(a);
@@ -183,11 +176,10 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_refaults_are_attributed() {
-        let mut faults = Faults::default();
+        let mut faults = FaultQueue::default();
         let mut c = Counters::default();
-        let mut log = RemovalLog::new(16);
-        let mut mmu = Mmu::new(Atc::new(8, 8).unwrap(), 1, 16);
-        mmu.bind(Pasid(1), GuestAddress(0)).unwrap();
+        let mut log = RefaultLog::new(16);
+        let mut mmu = test_mmu(&[1]);
         mmu.space(Pasid(1))
             .unwrap()
             .table
@@ -200,7 +192,7 @@ mod tests {
             downgrade: false,
             whole_pasid: false,
         };
-        invalidate(&mut mmu, &mut log, &mut c, &inv).unwrap();
+        apply(&mut mmu, &mut log, &mut c, &inv).unwrap();
         let a = faults.raise(Pasid(1), 9, Iova(0x3123), true, &mut c, &mut log);
         let b = faults.raise(Pasid(1), 9, Iova(0x3000), false, &mut c, &mut log);
         assert_ne!(a, b);

@@ -11,25 +11,29 @@
 //! invalidation in flight on a real link: until then engines still use the old
 //! translations. The host calls [`VgpuDevice::complete_due`] when
 //! [`VgpuDevice::next_deadline`] passes.
+//!
+//! This module only takes commands off the queues, dispatches them and writes responses:
+//! translations are the [`Mmu`]'s, jobs the [`engine`](crate::engine)'s, stalls and
+//! answers [`fault`](crate::fault)'s, invalidations (and their time in flight)
+//! [`invalidate`]'s, checks the [`oracle`](crate::oracle)'s.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
 
-use crate::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGES_PER_HUGE_PAGE, PAGE_SIZE};
-use crate::atc::Atc;
+use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::chain::{needs_interrupt, Reply, Request};
 use crate::config::{ConfigError, VgpuConfig};
 use crate::counters::{Counters, FaultLatency};
 use crate::engine::{Job, Step};
-use crate::fault::{FaultId, Faults};
-use crate::invalidate::{self, Invalidation, RemovalLog};
-use crate::mmu::{Mmu, MmuError};
+use crate::fault::{Answer, FaultId, FaultQueue, RefaultLog, StalledJobs};
+use crate::invalidate::{self, InFlight, Pending};
+use crate::mmu::atc::Atc;
+use crate::mmu::{Mmu, PageMapping};
 use crate::oracle::{Oracle, OracleMode, ViolationSample};
-use crate::page_table::PageTableError;
 use crate::wire::{self, opcode, status};
 
 /// Which queues got used buffers the driver wants an interrupt for.
@@ -53,29 +57,12 @@ impl UsedQueues {
     }
 }
 
-/// A job waiting for the driver to answer its faults: one, or up to `fault_batch`.
-#[derive(Debug)]
-struct Stalled {
-    job: Job,
-    reply: Reply,
-    /// The faults of the batch not yet answered; the job resumes when none is left.
-    pending: BTreeSet<FaultId>,
-}
-
 /// A response ready to go on the command queue.
 #[derive(Debug)]
 struct Completion {
     reply: Reply,
     resp: wire::Resp,
     data: Vec<u8>,
-}
-
-/// An INVALIDATE taken off the queue whose completion is not due yet.
-#[derive(Debug)]
-struct InFlightInvalidation {
-    inv: Invalidation,
-    reply: Reply,
-    due: Instant,
 }
 
 struct Active<M> {
@@ -88,9 +75,9 @@ struct Active<M> {
 pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     config: VgpuConfig,
     mmu: Mmu,
-    log: RemovalLog,
-    faults: Faults,
-    stalled: BTreeMap<FaultId, Stalled>,
+    refaults: RefaultLog,
+    fault_queue: FaultQueue,
+    stalled: StalledJobs,
     counters: Counters,
     /// The same counters split by the PASID of the command that moved them (host side).
     pasid_counters: BTreeMap<u32, Counters>,
@@ -98,8 +85,8 @@ pub struct VgpuDevice<M: GuestMemory = GuestMemoryMmap> {
     current_pasid: Option<Pasid>,
     oracle: Oracle,
     completions: Vec<Completion>,
-    /// INVALIDATEs in flight, oldest first (all have the same latency, so also by due time).
-    in_flight: VecDeque<InFlightInvalidation>,
+    /// INVALIDATEs in flight.
+    in_flight: InFlight,
     active: Option<Active<M>>,
 }
 
@@ -126,15 +113,15 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let atc = Atc::new(config.atc_entries, config.atc_ways)?;
         Ok(VgpuDevice {
             mmu: Mmu::new(atc, config.max_pasids, config.max_table_nodes),
-            log: RemovalLog::new(config.max_removal_records),
-            faults: Faults::default(),
-            stalled: BTreeMap::new(),
+            refaults: RefaultLog::new(config.max_removal_records),
+            fault_queue: FaultQueue::default(),
+            stalled: StalledJobs::new(config.max_stalled_jobs, config.fault_batch),
             counters: Counters::default(),
             pasid_counters: BTreeMap::new(),
             current_pasid: None,
             oracle: Oracle::new(config.oracle),
             completions: Vec::new(),
-            in_flight: VecDeque::new(),
+            in_flight: InFlight::new(config.inval_latency_us),
             active: None,
             config,
         })
@@ -178,8 +165,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
     pub fn reset(&mut self) {
         self.active = None;
         self.mmu.clear();
-        self.log = RemovalLog::new(self.config.max_removal_records);
-        self.faults.clear();
+        self.refaults = RefaultLog::new(self.config.max_removal_records);
+        self.fault_queue.clear();
         self.stalled.clear();
         self.completions.clear();
         self.in_flight.clear();
@@ -216,7 +203,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
 
     /// How long the driver took to answer faults (host-only, not on the wire).
     pub fn fault_latency(&self) -> FaultLatency {
-        self.faults.latency()
+        self.fault_queue.latency()
     }
 
     /// Jobs waiting for a fault answer.
@@ -239,7 +226,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             used.command |= self.flush(&mut a);
         }
         used.fault = self
-            .faults
+            .fault_queue
             .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters);
         let used = Self::interrupts(&mut a, used);
         self.active = Some(a);
@@ -248,7 +235,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
 
     /// When the oldest INVALIDATE in flight is due, if one is.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.in_flight.front().map(|f| f.due)
+        self.in_flight.next_deadline()
     }
 
     /// Applies and completes every INVALIDATE due by `now`.
@@ -256,14 +243,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let Some(mut a) = self.active.take() else {
             return UsedQueues::default();
         };
-        while self.in_flight.front().is_some_and(|f| f.due <= now) {
-            if let Some(f) = self.in_flight.pop_front() {
-                // Counted for its PASID, as if it completed with the command.
-                let before = self.counters;
-                self.current_pasid = Some(f.inv.pasid);
-                self.complete_invalidation(f);
-                self.attribute(&before);
-            }
+        while let Some(f) = self.in_flight.pop_due(now) {
+            // Counted for its PASID, as if it completed with the command.
+            let before = self.counters;
+            self.current_pasid = Some(f.inv.pasid);
+            self.complete_invalidation(f);
+            self.attribute(&before);
         }
         let used = UsedQueues {
             command: self.flush(&mut a),
@@ -282,7 +267,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let used = UsedQueues {
             command: false,
             fault: self
-                .faults
+                .fault_queue
                 .deliver(&mut a.fault, a.mem.as_ref(), &mut self.counters),
         };
         let used = Self::interrupts(&mut a, used);
@@ -415,11 +400,7 @@ impl<M: GuestMemory> VgpuDevice<M> {
             return resp(status::BAD_PASID, 0, 0);
         }
         // Invalidations of this space still in flight complete first, in order.
-        let (mine, others) = std::mem::take(&mut self.in_flight)
-            .into_iter()
-            .partition(|f| f.inv.pasid == pasid);
-        self.in_flight = others;
-        for f in mine {
+        for f in self.in_flight.take_pasid(pasid) {
             self.complete_invalidation(f);
         }
         // A translation still held now is stale if the process's mappings are gone (UNBIND
@@ -436,22 +417,11 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let Ok(dropped) = self.mmu.unbind(pasid) else {
             return resp(status::BAD_PASID, 0, 0);
         };
-        self.log.forget_pasid(pasid);
+        self.refaults.forget_pasid(pasid);
         self.oracle.forget_pasid(pasid);
-        let orphans: Vec<FaultId> = self
-            .stalled
-            .iter()
-            .filter(|(_, s)| s.job.pasid == pasid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in orphans {
-            if let Some(s) = self.stalled.remove(&id) {
-                for f in &s.pending {
-                    self.faults.withdraw(*f);
-                }
-                self.counters.global.jobs_failed += 1;
-                self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
-            }
+        for s in self.stalled.fail_pasid(pasid, &mut self.fault_queue) {
+            self.counters.global.jobs_failed += 1;
+            self.respond(s.reply, resp(status::FAULT, 0, s.job.faults));
         }
         resp(status::OK, dropped, stale)
     }
@@ -460,28 +430,24 @@ impl<M: GuestMemory> VgpuDevice<M> {
     fn start_invalidation(&mut self, cmd: &wire::Cmd, reply: Reply) {
         let inv = match invalidate::parse(cmd, self.config.pasid_inval_threshold) {
             Ok(inv) => inv,
-            Err(st) => return self.respond(reply, resp(st, 0, 0)),
+            Err(e) => {
+                log::debug!("vgpu: INVALIDATE on pasid {}: {e}", cmd.pasid);
+                return self.respond(reply, resp(e.status(), 0, 0));
+            }
         };
         if !self.mmu.is_bound(inv.pasid) {
             return self.respond(reply, resp(status::BAD_PASID, 0, 0));
         }
-        let f = InFlightInvalidation {
-            inv,
-            reply,
-            due: Instant::now() + Duration::from_micros(self.config.inval_latency_us.into()),
-        };
-        if self.config.inval_latency_us == 0 {
-            self.complete_invalidation(f);
-        } else {
-            self.in_flight.push_back(f);
+        if let Some(due_now) = self.in_flight.start(inv, reply, Instant::now()) {
+            self.complete_invalidation(due_now);
         }
     }
 
     /// Applies an invalidation to the page table and the ATC and queues its completion.
-    fn complete_invalidation(&mut self, f: InFlightInvalidation) {
-        let r = match invalidate::invalidate(
+    fn complete_invalidation(&mut self, f: Pending) {
+        let r = match invalidate::apply(
             &mut self.mmu,
-            &mut self.log,
+            &mut self.refaults,
             &mut self.counters,
             &f.inv,
         ) {
@@ -489,7 +455,8 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.oracle.record_invalidation(&f.inv);
                 resp(status::OK, done.ats_requests, done.pages)
             }
-            Err(MmuError::Unbound(_) | MmuError::CannotBind(_)) => resp(status::BAD_PASID, 0, 0),
+            // Only an unbound PASID fails an invalidation.
+            Err(_) => resp(status::BAD_PASID, 0, 0),
         };
         self.respond(f.reply, r);
     }
@@ -508,12 +475,17 @@ impl<M: GuestMemory> VgpuDevice<M> {
         {
             return resp(status::BAD_RANGE, 0, 0);
         }
-        let entries: Vec<u64> = payload
+        let entries: Vec<Option<PageMapping>> = payload
             .chunks_exact(ENTRY_SIZE)
             .take(pages as usize)
-            .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()))
+            .map(|e| map_entry(u64::from_le_bytes(e.try_into().unwrap_or_default())))
             .collect();
-        let (mapped, result) = self.apply_map(pasid, range.start, &entries);
+        let log = &mut self.refaults;
+        let (mapped, result) =
+            self.mmu
+                .map_pages(pasid, Iova(range.start), &entries, &mut |page| {
+                    log.forget(pasid, page)
+                });
         self.counters.global.maps += 1;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             // The driver's own count; guest-controlled, so it only ever adds up.
@@ -528,94 +500,18 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let mut resumed = 0;
         if cmd.flags & wire::MAP_F_FAULT_REPLY != 0 {
             let id = FaultId(cmd.arg0);
-            if let Some(key) = self.batch_of(id, pasid) {
-                self.faults.answered(id);
-                let done = self.stalled.get_mut(&key).is_some_and(|s| {
-                    s.pending.remove(&id);
-                    s.pending.is_empty()
-                });
-                if let Some(s) = done.then(|| self.stalled.remove(&key)).flatten() {
+            match self.stalled.answer(id, pasid, &mut self.fault_queue) {
+                Answer::Resume(s) => {
                     resumed = 1;
                     self.run_job(mem, s.job, s.reply);
                 }
-            } else {
-                log::debug!("vgpu: MAP answers unknown fault {} on {pasid}", id.0);
+                Answer::Waiting => {}
+                Answer::Unknown => {
+                    log::debug!("vgpu: MAP answers unknown fault {} on {pasid}", id.0);
+                }
             }
         }
         resp(status::OK, mapped, resumed)
-    }
-
-    /// Maps `entries` at `start`, with 2 MiB leaves where an aligned run of 512 entries maps
-    /// 512 contiguous, aligned frames with the same permission. Returns the pages mapped.
-    fn apply_map(
-        &mut self,
-        pasid: Pasid,
-        start: u64,
-        entries: &[u64],
-    ) -> (u64, Result<(), PageTableError>) {
-        let run = PAGES_PER_HUGE_PAGE as usize;
-        let mut mapped = 0;
-        let mut i = 0;
-        while i < entries.len() {
-            let va = Iova(start + i as u64 * PAGE_SIZE);
-            let e = entries[i];
-            let gpa = GuestAddress(e & wire::MAP_GPA_MASK);
-            let writable = e & wire::MAP_WRITE != 0;
-            let huge = va.0.is_multiple_of(HUGE_PAGE_SIZE)
-                && entries.len() - i >= run
-                && is_huge_run(&entries[i..i + run]);
-            let (pages, result) = if huge {
-                (
-                    PAGES_PER_HUGE_PAGE,
-                    self.map_leaf(pasid, va, gpa, writable, true),
-                )
-            } else if e & wire::MAP_VALID != 0 {
-                (1, self.map_leaf(pasid, va, gpa, writable, false))
-            } else {
-                (1, Ok(false))
-            };
-            match result {
-                Ok(true) => {
-                    mapped += pages;
-                    for p in 0..pages {
-                        self.log.forget(pasid, Iova(va.0 + p * PAGE_SIZE));
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => return (mapped, Err(e)),
-            }
-            i += pages as usize;
-        }
-        (mapped, Ok(()))
-    }
-
-    /// Maps one leaf; returns whether a translation was installed.
-    fn map_leaf(
-        &mut self,
-        pasid: Pasid,
-        va: Iova,
-        gpa: GuestAddress,
-        writable: bool,
-        huge: bool,
-    ) -> Result<bool, PageTableError> {
-        let Ok(space) = self.mmu.space(pasid) else {
-            return Ok(false);
-        };
-        let replaced = space.table.translate(va).is_some();
-        let changes = if huge {
-            space.table.map_huge(va, gpa, writable)?
-        } else {
-            space.table.map_page(va, gpa, writable)?
-        };
-        // Remapping a present page to another frame or permission is the driver's to
-        // invalidate first; dropping the cached copy keeps the ATC a cache of the table.
-        if replaced && changes.ptes > 0 {
-            let size = if huge { HUGE_PAGE_SIZE } else { PAGE_SIZE };
-            if let Ok(r) = IovaRange::pages(va.0, size) {
-                self.mmu.atc.invalidate_range(pasid, r);
-            }
-        }
-        Ok(true)
     }
 
     fn submit(&mut self, mem: &M, cmd: &wire::Cmd, payload: &[u8], reply: Reply) {
@@ -625,9 +521,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         let max_dma_pages = u64::from(self.config.max_map_pages);
         let job = match Job::from_cmd(cmd, payload, self.config.max_job_bytes, max_dma_pages) {
             Ok(job) => job,
-            Err(st) => return self.respond(reply, resp(st, 0, 0)),
+            Err(e) => {
+                log::debug!("vgpu: JOB on pasid {}: {e}", cmd.pasid);
+                return self.respond(reply, resp(e.status(), 0, 0));
+            }
         };
-        if self.stalled.len() >= self.config.max_stalled_jobs {
+        if !self.stalled.has_room() {
             self.counters.global.jobs_failed += 1;
             return self.respond(reply, resp(status::BUSY, 0, 0));
         }
@@ -651,38 +550,20 @@ impl<M: GuestMemory> VgpuDevice<M> {
                 self.respond(reply, resp(st, 0, job.faults));
             }
             Step::Fault { address, write } => {
-                if self.stalled.len() >= self.config.max_stalled_jobs {
+                let stalled = self.stalled.stall(
+                    job,
+                    reply,
+                    address,
+                    write,
+                    &self.mmu,
+                    &mut self.fault_queue,
+                    &mut self.counters,
+                    &mut self.refaults,
+                );
+                if let Err(refused) = stalled {
+                    let (job, reply) = *refused;
                     self.counters.global.jobs_failed += 1;
-                    return self.respond(reply, resp(status::BUSY, 0, job.faults));
-                }
-                // The faulting page, then (with fault_batch > 1) the next pages the job
-                // would fault on, each its own record; bounded by the configured batch.
-                let ahead = self.config.fault_batch.saturating_sub(1) as usize;
-                let more = job.missing_ahead(&mut self.mmu, address, ahead);
-                let batch = std::iter::once((address, write))
-                    .chain(more.into_iter().map(|a| (a, job.op.writes_range())));
-                let mut pending = BTreeSet::new();
-                for (address, write) in batch {
-                    job.faults += 1;
-                    pending.insert(self.faults.raise(
-                        job.pasid,
-                        job.id,
-                        address,
-                        write,
-                        &mut self.counters,
-                        &mut self.log,
-                    ));
-                }
-                // The batch is keyed by its first fault, which is the smallest id.
-                if let Some(&key) = pending.first() {
-                    self.stalled.insert(
-                        key,
-                        Stalled {
-                            job,
-                            reply,
-                            pending,
-                        },
-                    );
+                    self.respond(reply, resp(status::BUSY, 0, job.faults));
                 }
             }
         }
@@ -692,28 +573,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
         if !self.mmu.is_bound(pasid) {
             return resp(status::BAD_PASID, 0, 0);
         }
-        let Some(key) = self.batch_of(id, pasid) else {
+        let Some(s) = self.stalled.fail(id, pasid, &mut self.fault_queue) else {
             return resp(status::BAD_JOB, 0, 0);
         };
-        if let Some(s) = self.stalled.remove(&key) {
-            self.faults.answered(id);
-            // The rest of the batch no longer has a job to resume.
-            for f in &s.pending {
-                self.faults.withdraw(*f);
-            }
-            self.counters.global.jobs_failed += 1;
-            self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
-        }
+        self.counters.global.jobs_failed += 1;
+        self.respond(s.reply, resp(status::FAULT, errno, s.job.faults));
         resp(status::OK, 0, 0)
-    }
-
-    /// The key of the stalled job on `pasid` still waiting for fault `id`. The search is
-    /// bounded: at most max_stalled_jobs jobs with at most fault_batch faults each.
-    fn batch_of(&self, id: FaultId, pasid: Pasid) -> Option<FaultId> {
-        self.stalled
-            .iter()
-            .find(|(_, s)| s.job.pasid == pasid && s.pending.contains(&id))
-            .map(|(key, _)| *key)
     }
 
     fn read_counters(&mut self, cmd: &wire::Cmd, req: &Request, reply: Reply) {
@@ -752,18 +617,12 @@ fn is_command_error(status: u32) -> bool {
     )
 }
 
-/// Whether 512 map entries describe one 2 MiB leaf: all valid, same permission, and
-/// contiguous frames starting 2 MiB aligned.
-fn is_huge_run(entries: &[u64]) -> bool {
-    let first = entries[0];
-    let base = first & wire::MAP_GPA_MASK;
-    let perm = first & (wire::MAP_VALID | wire::MAP_WRITE);
-    first & wire::MAP_VALID != 0
-        && base.is_multiple_of(HUGE_PAGE_SIZE)
-        && entries.iter().enumerate().all(|(k, &e)| {
-            e & (wire::MAP_VALID | wire::MAP_WRITE) == perm
-                && e & wire::MAP_GPA_MASK == base + k as u64 * PAGE_SIZE
-        })
+/// What a MAP payload entry asks for (`None`: the page stays as it is).
+fn map_entry(e: u64) -> Option<PageMapping> {
+    (e & wire::MAP_VALID != 0).then_some(PageMapping {
+        frame: GuestAddress(e & wire::MAP_GPA_MASK),
+        writable: e & wire::MAP_WRITE != 0,
+    })
 }
 
 // The end-to-end tests drive the queues the way the guest driver does; they are long
