@@ -183,7 +183,7 @@ fn run_guest(
     let guest = match (&args.kernel, &args.initrd) {
         (Some(kernel), initrd) => {
             check_file("kernel", kernel)?;
-            vmm::boot::check_bzimage(kernel).map_err(|e| e.to_string())?;
+            vm::boot::check_bzimage(kernel).map_err(|e| e.to_string())?;
             if let Some(i) = initrd {
                 check_file("initrd", i)?;
             }

@@ -16,7 +16,7 @@ use crate::devices::power::{AcpiPmPorts, I8042, I8042_DATA_PORT, I8042_PORT_LEN}
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
 use crate::devices::vgpu::{VgpuHandle, VirtioVgpu};
 use crate::devices::virtio_rng::VirtioRng;
-use crate::irq_routing::{GsiRouting, KvmMsiGroup};
+use crate::interrupt::routing::{GsiRouting, KvmMsiGroup};
 use crate::memory::{self, MemoryError};
 use crate::pci::bus::PciBus;
 use crate::vcpu::{start_vcpus, VcpuContext, VcpuThreads};

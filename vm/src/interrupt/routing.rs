@@ -15,7 +15,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::interrupt::{MsiInterruptGroup, MsiMessage};
+use super::{MsiInterruptGroup, MsiMessage};
 
 /// Number of IOAPIC pins of KVM's in-kernel irqchip.
 pub const IOAPIC_PINS: u32 = 24;

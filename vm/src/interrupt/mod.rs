@@ -5,7 +5,9 @@
 //! [`MsiInterruptGroup::update`]; the device's queues call [`MsiInterruptGroup::trigger`].
 //! On KVM each vector is an irqfd bound to a GSI whose routing entry carries the message,
 //! so a trigger is one eventfd write and never leaves the kernel. Tests use a recording
-//! implementation and need no `/dev/kvm`.
+//! implementation and need no `/dev/kvm`. [`routing`] is the KVM implementation.
+
+pub mod routing;
 
 use std::io;
 
