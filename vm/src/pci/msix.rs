@@ -381,10 +381,9 @@ impl MsixConfig {
 /// A recording [`MsiInterruptGroup`] for tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::io;
     use std::sync::Mutex;
 
-    use crate::interrupt::{MsiInterruptGroup, MsiMessage};
+    use crate::interrupt::{InterruptError, MsiInterruptGroup, MsiMessage};
 
     /// Records every trigger and update.
     #[derive(Default)]
@@ -410,12 +409,12 @@ pub(crate) mod testing {
     }
 
     impl MsiInterruptGroup for RecordingGroup {
-        fn trigger(&self, index: u16) -> io::Result<()> {
+        fn trigger(&self, index: u16) -> Result<(), InterruptError> {
             self.triggers.lock().unwrap().push(index);
             Ok(())
         }
 
-        fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> io::Result<()> {
+        fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> Result<(), InterruptError> {
             self.updates.lock().unwrap().push((index, msg, masked));
             Ok(())
         }
