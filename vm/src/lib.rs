@@ -20,6 +20,8 @@
 //! - [`devices`] holds the 8250 console, the ACPI PM and i8042 ports, virtio-rng and the
 //!   adapter that puts `device_model::VgpuDevice` on the transport.
 
+#![deny(missing_docs)]
+
 pub mod boot;
 pub mod bus;
 pub mod control;

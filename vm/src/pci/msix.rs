@@ -33,7 +33,12 @@ pub enum MsixError {
     InvalidVectorCount(u16),
     /// A table or PBA offset that is not 8-byte aligned, or a BIR above 5.
     #[error("invalid MSI-X structure location: BIR {bir}, offset {offset:#x}")]
-    InvalidLocation { bir: u8, offset: u32 },
+    InvalidLocation {
+        /// The BAR indicator register value.
+        bir: u8,
+        /// The offset in that BAR.
+        offset: u32,
+    },
 }
 
 /// The MSI-X capability as it sits in configuration space.
