@@ -8,7 +8,6 @@ pub mod bench;
 pub mod cli;
 pub mod console;
 pub mod host;
-pub mod images;
 pub mod injections;
 pub mod logger;
 pub mod nested;

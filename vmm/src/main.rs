@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use image_builder::{self as images, GuestImage, ImageOptions};
 
 use vmm::cli::{
     BenchWhat, Cli, Command, GuestArgs, ImageAction, ImageArgs, OracleBenchArgs, RunArgs,
     SelftestArgs,
 };
 use vmm::host::{self, HostKind};
-use vmm::images::{self, GuestImage, ImageOptions};
 use vmm::report::Report;
 use vmm::run::{self, RunSpec};
 use vmm::selftest::{self, Suite};

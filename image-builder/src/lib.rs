@@ -60,7 +60,7 @@ const HOST_MODULES: &[&str] = &["kvm_amd"];
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const BUSYBOX: &str = "/bin/busybox";
 /// This file is an input of every image: a change in how images are built rebuilds them.
-const BUILDER_SOURCE: &[u8] = include_bytes!("images.rs");
+const BUILDER_SOURCE: &[u8] = include_bytes!("lib.rs");
 
 /// Where and how to build images.
 #[derive(Debug, Clone)]
