@@ -1,0 +1,137 @@
+//! What the images take from this workspace's builds: the guest programs (static) and the
+//! shared libraries of the `vmm` binary for the virtual host.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::command::tail;
+use crate::{elf, io_err, ImageError, Result};
+
+/// The target the guest programs are built for (statically, `+crt-static`).
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the guest programs statically; returns (file name, path) of each binary.
+pub(crate) fn build_guest_programs(workspace: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-programs",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .args(["--message-format", "json-render-diagnostics"])
+        .current_dir(workspace)
+        .env("CARGO_TARGET_DIR", workspace.join("target").join("guest"))
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // The workspace release profile keeps debug info; the initramfs does not need it.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .output()
+        .map_err(|e| ImageError::GuestBuild(format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(ImageError::GuestBuild(tail(&stderr, 40)));
+    }
+    let mut programs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let Some(exe) = msg["executable"].as_str() {
+            let exe = PathBuf::from(exe);
+            let data = fs::read(&exe).map_err(io_err(&exe))?;
+            if elf::has_interp(&data) != Some(false) {
+                return Err(ImageError::NotStatic(exe));
+            }
+            let name = exe
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            programs.push((name, exe));
+        }
+    }
+    if programs.is_empty() {
+        return Err(ImageError::GuestBuild(
+            "cargo reported no executables".into(),
+        ));
+    }
+    programs.sort();
+    Ok(programs)
+}
+
+/// The shared libraries and the loader `binary` needs (absolute paths), from `ldd`.
+pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let err = |reason: String| ImageError::Libraries {
+        path: binary.to_path_buf(),
+        reason,
+    };
+    let data = fs::read(binary).map_err(io_err(binary))?;
+    match elf::has_interp(&data) {
+        None => return Err(err("not an ELF64 executable".into())),
+        Some(false) => return Ok(Vec::new()),
+        Some(true) => {}
+    }
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| err(format!("cannot run ldd: {e}")))?;
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    parse_ldd(&String::from_utf8_lossy(&out.stdout)).map_err(err)
+}
+
+/// The absolute paths in `ldd` output; an error names libraries that were not found.
+fn parse_ldd(text: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    let mut missing = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let (name, target) = match line.split_once("=>") {
+            Some((n, t)) => (n.trim(), t.trim()),
+            None => ("", line),
+        };
+        if target.starts_with("not found") {
+            missing.push(name.to_string());
+        } else if target.starts_with('/') {
+            let path = target.split(" (").next().unwrap_or(target).trim();
+            libs.push(PathBuf::from(path));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!("not found: {}", missing.join(", ")));
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_parsing() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd1a5f1000)\n\
+            \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f0)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f1)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f2)\n";
+        let libs = parse_ldd(text).unwrap();
+        assert_eq!(
+            libs,
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        let err = parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err();
+        assert!(err.contains("libfoo.so.1"), "{err}");
+    }
+}
