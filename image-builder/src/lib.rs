@@ -253,6 +253,12 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         h.file(Path::new(BUSYBOX))?;
         h.tree(&opts.workspace.join("images"), &opts.workspace)?;
         h.tree(&opts.workspace.join("guest-driver"), &opts.workspace)?;
+        // The guest programs are built from their path dependencies too.
+        for dir in programs::path_dependencies(&opts.workspace)? {
+            if !dir.starts_with("guest-driver") {
+                h.tree(&opts.workspace.join(dir), &opts.workspace)?;
+            }
+        }
         for f in ["Cargo.toml", "Cargo.lock"] {
             let p = opts.workspace.join(f);
             if p.exists() {

@@ -2,7 +2,7 @@
 //! shared libraries of the `vmm` binary for the virtual host.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use crate::command::tail;
@@ -112,9 +112,139 @@ fn parse_ldd(text: &str) -> std::result::Result<Vec<PathBuf>, String> {
     Ok(libs)
 }
 
+/// Where the guest programs' crate lives in the workspace.
+const GUEST_PROGRAMS_DIR: &str = "guest-driver/programs";
+
+/// The directories of the crates the guest programs are built from, relative to
+/// `workspace`: the path dependencies of [`GUEST_PROGRAMS_DIR`] and theirs (for instance
+/// `device-model`, for its wire module), read from their manifests. A dependency declared
+/// `workspace = true` is not followed.
+pub(crate) fn path_dependencies(workspace: &Path) -> Result<Vec<PathBuf>> {
+    let start = PathBuf::from(GUEST_PROGRAMS_DIR);
+    let mut found = vec![start.clone()];
+    let mut todo = vec![start];
+    while let Some(dir) = todo.pop() {
+        let manifest = workspace.join(&dir).join("Cargo.toml");
+        let text = fs::read_to_string(&manifest).map_err(io_err(&manifest))?;
+        for path in manifest_path_dependencies(&text) {
+            let dep = normalize(&dir.join(path));
+            if !found.contains(&dep) {
+                found.push(dep.clone());
+                todo.push(dep);
+            }
+        }
+    }
+    found.remove(0);
+    found.sort();
+    Ok(found)
+}
+
+/// The `path` of every dependency in a Cargo manifest's `[dependencies]` and
+/// `[build-dependencies]` tables (also per target, and as `[dependencies.NAME]` tables).
+/// Dev-dependencies do not go into a build of the programs and are left out.
+fn manifest_path_dependencies(text: &str) -> Vec<&str> {
+    let mut in_dependencies = false;
+    let mut paths = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            let table = line.trim_matches(|c| c == '[' || c == ']');
+            in_dependencies = table
+                .split('.')
+                .any(|part| part == "dependencies" || part == "build-dependencies");
+        } else if in_dependencies && !line.starts_with('#') {
+            paths.extend(path_value(line));
+        }
+    }
+    paths
+}
+
+/// The string value of a `path = "..."` key in a manifest line (an inline table or a
+/// dependency table of its own).
+fn path_value(line: &str) -> Option<&str> {
+    let mut at = 0;
+    while let Some(i) = line[at..].find("path").map(|i| at + i) {
+        at = i + "path".len();
+        let key_starts = line[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == '{' || c == ',' || c.is_whitespace());
+        let Some(value) = line[at..].trim_start().strip_prefix('=') else {
+            continue;
+        };
+        if key_starts {
+            return value.trim_start().strip_prefix('"')?.split('"').next();
+        }
+    }
+    None
+}
+
+/// `path` with `.` and `dir/..` taken out, without asking the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if out
+                    .components()
+                    .next_back()
+                    .is_some_and(|l| matches!(l, Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_path_dependencies_are_found() {
+        let manifest = r#"
+[package]
+name = "x"
+
+[dependencies]
+libc.workspace = true
+# a = { path = "../commented" }
+device-model = { path = "../../device-model" }
+wire = { version = "1", path = "../wire", features = ["a"] }
+xpath = "1"
+
+[dependencies.named]
+path = "../named"
+
+[target.'cfg(unix)'.dependencies]
+unixy = { path = "../unixy" }
+
+[dev-dependencies]
+testing = { path = "../testing" }
+
+[[bin]]
+name = "vgpu-touch"
+path = "src/bin/touch.rs"
+"#;
+        assert_eq!(
+            manifest_path_dependencies(manifest),
+            ["../../device-model", "../wire", "../named", "../unixy"]
+        );
+        assert_eq!(
+            normalize(Path::new("guest-driver/programs/../../device-model")),
+            PathBuf::from("device-model")
+        );
+        assert_eq!(normalize(Path::new("./a/../../b")), PathBuf::from("../b"));
+    }
+
+    #[test]
+    fn the_guest_programs_are_built_from_the_device_model() {
+        let deps = path_dependencies(&crate::build_checkout()).unwrap();
+        assert!(deps.contains(&PathBuf::from("device-model")), "{deps:?}");
+        assert!(deps.iter().all(|d| !d.starts_with("..")), "{deps:?}");
+    }
 
     #[test]
     fn ldd_parsing() {
