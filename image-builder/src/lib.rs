@@ -41,7 +41,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cache::{prune, publish, set_latest, temp_dir};
 use command::run;
@@ -115,6 +115,9 @@ pub struct GuestImage {
     pub initrd: PathBuf,
     /// `uname -r` of the kernel, e.g. `6.1.0-56-cloud-amd64`.
     pub kernel_release: String,
+    /// How long [`build_guest_image`] took: the whole build, or only resolving the kernel and
+    /// hashing the inputs when the image was up to date. Zero for an image built elsewhere.
+    pub build_time: Duration,
 }
 
 /// A built virtual-host image.
@@ -124,6 +127,8 @@ pub struct HostImage {
     pub kernel: PathBuf,
     /// The initramfs, with the `vmm` binary and the guest image in it.
     pub initrd: PathBuf,
+    /// How long [`build_host_image`] took (as [`GuestImage::build_time`]).
+    pub build_time: Duration,
 }
 
 /// Why an image could not be built.
@@ -224,6 +229,7 @@ fn build_checkout() -> PathBuf {
 
 /// Builds (or finds in the cache) the guest image.
 pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
+    let start = Instant::now();
     let kp = step("guest", "resolving kernel package", || {
         let kp = debian::resolve_kernel()?;
         let summary = format!("{} ({})", kp.release, kp.version);
@@ -269,14 +275,16 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         Ok((hash.clone(), hash))
     })?;
     let dir = opts.out_dir.join(format!("guest-{hash}"));
-    let image = GuestImage {
+    let mut image = GuestImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         kernel_release: kp.release.clone(),
+        build_time: Duration::ZERO,
     };
     if !opts.force && image.kernel.is_file() && image.initrd.is_file() {
         eprintln!("[image] guest: up to date in {}", dir.display());
         set_latest(&opts.out_dir, "guest", &dir)?;
+        image.build_time = start.elapsed();
         return Ok(image);
     }
 
@@ -351,11 +359,13 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
             format!("initrd {} KiB in {}", size / 1024, dir.display()),
         ))
     })?;
+    image.build_time = start.elapsed();
     Ok(image)
 }
 
 /// Builds (or finds in the cache) the virtual-host image around `guest`.
 pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostImage> {
+    let start = Instant::now();
     let kp = step("host", "resolving kernel package", || {
         let kp = debian::kernel_package(&guest.kernel_release)?;
         let summary = format!("{} ({})", kp.release, kp.version);
@@ -390,13 +400,15 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
         Ok((hash.clone(), hash))
     })?;
     let dir = opts.out_dir.join(format!("host-{hash}"));
-    let image = HostImage {
+    let mut image = HostImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
+        build_time: Duration::ZERO,
     };
     if !opts.force && image.kernel.is_file() && image.initrd.is_file() {
         eprintln!("[image] host: up to date in {}", dir.display());
         set_latest(&opts.out_dir, "host", &dir)?;
+        image.build_time = start.elapsed();
         return Ok(image);
     }
 
@@ -432,6 +444,7 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
             format!("initrd {} KiB in {}", size / 1024, dir.display()),
         ))
     })?;
+    image.build_time = start.elapsed();
     Ok(image)
 }
 

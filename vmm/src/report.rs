@@ -22,7 +22,8 @@ pub struct Report {
     pub host: String,
     /// The guest's `uname -r`.
     pub kernel: Option<String>,
-    /// Milliseconds from VMM start to the guest init's first line.
+    /// Milliseconds from the VM's start (once the images are ready) to the guest init's first
+    /// line.
     pub boot_ms: Option<u64>,
     /// Device-fault workload reports, one object each (per round with `--repeat-for`).
     pub workloads: Vec<serde_json::Value>,
@@ -41,9 +42,14 @@ pub struct Report {
     pub cpus: u8,
     /// Guest RAM in MiB.
     pub mem_mib: u64,
-    /// Milliseconds from VMM start to the end of the guest.
+    /// Milliseconds from the VM's start to the end of the guest.
     pub run_ms: u64,
-    /// For nested runs: milliseconds from starting the virtual host until its init ran.
+    /// Milliseconds the images took to build (or to be found up to date) before the VM
+    /// started; absent when no image was built (`--kernel`, or the inner VMM of a nested run).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_build_ms: Option<u64>,
+    /// For nested runs: milliseconds from starting the virtual host (once the images are
+    /// ready) until its init ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_host_boot_ms: Option<u64>,
     /// For nested runs: wall milliseconds of the whole virtual-host run.
@@ -289,6 +295,9 @@ impl Report {
             ms(self.boot_ms),
             self.run_ms
         ));
+        if let Some(v) = self.image_build_ms {
+            s.push_str(&format!("  images {v} ms"));
+        }
         if let Some(v) = self.virtual_host_boot_ms {
             s.push_str(&format!(
                 "  virtual host: boot {v} ms, total {}",
@@ -456,6 +465,20 @@ mod tests {
             assert!(v.get(key).is_some(), "missing key {key}");
         }
         assert!(v["workloads"].as_array().unwrap().is_empty());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn image_build_time_is_reported_only_when_images_were_built() {
+        let mut r = Report::default();
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("image_build_ms").is_none());
+        assert!(!r.summary().contains("images"));
+        r.image_build_ms = Some(36_000);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["image_build_ms"], 36_000);
+        assert!(r.summary().contains("images 36000 ms"), "{}", r.summary());
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
     }

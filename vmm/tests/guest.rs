@@ -130,6 +130,8 @@ fn boots_the_default_guest_and_reports() {
     assert_eq!(host, if hardware_kvm() { "kvm" } else { "nested" });
     assert!(r["kernel"].as_str().unwrap().starts_with("6.1.0-"), "{r}");
     assert!(r["boot_ms"].as_u64().unwrap() > 0);
+    // The images were built (or found up to date) before the boot clock started.
+    assert!(r["image_build_ms"].as_u64().is_some(), "{r}");
     assert_eq!(r["verdict"], "pass");
     assert_eq!(r["programs"][0]["name"], "selfcheck");
     assert_eq!(r["programs"][0]["exit"], 0);
