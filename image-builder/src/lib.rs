@@ -230,6 +230,25 @@ fn build_checkout() -> PathBuf {
 /// Builds (or finds in the cache) the guest image.
 pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     let start = Instant::now();
+    let image = guest_image(opts)?;
+    Ok(GuestImage {
+        build_time: start.elapsed(),
+        ..image
+    })
+}
+
+/// Builds (or finds in the cache) the virtual-host image around `guest`.
+pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostImage> {
+    let start = Instant::now();
+    let image = host_image(opts, guest)?;
+    Ok(HostImage {
+        build_time: start.elapsed(),
+        ..image
+    })
+}
+
+/// The guest image, without its build time.
+fn guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     let kp = step("guest", "resolving kernel package", || {
         let kp = debian::resolve_kernel()?;
         let summary = format!("{} ({})", kp.release, kp.version);
@@ -242,21 +261,13 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     })?;
     let init = opts.workspace.join("images").join("guest-init.sh");
     let hash = step("guest", "hashing inputs", || {
-        let mut h = Fnv64::new();
-        for (name, data) in BUILDER_SOURCES {
-            h.field(name.as_bytes(), data);
-        }
-        h.field(
-            b"kernel",
-            format!("{} {}", kp.package, kp.version).as_bytes(),
-        );
+        let mut h = common_inputs(&kp)?;
         // The headers are taken at the kernel's version (resolve_headers).
         h.field(
             b"headers",
             format!("linux-headers-{} {}", kp.release, kp.version).as_bytes(),
         );
         h.field(b"source", format!("{KERNEL_SOURCE} {source}").as_bytes());
-        h.file(Path::new(BUSYBOX))?;
         h.tree(&opts.workspace.join("images"), &opts.workspace)?;
         h.tree(&opts.workspace.join("guest-driver"), &opts.workspace)?;
         // The guest programs are built from their path dependencies too.
@@ -275,24 +286,18 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         Ok((hash.clone(), hash))
     })?;
     let dir = opts.out_dir.join(format!("guest-{hash}"));
-    let mut image = GuestImage {
+    let image = GuestImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         kernel_release: kp.release.clone(),
         build_time: Duration::ZERO,
     };
-    if !opts.force && image.kernel.is_file() && image.initrd.is_file() {
-        eprintln!("[image] guest: up to date in {}", dir.display());
-        set_latest(&opts.out_dir, "guest", &dir)?;
-        image.build_time = start.elapsed();
+    if reuse(opts, "guest", &dir)? {
         return Ok(image);
     }
 
     check_busybox()?;
-    let tree = step("guest", "fetching kernel package", || {
-        let tree = debian::fetch_kernel(&kp, &opts.out_dir.join("cache"))?;
-        Ok((tree, format!("{} {}", kp.package, kp.version)))
-    })?;
+    let tree = kernel_tree(opts, "guest", &kp)?;
     let cache = opts.out_dir.join("cache");
     let header_pkgs = step("guest", "resolving kernel headers", || {
         let pkgs = debian::resolve_headers(&kp)?;
@@ -337,8 +342,7 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
     })?;
     step("guest", "writing image", || {
         let tmp = temp_dir(&opts.out_dir, "guest")?;
-        let vmlinuz = tree.join("boot").join(format!("vmlinuz-{}", kp.release));
-        fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
+        copy_kernel(&tree, &kp, &tmp)?;
         let mut fsroot = base_initramfs(&init, &modules)?;
         for (name, path) in &programs {
             fsroot.file(&format!("bin/{name}"), path, 0o755);
@@ -351,21 +355,13 @@ pub fn build_guest_image(opts: &ImageOptions) -> Result<GuestImage> {
         let ko = tmp.join(format!("{DRIVER_MODULE}.ko"));
         fs::copy(&kmod, &ko).map_err(io_err(&kmod))?;
         fs::remove_dir_all(&kmod_dir).map_err(io_err(&kmod_dir))?;
-        publish(&tmp, &dir, opts.force)?;
-        set_latest(&opts.out_dir, "guest", &dir)?;
-        prune(&opts.out_dir, "guest", &dir);
-        Ok((
-            (),
-            format!("initrd {} KiB in {}", size / 1024, dir.display()),
-        ))
+        publish_image(opts, "guest", &tmp, &dir, size)
     })?;
-    image.build_time = start.elapsed();
     Ok(image)
 }
 
-/// Builds (or finds in the cache) the virtual-host image around `guest`.
-pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostImage> {
-    let start = Instant::now();
+/// The virtual-host image around `guest`, without its build time.
+fn host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostImage> {
     let kp = step("host", "resolving kernel package", || {
         let kp = debian::kernel_package(&guest.kernel_release)?;
         let summary = format!("{} ({})", kp.release, kp.version);
@@ -379,15 +375,7 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
         Ok((libs, format!("{n} files")))
     })?;
     let hash = step("host", "hashing inputs", || {
-        let mut h = Fnv64::new();
-        for (name, data) in BUILDER_SOURCES {
-            h.field(name.as_bytes(), data);
-        }
-        h.field(
-            b"kernel",
-            format!("{} {}", kp.package, kp.version).as_bytes(),
-        );
-        h.file(Path::new(BUSYBOX))?;
+        let mut h = common_inputs(&kp)?;
         h.file(&init)?;
         h.file(vmm)?;
         for lib in &libs {
@@ -400,23 +388,17 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
         Ok((hash.clone(), hash))
     })?;
     let dir = opts.out_dir.join(format!("host-{hash}"));
-    let mut image = HostImage {
+    let image = HostImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         build_time: Duration::ZERO,
     };
-    if !opts.force && image.kernel.is_file() && image.initrd.is_file() {
-        eprintln!("[image] host: up to date in {}", dir.display());
-        set_latest(&opts.out_dir, "host", &dir)?;
-        image.build_time = start.elapsed();
+    if reuse(opts, "host", &dir)? {
         return Ok(image);
     }
 
     check_busybox()?;
-    let tree = step("host", "fetching kernel package", || {
-        let tree = debian::fetch_kernel(&kp, &opts.out_dir.join("cache"))?;
-        Ok((tree, format!("{} {}", kp.package, kp.version)))
-    })?;
+    let tree = kernel_tree(opts, "host", &kp)?;
     let modules = step("host", "resolving modules", || {
         let m =
             modules::module_load_order(&tree.join("lib/modules").join(&kp.release), HOST_MODULES)?;
@@ -425,8 +407,7 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
     })?;
     step("host", "writing image", || {
         let tmp = temp_dir(&opts.out_dir, "host")?;
-        let vmlinuz = tree.join("boot").join(format!("vmlinuz-{}", kp.release));
-        fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
+        copy_kernel(&tree, &kp, &tmp)?;
         let mut fsroot = base_initramfs(&init, &modules)?;
         fsroot.file("bin/vmm", vmm, 0o755);
         for lib in &libs {
@@ -436,16 +417,69 @@ pub fn build_host_image(opts: &ImageOptions, guest: &GuestImage) -> Result<HostI
         fsroot.file("guest/vmlinuz", &guest.kernel, 0o644);
         fsroot.file("guest/initrd.img", &guest.initrd, 0o644);
         let size = fsroot.write(&tmp.join("initrd.img"))?;
-        publish(&tmp, &dir, opts.force)?;
-        set_latest(&opts.out_dir, "host", &dir)?;
-        prune(&opts.out_dir, "host", &dir);
-        Ok((
-            (),
-            format!("initrd {} KiB in {}", size / 1024, dir.display()),
-        ))
+        publish_image(opts, "host", &tmp, &dir, size)
     })?;
-    image.build_time = start.elapsed();
     Ok(image)
+}
+
+/// The input hash over what both images are built from: the builder's own sources, the
+/// kernel package and busybox.
+fn common_inputs(kp: &debian::KernelPackage) -> Result<Fnv64> {
+    let mut h = Fnv64::new();
+    for (name, data) in BUILDER_SOURCES {
+        h.field(name.as_bytes(), data);
+    }
+    h.field(
+        b"kernel",
+        format!("{} {}", kp.package, kp.version).as_bytes(),
+    );
+    h.file(Path::new(BUSYBOX))?;
+    Ok(h)
+}
+
+/// Whether image `name` is complete in `dir` and may be kept (no `--force`); if so it is
+/// made `<name>-latest`.
+fn reuse(opts: &ImageOptions, name: &str, dir: &Path) -> Result<bool> {
+    let complete = ["vmlinuz", "initrd.img"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    if opts.force || !complete {
+        return Ok(false);
+    }
+    eprintln!("[image] {name}: up to date in {}", dir.display());
+    set_latest(&opts.out_dir, name, dir)?;
+    Ok(true)
+}
+
+/// The step that downloads and unpacks the kernel package (once, into the cache).
+fn kernel_tree(opts: &ImageOptions, name: &str, kp: &debian::KernelPackage) -> Result<PathBuf> {
+    step(name, "fetching kernel package", || {
+        let tree = debian::fetch_kernel(kp, &opts.out_dir.join("cache"))?;
+        Ok((tree, format!("{} {}", kp.package, kp.version)))
+    })
+}
+
+/// Copies the kernel of the unpacked package `tree` into the image directory `tmp`.
+fn copy_kernel(tree: &Path, kp: &debian::KernelPackage, tmp: &Path) -> Result<()> {
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{}", kp.release));
+    fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
+    Ok(())
+}
+
+/// Moves the finished image `tmp` to `dir`, makes it `<name>-latest` and prunes old images;
+/// returns the summary of the writing step.
+fn publish_image(
+    opts: &ImageOptions,
+    name: &str,
+    tmp: &Path,
+    dir: &Path,
+    initrd_size: u64,
+) -> Result<((), String)> {
+    publish(tmp, dir, opts.force)?;
+    set_latest(&opts.out_dir, name, dir)?;
+    prune(&opts.out_dir, name, dir);
+    let summary = format!("initrd {} KiB in {}", initrd_size / 1024, dir.display());
+    Ok(((), summary))
 }
 
 /// Runs one build step, printing `[image] <image>: <what> ... <summary> (<secs> s)`.
