@@ -7,19 +7,18 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use image_builder::{self as images, GuestImage, ImageOptions};
 
 use vmm::cli::{
     BenchWhat, Cli, Command, GuestArgs, ImageAction, ImageArgs, MatrixArgs, OracleBenchArgs,
     RunArgs, SelftestArgs,
 };
 use vmm::host::{self, HostKind};
-use vmm::images::{self, GuestImage, ImageOptions};
 use vmm::report::{Report, RunReport};
 use vmm::run::{self, RunSpec};
 use vmm::selftest::{self, Suite};
 
 fn main() -> ExitCode {
-    let start = Instant::now();
     let cli = Cli::parse();
     let verbose = match &cli.command {
         Command::Run(a) => a.guest.verbose,
@@ -29,8 +28,8 @@ fn main() -> ExitCode {
     };
     init_logging(verbose);
     let result = match cli.command {
-        Command::Run(args) => cmd_run(*args, start),
-        Command::Selftest(args) => cmd_selftest(*args, start),
+        Command::Run(args) => cmd_run(*args),
+        Command::Selftest(args) => cmd_selftest(*args),
         Command::Matrix(args) => cmd_matrix(*args),
         Command::Image {
             action: ImageAction::Build(args),
@@ -107,7 +106,7 @@ fn check_file(what: &str, p: &Path) -> Result<(), String> {
     }
 }
 
-fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
+fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     if args.list_injections {
         for name in vmm::injections::INJECTIONS {
             println!("{name}");
@@ -116,14 +115,14 @@ fn cmd_run(args: RunArgs, start: Instant) -> Result<ExitCode, String> {
     }
     let programs = run::programs_to_run(&args.programs, &args.workloads);
     let repeat_for = Duration::from_secs(args.repeat_for);
-    let report = run_guest(&args.guest, programs, None, repeat_for, start)?;
+    let report = run_guest(&args.guest, programs, None, repeat_for)?;
     finish(&report, args.report.as_deref())
 }
 
-fn cmd_selftest(args: SelftestArgs, start: Instant) -> Result<ExitCode, String> {
+fn cmd_selftest(args: SelftestArgs) -> Result<ExitCode, String> {
     let suite = args.suite;
     let programs = vec![suite.guest_program().to_string()];
-    let mut report = run_guest(&args.guest, programs, Some(suite), Duration::ZERO, start)?;
+    let mut report = run_guest(&args.guest, programs, Some(suite), Duration::ZERO)?;
     // In the virtual host the inner VMM ran `vmm selftest` and judged the tests; without
     // its report (the virtual host died) the suite is judged from this console.
     if report.selftest.is_none() {
@@ -174,13 +173,7 @@ fn cmd_matrix(args: MatrixArgs) -> Result<ExitCode, String> {
             guest.inject = injection.clone();
             // A run that could not be done at all (bad input, no QEMU) ends the matrix;
             // a failed guest is a cell.
-            let report = run_guest(
-                &guest,
-                vec![workload.clone()],
-                None,
-                Duration::ZERO,
-                Instant::now(),
-            )?;
+            let report = run_guest(&guest, vec![workload.clone()], None, Duration::ZERO)?;
             if let Some(dir) = &args.reports_dir {
                 let path = dir.join(format!("{}.{workload}.json", name.replace(':', "-")));
                 report
@@ -201,13 +194,13 @@ fn cmd_matrix(args: MatrixArgs) -> Result<ExitCode, String> {
 }
 
 /// Boots the guest with `programs` (repeated for `repeat_for`) on the host `args` choose
-/// and returns the run's report.
+/// and returns the run's report. The run's clock (boot and run times, the timeout) starts
+/// when the images are ready; building them is timed apart (`image_build_ms`).
 fn run_guest(
     args: &GuestArgs,
     programs: Vec<String>,
     selftest: Option<Suite>,
     repeat_for: Duration,
-    start: Instant,
 ) -> Result<Report, String> {
     let mem_size = run::parse_size(&args.mem).map_err(|e| format!("--mem: {e}"))?;
     let kind = host::resolve(args.host).map_err(|e| format!("--host kvm cannot work here: {e}"))?;
@@ -237,34 +230,46 @@ fn run_guest(
             .ok_or_else(|| vmm::nested::NestedError::QemuMissing.to_string())?;
     }
     let opts = image_options(args.images_dir.clone(), false)?;
-    let guest = match (&args.kernel, &args.initrd) {
+    let (guest, mut image_build) = match (&args.kernel, &args.initrd) {
         (Some(kernel), initrd) => {
             check_file("kernel", kernel)?;
-            vmm::boot::check_bzimage(kernel).map_err(|e| e.to_string())?;
+            vm::boot::check_bzimage(kernel).map_err(|e| e.to_string())?;
             if let Some(i) = initrd {
                 check_file("initrd", i)?;
             }
-            GuestImage {
+            let image = GuestImage {
                 kernel: kernel.clone(),
                 initrd: initrd.clone().unwrap_or_default(),
                 kernel_release: "custom".into(),
-            }
+                build_time: Duration::ZERO,
+            };
+            (image, None)
         }
         (None, Some(_)) => return Err("--initrd needs --kernel".into()),
-        (None, None) => images::build_guest_image(&opts).map_err(|e| e.to_string())?,
+        (None, None) => {
+            let image = images::build_guest_image(&opts).map_err(|e| e.to_string())?;
+            let took = image.build_time;
+            (image, Some(took))
+        }
     };
 
-    match kind {
+    let mut report = match kind {
         HostKind::Kvm => {
             let initrd = (!guest.initrd.as_os_str().is_empty()).then(|| guest.initrd.clone());
-            run::run_direct(&spec, guest.kernel.clone(), initrd, start).map_err(|e| e.to_string())
+            let start = Instant::now();
+            run::run_direct(&spec, guest.kernel.clone(), initrd, start)
+                .map_err(|e| e.to_string())?
         }
         HostKind::VirtualHost => {
             let host = images::build_host_image(&opts, &guest).map_err(|e| e.to_string())?;
+            image_build = Some(image_build.unwrap_or_default() + host.build_time);
+            let start = Instant::now();
             vmm::nested::run_nested(&spec, &host.kernel, &host.initrd, start)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?
         }
-    }
+    };
+    report.image_build_ms = image_build.map(|t| t.as_millis() as u64);
+    Ok(report)
 }
 
 fn finish(report: &Report, path: Option<&Path>) -> Result<ExitCode, String> {

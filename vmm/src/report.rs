@@ -157,14 +157,14 @@ impl RunReport for Report {
             ms(self.boot_ms),
             self.run_ms
         ));
+        if let Some(v) = self.image_build_ms {
+            s.push_str(&format!("  images {v} ms"));
+        }
         if let Some(v) = self.virtual_host_boot_ms {
             s.push_str(&format!(
                 "  virtual host: boot {v} ms, total {}",
                 ms(self.virtual_host_run_ms)
             ));
-        }
-        if let Some(v) = self.image_build_ms {
-            s.push_str(&format!("  images {v} ms"));
         }
         s.push('\n');
         if self.rounds.is_some_and(|r| r > 1) {
@@ -340,6 +340,20 @@ mod tests {
             assert!(v.get(key).is_some(), "missing key {key}");
         }
         assert!(v["workloads"].as_array().unwrap().is_empty());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn image_build_time_is_reported_only_when_images_were_built() {
+        let mut r = Report::default();
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("image_build_ms").is_none());
+        assert!(!r.summary().contains("images"));
+        r.image_build_ms = Some(36_000);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["image_build_ms"], 36_000);
+        assert!(r.summary().contains("images 36000 ms"), "{}", r.summary());
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
     }

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use device_model::VgpuConfig;
+use vm::{Vm, VmConfig};
 
 use crate::console::ConsoleSink;
 use crate::host::HostKind;
 use crate::report::{Report, RunReport};
-use crate::vm::{Vm, VmConfig};
 
 /// The guest programs of a run without `--run` or `--workload`.
 pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect", "race"];
@@ -133,7 +133,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     /// The vCPU count is out of range.
-    #[error("--cpus {0}: must be between 1 and {max}", max = crate::boot::MAX_VCPUS)]
+    #[error("--cpus {0}: must be between 1 and {max}", max = vm::boot::MAX_VCPUS)]
     Cpus(u8),
     /// Less RAM than a guest can boot in.
     #[error("--mem {got} MiB is too little: the guest needs at least {min} MiB")]
@@ -153,7 +153,7 @@ pub const MIN_MEM_SIZE: u64 = 128 << 20;
 
 /// Checks a spec before anything slow happens.
 pub fn validate(spec: &RunSpec) -> Result<(), SpecError> {
-    if spec.cpus == 0 || spec.cpus > crate::boot::MAX_VCPUS {
+    if spec.cpus == 0 || spec.cpus > vm::boot::MAX_VCPUS {
         return Err(SpecError::Cpus(spec.cpus));
     }
     if spec.mem_size < MIN_MEM_SIZE {
@@ -180,7 +180,7 @@ pub fn run_direct(
     kernel: PathBuf,
     initrd: Option<PathBuf>,
     start: Instant,
-) -> Result<Report, crate::vm::VmError> {
+) -> Result<Report, vm::VmError> {
     let echo: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
     let sink = ConsoleSink::new(Some(echo));
     let cfg = VmConfig {
@@ -194,7 +194,7 @@ pub fn run_direct(
     let vm = Vm::new(&cfg, sink.clone())?;
     let vgpu = vm.vgpu();
     let control = vm.control();
-    let running = vm.start().map_err(|source| crate::vm::VmError::Device {
+    let running = vm.start().map_err(|source| vm::VmError::Device {
         name: "vcpu threads",
         source,
     })?;

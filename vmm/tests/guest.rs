@@ -140,6 +140,8 @@ fn boots_the_default_guest_and_reports() {
     let kernel = r.kernel.as_deref().expect("kernel release");
     assert!(kernel.starts_with("6.1.0-"), "{kernel}");
     assert!(r.boot_ms.unwrap() > 0);
+    // The images were built (or found up to date) before the boot clock started.
+    assert!(r.image_build_ms.is_some(), "{r:?}");
     assert_eq!(r.verdict, Verdict::Pass);
     assert_eq!(r.programs[0].name, "selfcheck");
     assert_eq!(r.programs[0].exit, 0);

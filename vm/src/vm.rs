@@ -15,12 +15,12 @@ use crate::control::VmControl;
 use crate::devices::power::{AcpiPmPorts, I8042, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::serial::{SerialConsole, COM1_IRQ, COM1_PORT};
 use crate::devices::vgpu::{VgpuHandle, VirtioVgpu};
-use crate::devices::virtio_rng::VirtioRng;
-use crate::irq_routing::{GsiRouting, KvmMsiGroup};
+use crate::devices::virtio_rng::{RngError, VirtioRng};
+use crate::interrupt::routing::{GsiRouting, KvmMsiGroup, RoutingError};
 use crate::memory::{self, MemoryError};
-use crate::pci::bus::PciBus;
+use crate::pci::bus::{PciBus, PciBusError};
 use crate::vcpu::{start_vcpus, VcpuContext, VcpuThreads};
-use crate::virtio_pci::VirtioPciDevice;
+use crate::virtio_pci::{VirtioPciDevice, VirtioPciError};
 
 /// Where KVM puts the TSS (three pages just below the BIOS area, out of guest RAM).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -84,9 +84,33 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
-    /// A PCI device could not be added.
+    /// Interrupt routing for a device could not be set up.
+    #[error("device {name}: {source}")]
+    Interrupts {
+        /// What the routes are for.
+        name: &'static str,
+        /// What went wrong.
+        #[source]
+        source: RoutingError,
+    },
+    /// The PCI bus could not be created, or a device could not be plugged into it.
     #[error("PCI: {0}")]
-    Pci(String),
+    Pci(#[from] PciBusError),
+    /// The entropy device could not be created.
+    #[error("PCI: virtio-rng: {0}")]
+    Rng(#[from] RngError),
+    /// The virtual GPU refused its configuration.
+    #[error("PCI: vgpu: {0}")]
+    Vgpu(#[from] device_model::ConfigError),
+    /// A virtio device could not be put behind the virtio-pci transport.
+    #[error("PCI: {name}: {source}")]
+    VirtioPci {
+        /// The device.
+        name: &'static str,
+        /// What went wrong.
+        #[source]
+        source: VirtioPciError,
+    },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -95,6 +119,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 fn dev_err(name: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Device { name, source }
+}
+
+fn irq_err(name: &'static str) -> impl FnOnce(RoutingError) -> VmError {
+    move |source| VmError::Interrupts { name, source }
+}
+
+fn transport_err(name: &'static str) -> impl FnOnce(VirtioPciError) -> VmError {
+    move |source| VmError::VirtioPci { name, source }
 }
 
 /// A VM ready to run.
@@ -160,39 +192,33 @@ impl Vm {
             boot::acpi::PM_PORT_LEN,
         )?;
 
-        let routing = Arc::new(GsiRouting::new(fd.clone()).map_err(dev_err("GSI routing"))?);
+        let routing = Arc::new(GsiRouting::new(fd.clone()).map_err(irq_err("GSI routing"))?);
         let pci = PciBus::new(
             ctx.mmio.clone(),
             (boot::layout::PCI_MMIO_START, boot::layout::PCI_MMIO_SIZE),
-        )
-        .map_err(|e| VmError::Pci(e.to_string()))?;
+        )?;
         let pci = Arc::new(Mutex::new(pci));
         ctx.pio
             .insert(pci.clone(), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
-        let rng =
-            VirtioRng::from_urandom().map_err(|e| VmError::Pci(format!("virtio-rng: {e}")))?;
+        let rng = VirtioRng::from_urandom()?;
         let vectors = VirtioPciDevice::msix_vectors_for(&rng);
         let msi =
-            KvmMsiGroup::new(routing.clone(), vectors).map_err(dev_err("virtio-rng MSI-X"))?;
+            KvmMsiGroup::new(routing.clone(), vectors).map_err(irq_err("virtio-rng MSI-X"))?;
         let rng_pci = VirtioPciDevice::new(Box::new(rng), mem.clone(), Arc::new(msi))
-            .map_err(|e| VmError::Pci(e.to_string()))?;
+            .map_err(transport_err("virtio-rng"))?;
         pci.lock()
             .unwrap()
-            .add_device(Arc::new(Mutex::new(rng_pci)))
-            .map_err(|e| VmError::Pci(e.to_string()))?;
-        // The virtual GPU takes the next slot. Its tunables are the defaults until the
-        // command line grows an option for them.
-        let vgpu =
-            VirtioVgpu::new(cfg.device.clone()).map_err(|e| VmError::Pci(format!("vgpu: {e}")))?;
+            .add_device(Arc::new(Mutex::new(rng_pci)))?;
+        // The virtual GPU takes the next slot, built as `cfg.device` says.
+        let vgpu = VirtioVgpu::new(cfg.device.clone())?;
         let vgpu_handle = vgpu.handle();
         let vectors = VirtioPciDevice::msix_vectors_for(&vgpu);
-        let msi = KvmMsiGroup::new(routing, vectors).map_err(dev_err("vgpu MSI-X"))?;
+        let msi = KvmMsiGroup::new(routing, vectors).map_err(irq_err("vgpu MSI-X"))?;
         let vgpu_pci = VirtioPciDevice::new(Box::new(vgpu), mem.clone(), Arc::new(msi))
-            .map_err(|e| VmError::Pci(e.to_string()))?;
+            .map_err(transport_err("vgpu"))?;
         pci.lock()
             .unwrap()
-            .add_device(Arc::new(Mutex::new(vgpu_pci)))
-            .map_err(|e| VmError::Pci(e.to_string()))?;
+            .add_device(Arc::new(Mutex::new(vgpu_pci)))?;
 
         let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
         let initrd = match &cfg.initrd {

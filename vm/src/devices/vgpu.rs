@@ -211,8 +211,9 @@ impl VirtioDevice for VirtioVgpu {
         std::thread::Builder::new()
             .name("vgpu-inval".into())
             .spawn(move || handle.complete_invalidations(activation, irq))
-            .map_err(|e| {
-                ActivateError::Device(format!("cannot start the completion thread: {e}"))
+            .map_err(|source| ActivateError::Thread {
+                thread: "invalidation completion",
+                source,
             })?;
         self.interrupt = Some(interrupt);
         self.signal(used);
@@ -322,13 +323,13 @@ mod tests {
         interrupt.set_queue_vector(0, 1);
         interrupt.set_queue_vector(1, 2);
         let mut v = VirtioVgpu::new(VgpuConfig::default()).unwrap();
-        assert_eq!(
+        assert!(matches!(
             v.activate(mem.clone(), vec![], interrupt.clone()),
             Err(ActivateError::QueueCount {
                 expected: 2,
                 got: 0
             })
-        );
+        ));
         let queues = vec![queue(&mem, 128, CMD_RINGS), queue(&mem, 64, FAULT_RINGS)];
         v.activate(mem.clone(), queues, interrupt).unwrap();
         let handle = v.handle();

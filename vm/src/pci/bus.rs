@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::configuration::{BarReprogram, PciBarRegion, PciConfiguration, PciHeader};
+use super::configuration::{BarReprogram, ConfigError, PciBarRegion, PciConfiguration, PciHeader};
 use crate::bus::{Bus, BusDevice, BusError};
 
 /// I/O port of the configuration address register.
@@ -30,7 +30,7 @@ pub trait PciDevice: Send {
     /// The implemented BARs with their sizes and current addresses.
     fn bars(&self) -> Vec<PciBarRegion>;
     /// Programs BAR `index` to `addr` (called by the bus when it allocates the BAR).
-    fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), String>;
+    fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), ConfigError>;
     /// Serves a read at `offset` inside BAR `index`.
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]);
     /// Serves a write at `offset` inside BAR `index`.
@@ -48,13 +48,22 @@ pub enum PciBusError {
     WindowExhausted(u64),
     /// The MMIO window is empty or wraps.
     #[error("invalid MMIO window {start:#x}+{size:#x}")]
-    InvalidWindow { start: u64, size: u64 },
+    InvalidWindow {
+        /// First address of the window.
+        start: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The device refused the address the bus chose.
-    #[error("device rejected BAR {index} at {addr:#x}: {reason}")]
+    #[error("device rejected BAR {index} at {addr:#x}: {source}")]
     BarRejected {
+        /// The BAR.
         index: usize,
+        /// The address the bus chose.
         addr: u64,
-        reason: String,
+        /// Why the device's configuration space refused it.
+        #[source]
+        source: ConfigError,
     },
     /// Registering the BAR on the MMIO bus failed.
     #[error("registering a BAR on the MMIO bus: {0}")]
@@ -102,8 +111,8 @@ impl PciDevice for PciHostBridge {
     fn bars(&self) -> Vec<PciBarRegion> {
         Vec::new()
     }
-    fn set_bar_addr(&mut self, index: usize, _addr: u64) -> Result<(), String> {
-        Err(format!("host bridge has no BAR {index}"))
+    fn set_bar_addr(&mut self, index: usize, _addr: u64) -> Result<(), ConfigError> {
+        Err(ConfigError::NoSuchBar(index))
     }
     fn read_bar(&mut self, _index: usize, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
@@ -198,10 +207,10 @@ impl PciBus {
                 .lock()
                 .unwrap()
                 .set_bar_addr(bar.index, bar.addr)
-                .map_err(|reason| PciBusError::BarRejected {
+                .map_err(|source| PciBusError::BarRejected {
                     index: bar.index,
                     addr: bar.addr,
-                    reason,
+                    source,
                 })?;
         }
         for (i, bar) in placed.iter().enumerate() {
@@ -389,10 +398,8 @@ mod tests {
         fn bars(&self) -> Vec<PciBarRegion> {
             self.config.bars()
         }
-        fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), String> {
-            self.config
-                .set_bar_addr(index, addr)
-                .map_err(|e| e.to_string())
+        fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), ConfigError> {
+            self.config.set_bar_addr(index, addr)
         }
         fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {
             let o = offset as usize;

@@ -52,7 +52,12 @@ pub enum ConfigError {
     InvalidBarSize(u64),
     /// The address is not aligned to the BAR size or does not fit the BAR type.
     #[error("invalid address {addr:#x} for BAR {index}")]
-    InvalidBarAddress { index: usize, addr: u64 },
+    InvalidBarAddress {
+        /// The BAR.
+        index: usize,
+        /// The refused address.
+        addr: u64,
+    },
     /// The BAR was never added.
     #[error("BAR {0} is not implemented")]
     NoSuchBar(usize),

@@ -27,18 +27,75 @@ pub const VIRTIO_ISR_QUEUE: u8 = 0x1;
 /// ISR bit: the device configuration changed.
 pub const VIRTIO_ISR_CONFIG: u8 = 0x2;
 
+/// What is wrong with a queue as the driver configured it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The device's maximum queue size is not one virtio-queue accepts.
+    #[error("maximum size {max_size}: {source}")]
+    MaxSize {
+        /// The maximum size.
+        max_size: u16,
+        /// virtio-queue's reason.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The size the driver chose (zero, above the maximum, or not a power of two).
+    #[error("size {size}: {source}")]
+    Size {
+        /// The driver's size.
+        size: u16,
+        /// virtio-queue's reason.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// An enabled queue has a ring at address zero.
+    #[error("zero ring address")]
+    ZeroRingAddress,
+    /// A ring address is misaligned.
+    #[error("{ring} at {addr:#x}: {source}")]
+    RingAddress {
+        /// Which ring: the descriptor table, the driver (available) or device (used) ring.
+        ring: &'static str,
+        /// The address the driver wrote.
+        addr: u64,
+        /// virtio-queue's reason.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The rings do not lie inside guest memory.
+    #[error("rings outside guest memory")]
+    OutsideGuestMemory,
+}
+
 /// Why a device could not be activated.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     /// The driver configured queue `index` badly (size, alignment, address).
-    #[error("queue {index} is invalid: {reason}")]
-    InvalidQueue { index: u16, reason: String },
+    #[error("queue {index} is invalid: {source}")]
+    InvalidQueue {
+        /// The queue.
+        index: u16,
+        /// What is wrong with it.
+        #[source]
+        source: QueueError,
+    },
     /// The device got a different number of queues than it has.
     #[error("expected {expected} queues, got {got}")]
-    QueueCount { expected: usize, got: usize },
-    /// Device-specific failure.
-    #[error("device activation failed: {0}")]
-    Device(String),
+    QueueCount {
+        /// The device's queues.
+        expected: usize,
+        /// The queues handed to it.
+        got: usize,
+    },
+    /// A thread the device serves its queues with could not be started.
+    #[error("device activation failed: cannot start the {thread} thread: {source}")]
+    Thread {
+        /// What the thread does.
+        thread: &'static str,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A virtio device as the transport sees it.

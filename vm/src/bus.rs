@@ -21,10 +21,20 @@ pub trait BusDevice: Send {
 pub enum BusError {
     /// The new range overlaps a registered one.
     #[error("bus range {base:#x}+{len:#x} overlaps an existing device")]
-    Overlap { base: u64, len: u64 },
+    Overlap {
+        /// Start of the new range.
+        base: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// A zero-length or wrapping range.
     #[error("invalid bus range {base:#x}+{len:#x}")]
-    InvalidRange { base: u64, len: u64 },
+    InvalidRange {
+        /// Start of the range.
+        base: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// No device is registered at this base.
     #[error("no device registered at {0:#x}")]
     NotFound(u64),

@@ -33,7 +33,12 @@ pub enum MsixError {
     InvalidVectorCount(u16),
     /// A table or PBA offset that is not 8-byte aligned, or a BIR above 5.
     #[error("invalid MSI-X structure location: BIR {bir}, offset {offset:#x}")]
-    InvalidLocation { bir: u8, offset: u32 },
+    InvalidLocation {
+        /// The BAR indicator register value.
+        bir: u8,
+        /// The offset in that BAR.
+        offset: u32,
+    },
 }
 
 /// The MSI-X capability as it sits in configuration space.
@@ -381,10 +386,9 @@ impl MsixConfig {
 /// A recording [`MsiInterruptGroup`] for tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::io;
     use std::sync::Mutex;
 
-    use crate::interrupt::{MsiInterruptGroup, MsiMessage};
+    use crate::interrupt::{InterruptError, MsiInterruptGroup, MsiMessage};
 
     /// Records every trigger and update.
     #[derive(Default)]
@@ -410,12 +414,12 @@ pub(crate) mod testing {
     }
 
     impl MsiInterruptGroup for RecordingGroup {
-        fn trigger(&self, index: u16) -> io::Result<()> {
+        fn trigger(&self, index: u16) -> Result<(), InterruptError> {
             self.triggers.lock().unwrap().push(index);
             Ok(())
         }
 
-        fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> io::Result<()> {
+        fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> Result<(), InterruptError> {
             self.updates.lock().unwrap().push((index, msg, masked));
             Ok(())
         }

@@ -20,7 +20,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::common_config::{CommonConfig, CommonConfigEvent, FEATURE_VERSION_1};
-use super::{ActivateError, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, QueueError, VirtioDevice, VirtioInterrupt};
 use crate::interrupt::MsiInterruptGroup;
 use crate::pci::configuration::{
     BarKind, BarReprogram, ConfigError, PciBarRegion, PciConfiguration, PciHeader,
@@ -66,9 +66,12 @@ const VIRTIO_PCI_NOTIFY_CAP_LEN: u8 = 20;
 /// Errors of building a virtio-pci device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VirtioPciError {
-    /// No queues, too many, or a maximum size that is not a power of two up to 32768.
-    #[error("invalid queue layout: {0}")]
-    InvalidQueues(String),
+    /// No queues, or more than [`MAX_QUEUES`].
+    #[error("invalid queue layout: {0} queues (1 to {MAX_QUEUES} supported)")]
+    QueueCount(usize),
+    /// A maximum queue size that is not a power of two up to 32768.
+    #[error("invalid queue layout: max size {0}")]
+    QueueMaxSize(u16),
     /// The device type does not fit a modern PCI device id.
     #[error("virtio device type {0} cannot be a PCI device")]
     InvalidDeviceType(u32),
@@ -136,13 +139,10 @@ impl VirtioPciDevice {
     ) -> Result<Self, VirtioPciError> {
         let sizes = device.queue_max_sizes().to_vec();
         if sizes.is_empty() || sizes.len() > MAX_QUEUES {
-            return Err(VirtioPciError::InvalidQueues(format!(
-                "{} queues",
-                sizes.len()
-            )));
+            return Err(VirtioPciError::QueueCount(sizes.len()));
         }
         if let Some(bad) = sizes.iter().find(|s| !s.is_power_of_two() || **s > 32768) {
-            return Err(VirtioPciError::InvalidQueues(format!("max size {bad}")));
+            return Err(VirtioPciError::QueueMaxSize(*bad));
         }
         let device_type = device.device_type();
         let device_id = u16::try_from(device_type)
@@ -238,23 +238,35 @@ impl VirtioPciDevice {
         let mut queues = Vec::new();
         for (i, qc) in self.common.queues().iter().enumerate() {
             let index = i as u16;
-            let bad = |reason: String| ActivateError::InvalidQueue { index, reason };
-            let mut q = Queue::new(qc.max_size).map_err(|e| bad(e.to_string()))?;
+            let bad = |source: QueueError| ActivateError::InvalidQueue { index, source };
+            let ring = |ring: &'static str, addr: u64| {
+                move |source| bad(QueueError::RingAddress { ring, addr, source })
+            };
+            let mut q = Queue::new(qc.max_size).map_err(|source| {
+                bad(QueueError::MaxSize {
+                    max_size: qc.max_size,
+                    source,
+                })
+            })?;
             if qc.enabled {
-                q.try_set_size(qc.size)
-                    .map_err(|e| bad(format!("size {}: {e}", qc.size)))?;
+                q.try_set_size(qc.size).map_err(|source| {
+                    bad(QueueError::Size {
+                        size: qc.size,
+                        source,
+                    })
+                })?;
                 if qc.desc == 0 || qc.driver == 0 || qc.device == 0 {
-                    return Err(bad("zero ring address".into()));
+                    return Err(bad(QueueError::ZeroRingAddress));
                 }
                 q.try_set_desc_table_address(GuestAddress(qc.desc))
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(ring("descriptor table", qc.desc))?;
                 q.try_set_avail_ring_address(GuestAddress(qc.driver))
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(ring("driver ring", qc.driver))?;
                 q.try_set_used_ring_address(GuestAddress(qc.device))
-                    .map_err(|e| bad(e.to_string()))?;
+                    .map_err(ring("device ring", qc.device))?;
                 q.set_ready(true);
                 if !q.is_valid(self.mem.as_ref()) {
-                    return Err(bad("rings outside guest memory".into()));
+                    return Err(bad(QueueError::OutsideGuestMemory));
                 }
             }
             queues.push(q);
@@ -331,10 +343,8 @@ impl PciDevice for VirtioPciDevice {
         self.config.bars()
     }
 
-    fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), String> {
-        self.config
-            .set_bar_addr(index, addr)
-            .map_err(|e| e.to_string())
+    fn set_bar_addr(&mut self, index: usize, addr: u64) -> Result<(), ConfigError> {
+        self.config.set_bar_addr(index, addr)
     }
 
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {
@@ -602,12 +612,16 @@ mod tests {
 
     #[test]
     fn invalid_queue_fails_activation() {
-        for bad in [
-            (QUEUE_SIZE, 2usize, 6u32),        // not a power of two
-            (QUEUE_SIZE, 2, 32),               // above max
-            (QUEUE_DESC_LO, 4, 0),             // zero address
-            (QUEUE_DEVICE_LO, 4, 0x00ff_f000), // used ring past end of memory
-            (QUEUE_DRIVER_LO, 4, 0x1801),      // misaligned
+        for (bad, says) in [
+            ((QUEUE_SIZE, 2usize, 6u32), "size 6: "),
+            ((QUEUE_SIZE, 2, 32), "size 32: "),
+            ((QUEUE_DESC_LO, 4, 0), "zero ring address"),
+            // The used ring past the end of memory.
+            (
+                (QUEUE_DEVICE_LO, 4, 0x00ff_f000),
+                "rings outside guest memory",
+            ),
+            ((QUEUE_DRIVER_LO, 4, 0x1801), "driver ring at 0x1801: "),
         ] {
             let Setup {
                 mut dev, log, irq, ..
@@ -627,6 +641,9 @@ mod tests {
             wr(&mut dev, QUEUE_DEVICE_LO, 4, 0x2000);
             wr(&mut dev, bad.0, bad.1, bad.2);
             wr(&mut dev, QUEUE_ENABLE, 2, 1);
+            let err = dev.build_queues().unwrap_err().to_string();
+            assert!(err.starts_with("queue 0 is invalid: "), "{err}");
+            assert!(err.contains(says), "{bad:?}: {err}");
             let cap_reg = dev.msix_cap_reg;
             dev.config_write(cap_reg, 2, &MSIX_ENABLE.to_le_bytes());
             wr(&mut dev, MSIX_TABLE_OFFSET + 12, 4, 0);

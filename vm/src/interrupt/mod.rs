@@ -5,9 +5,39 @@
 //! [`MsiInterruptGroup::update`]; the device's queues call [`MsiInterruptGroup::trigger`].
 //! On KVM each vector is an irqfd bound to a GSI whose routing entry carries the message,
 //! so a trigger is one eventfd write and never leaves the kernel. Tests use a recording
-//! implementation and need no `/dev/kvm`.
+//! implementation and need no `/dev/kvm`. [`routing`] is the KVM implementation.
+
+pub mod routing;
 
 use std::io;
+
+use routing::RoutingError;
+
+/// Why an interrupt source could not be raised or reprogrammed.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// The group has no such vector.
+    #[error("no MSI vector {0}")]
+    NoVector(u16),
+    /// Signalling the vector (its irqfd) failed.
+    #[error("signalling MSI vector {index}: {source}")]
+    Signal {
+        /// The vector.
+        index: u16,
+        /// The eventfd write's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The vector's new message could not be routed.
+    #[error("routing MSI vector {index}: {source}")]
+    Route {
+        /// The vector.
+        index: u16,
+        /// Why the routing table refused it.
+        #[source]
+        source: RoutingError,
+    },
+}
 
 /// One MSI message as the guest programmed it into an MSI-X table entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,10 +53,10 @@ pub struct MsiMessage {
 /// The interrupt sources of one device, indexed by MSI-X vector.
 pub trait MsiInterruptGroup: Send + Sync {
     /// Raises vector `index`.
-    fn trigger(&self, index: u16) -> io::Result<()>;
+    fn trigger(&self, index: u16) -> Result<(), InterruptError>;
 
     /// Installs the message of vector `index`; a masked vector must not fire.
-    fn update(&self, _index: u16, _msg: MsiMessage, _masked: bool) -> io::Result<()> {
+    fn update(&self, _index: u16, _msg: MsiMessage, _masked: bool) -> Result<(), InterruptError> {
         Ok(())
     }
 }
