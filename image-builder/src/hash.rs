@@ -6,21 +6,19 @@ use std::path::{Path, PathBuf};
 
 use crate::{io_err, Result};
 
-/// FNV-1a, 64 bit: stable across Rust versions and platforms (unlike `DefaultHasher`).
-/// Every field is length-prefixed so that moving bytes between fields changes the hash.
+/// FNV-1a, 64 bit (`protocol::fnv`, the device's CHECKSUM too): stable across Rust versions
+/// and platforms (unlike `DefaultHasher`). Every field is length-prefixed so that moving
+/// bytes between fields changes the hash.
 #[derive(Debug, Clone)]
 pub(crate) struct Fnv64(u64);
 
 impl Fnv64 {
     pub(crate) fn new() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
+        Fnv64(protocol::fnv::OFFSET_BASIS)
     }
 
     fn bytes(&mut self, data: &[u8]) {
-        for &b in data {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = protocol::fnv::update(self.0, data);
     }
 
     pub(crate) fn field(&mut self, tag: &[u8], data: &[u8]) {

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::host::HostChoice;
-use crate::run::Policy;
-use crate::selftest::Suite;
+use crate::spec::{HostChoice, Policy, Suite};
 
 /// A rust-vmm VMM with a virtual GPU: boot a guest, run device-fault workloads, count ATS
 /// invalidations, with a correctness verdict for every run.
@@ -53,7 +51,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
     /// The workloads (columns), comma-separated.
-    #[arg(long = "workload", value_delimiter = ',', default_values_t = crate::run::WORKLOADS.iter().map(|w| w.to_string()), value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
+    #[arg(long = "workload", value_delimiter = ',', default_values_t = crate::spec::WORKLOADS.iter().map(|w| w.to_string()), value_parser = clap::builder::PossibleValuesParser::new(crate::spec::WORKLOADS))]
     pub workloads: Vec<String>,
     /// The injections (rows after the correct driver), comma-separated; default: all.
     #[arg(long = "inject", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::injections::INJECTIONS))]
@@ -117,7 +115,7 @@ pub struct RunArgs {
     #[arg(long = "run", value_delimiter = ',')]
     pub programs: Vec<String>,
     /// Device workloads to run after the `--run` programs (repeat or comma-separate).
-    #[arg(long = "workload", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::run::WORKLOADS))]
+    #[arg(long = "workload", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::spec::WORKLOADS))]
     pub workloads: Vec<String>,
     /// Print the bug injections, one name per line, and exit.
     #[arg(long)]

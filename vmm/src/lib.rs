@@ -1,17 +1,20 @@
-//! `vmm`: a rust-vmm based VMM that hosts the virtual GPU of `device-model` on a PCI bus.
-//!
-//! The library holds everything the `vmm` binary does; `main.rs` is only the command line.
-//! The VM itself (KVM, boot, buses, PCI, virtio-pci, devices) is the `vm` crate.
-//! See ARCHITECTURE.md for how the parts fit together.
+//! `vmm`: the application around the VM. The `vm` crate is the VM itself (KVM, boot, buses,
+//! PCI, virtio-pci, the devices); `image-builder` builds the images; `protocol` holds every
+//! record that crosses a boundary. This crate is what a user runs: the command line
+//! ([`cli`], [`commands`]), the value types of a run ([`spec`]), the run on a host
+//! ([`run`]), the guest console ([`console`]), the report's making and rendering
+//! ([`report`]), the judging of kernel selftests ([`selftest`]) and the detection matrix
+//! ([`matrix`]). See ARCHITECTURE.md for how the parts fit together.
 
-pub mod bench;
+#![deny(missing_docs)]
+
 pub mod cli;
+pub mod commands;
 pub mod console;
-pub mod host;
 pub mod injections;
 pub mod logger;
 pub mod matrix;
-pub mod nested;
 pub mod report;
 pub mod run;
 pub mod selftest;
+pub mod spec;

@@ -96,17 +96,19 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 fn hardware_kvm() -> bool {
-    vmm::host::hardware_kvm_available(Path::new("/sys/module"), Path::new("/dev/kvm")).is_ok()
+    vmm::run::host::hardware_kvm_available(Path::new("/sys/module"), Path::new("/dev/kvm")).is_ok()
 }
 
 /// Why no guest can boot here, if so.
 fn cannot_boot() -> Option<String> {
-    if hardware_kvm() || vmm::nested::find_in_path(vmm::nested::QEMU).is_some() {
+    if hardware_kvm()
+        || vmm::run::virtual_host::find_in_path(vmm::run::virtual_host::QEMU).is_some()
+    {
         None
     } else {
         Some(format!(
             "no hardware KVM and no {} for the virtual host (run ci/install-deps.sh)",
-            vmm::nested::QEMU
+            vmm::run::virtual_host::QEMU
         ))
     }
 }

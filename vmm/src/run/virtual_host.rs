@@ -13,20 +13,20 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::host::HostKind;
 use crate::console::ConsoleState;
-use crate::host::HostKind;
 use crate::report::Report;
 use device_model::VgpuConfig;
 use protocol::{ExitReason, Verdict};
 
-use crate::run::RunSpec;
+use crate::spec::RunSpec;
 
 /// The QEMU binary of the virtual host.
 pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Errors of the virtual host.
 #[derive(Debug, thiserror::Error)]
-pub enum NestedError {
+pub enum VirtualHostError {
     /// QEMU is not installed.
     #[error(
         "{QEMU} not found: the virtual host needs QEMU. Install it with \
@@ -106,13 +106,13 @@ pub fn host_mem_mib(spec: &RunSpec) -> u64 {
 }
 
 /// Boots the virtual host from `kernel` and `initrd` and runs the inner VMM with `spec`.
-pub fn run_nested(
+pub fn run_virtual_host(
     spec: &RunSpec,
     kernel: &Path,
     initrd: &Path,
     start: Instant,
-) -> Result<Report, NestedError> {
-    let qemu = find_in_path(QEMU).ok_or(NestedError::QemuMissing)?;
+) -> Result<Report, VirtualHostError> {
+    let qemu = find_in_path(QEMU).ok_or(VirtualHostError::QemuMissing)?;
     let append = format!(
         "console=ttyS0 panic=-1 loglevel={} vgpu.command={} vgpu.args={}",
         if spec.verbose { 7 } else { 4 },
@@ -136,7 +136,7 @@ pub fn run_nested(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(NestedError::Spawn)?;
+        .map_err(VirtualHostError::Spawn)?;
     log::info!("virtual host started (QEMU pid {})", child.id());
 
     let (tx, rx) = mpsc::channel::<String>();
@@ -240,7 +240,7 @@ mod tests {
             cpus: 2,
             mem_size: 512 << 20,
             programs: vec!["selfcheck".into(), "touch".into()],
-            policy: crate::run::Policy::Naive,
+            policy: crate::spec::Policy::Naive,
             repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(300),
             verbose: true,
@@ -266,14 +266,14 @@ mod tests {
             cpus: 2,
             mem_size: 512 << 20,
             programs: vec!["hmm-tests".into()],
-            policy: crate::run::Policy::Naive,
+            policy: crate::spec::Policy::Naive,
             repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(300),
             verbose: false,
             extra_cmdline: None,
             device: VgpuConfig::default(),
             inject: None,
-            selftest: Some(crate::selftest::Suite::Hmm),
+            selftest: Some(crate::spec::Suite::Hmm),
         };
         assert_eq!(inner_command(&spec), "selftest,hmm");
         let command = inner_command(&spec);
@@ -289,8 +289,8 @@ mod tests {
         let crate::cli::Command::Selftest(a) = cli.command else {
             panic!("not a selftest");
         };
-        assert_eq!(a.suite, crate::selftest::Suite::Hmm);
-        assert_eq!(a.guest.policy, crate::run::Policy::Naive);
+        assert_eq!(a.suite, crate::spec::Suite::Hmm);
+        assert_eq!(a.guest.policy, crate::spec::Policy::Naive);
     }
 
     #[test]
@@ -303,7 +303,7 @@ mod tests {
             cpus: 1,
             mem_size: 256 << 20,
             programs: vec!["touch".into()],
-            policy: crate::run::Policy::EventAware,
+            policy: crate::spec::Policy::EventAware,
             repeat_for: Duration::ZERO,
             timeout: Duration::from_secs(60),
             verbose: false,

@@ -1,15 +1,10 @@
-//! `vmm run`: boot the guest on the chosen host, run its programs, report.
+//! The value types of a run: what `vmm run`, `vmm selftest` and `vmm matrix` ask for, after
+//! the command line and before any host, image or VM. Nothing here depends on the rest of the
+//! application.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use device_model::VgpuConfig;
-use vm::{Vm, VmConfig};
-
-use crate::console::ConsoleSink;
-use crate::host::HostKind;
-use crate::report::{Report, RunReport};
 
 /// The guest programs of a run without `--run` or `--workload`.
 pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect", "race"];
@@ -17,7 +12,18 @@ pub const DEFAULT_PROGRAMS: &[&str] = &["selfcheck", "touch", "protect", "race"]
 /// The device workloads (guest programs that print a `VGPU-WORKLOAD` report).
 pub const WORKLOADS: &[&str] = &["touch", "protect", "race"];
 
-/// The guest driver's invalidation policy (device-model/SPEC.md, "Policies" in the guest driver README).
+/// The host kind, as requested on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostChoice {
+    /// KVM where hardware virtualization works, the virtual host otherwise.
+    Auto,
+    /// KVM on this machine; fails at once where it cannot work.
+    Kvm,
+    /// The virtual host: QEMU TCG with an emulated AMD CPU with SVM, running this VMM inside.
+    Nested,
+}
+
+/// The guest driver's invalidation policy (`guest-driver/kmod/README.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Policy {
     /// Every event drops the whole range.
@@ -71,45 +77,32 @@ pub struct RunSpec {
     pub inject: Option<String>,
     /// Set for `vmm selftest`: the suite whose guest program `programs` holds (the virtual
     /// host runs the inner VMM as `vmm selftest` too, so its report and summary judge tests).
-    pub selftest: Option<crate::selftest::Suite>,
+    pub selftest: Option<Suite>,
 }
 
-/// The kernel command line for a run.
-pub fn kernel_cmdline(spec: &RunSpec) -> String {
-    let mut c = vec![
-        "console=ttyS0".to_string(),
-        // Without a keyboard controller `reboot=k` makes a reboot a port write we catch.
-        "reboot=k".into(),
-        "panic=-1".into(),
-        // The DSDT has no PCI host bridge, so ACPI finds no root bus; `lastbus=1` makes Linux
-        // scan buses 0..=1 through configuration mechanism #1 itself. (`pci=noacpi` would do
-        // it too, but on a kernel without MPPARSE it also turns the local APIC off.)
-        "pci=conf1,lastbus=1".into(),
-        "i8042.noaux".into(),
-        "i8042.nomux".into(),
-        "i8042.nopnp".into(),
-        "io_delay=none".into(),
-        "no_timer_check".into(),
-        // Each console byte is a VM exit (very costly nested): keep the boot quiet by default.
-        if spec.verbose {
-            "loglevel=7"
-        } else {
-            "loglevel=4"
+/// A kernel selftest suite that `vmm selftest` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// `tools/testing/selftests/vm/hmm-tests.c` (6.1) against the virtual GPU's
+    /// dmirror-compatible `/dev/hmm_dmirror0` and `/dev/hmm_dmirror1`.
+    Hmm,
+}
+
+/// Why the device-private tests of hmm-tests cannot run here.
+impl Suite {
+    /// The suite's name (`VGPU-KSELFTEST-BEGIN <name>`, the report's `selftest`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Hmm => "hmm",
         }
-        .into(),
-        format!("vgpu.run={}", spec.programs.join(",")),
-        format!("vgpu.policy={}", spec.policy.as_str()),
-        format!("vgpu.repeat_for={}", spec.repeat_for.as_secs()),
-        format!("vgpu.expect_cpus={}", spec.cpus),
-        format!("vgpu.expect_mem_mib={}", spec.mem_size >> 20),
-    ];
-    if let Some(name) = &spec.inject {
-        c.push(format!("vgpu.inject={name}"));
     }
-    if let Some(extra) = &spec.extra_cmdline {
-        c.push(extra.clone());
+
+    /// The guest program that runs it (`/bin/vgpu-<program>`).
+    pub fn guest_program(self) -> &'static str {
+        match self {
+            Suite::Hmm => "hmm-tests",
+        }
     }
-    c.join(" ")
 }
 
 /// Parses a memory size: a number with an optional K, M or G suffix (binary units); a bare
@@ -174,73 +167,10 @@ pub fn validate(spec: &RunSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Boots the guest directly on this machine's KVM and waits for it to end.
-pub fn run_direct(
-    spec: &RunSpec,
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    start: Instant,
-) -> Result<Report, vm::VmError> {
-    let echo: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
-    let sink = ConsoleSink::new(Some(echo));
-    let cfg = VmConfig {
-        cpus: spec.cpus,
-        mem_size: spec.mem_size,
-        kernel,
-        initrd,
-        cmdline: kernel_cmdline(spec),
-        device: spec.device.clone(),
-    };
-    let vm = Vm::new(&cfg, sink.clone())?;
-    let vgpu = vm.vgpu();
-    let control = vm.control();
-    let running = vm.start().map_err(|source| vm::VmError::Device {
-        name: "vcpu threads",
-        source,
-    })?;
-    let remaining = spec.timeout.saturating_sub(start.elapsed());
-    let reason = control.wait(remaining);
-    running.stop();
-    sink.finish();
-
-    let state = sink.state();
-    let console = state.lock().unwrap();
-    let mut report = Report {
-        host: HostKind::Kvm,
-        boot_ms: console
-            .init_at
-            .map(|t| t.duration_since(start).as_millis() as u64),
-        exit_reason: reason.clone(),
-        cpus: spec.cpus,
-        mem_mib: spec.mem_size >> 20,
-        run_ms: start.elapsed().as_millis() as u64,
-        ..Default::default()
-    };
-    report.absorb_console(&console);
-    report.set_device_config(&spec.device);
-    report.set_device(
-        &vgpu.counters(),
-        &vgpu.pasid_counters(),
-        &vgpu.fault_latency(),
-    );
-    report.set_violations(&vgpu.violation_samples());
-    let clean_end = reason.is_clean();
-    if !clean_end {
-        report.errors.push(format!("VM ended abnormally: {reason}"));
-    }
-    let passed = clean_end && console.guest_passed() && report.errors.is_empty();
-    report.verdict = protocol::Verdict::of(passed);
-    if !passed {
-        report.console_tail = console.tail_lines();
-    }
-    Ok(report)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> RunSpec {
+impl RunSpec {
+    /// A valid spec for tests: two vCPUs, 512 MiB, the self check.
+    pub(crate) fn example() -> RunSpec {
         RunSpec {
             cpus: 2,
             mem_size: 512 << 20,
@@ -255,23 +185,31 @@ mod tests {
             selftest: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn validation() {
-        assert_eq!(validate(&spec()), Ok(()));
+        assert_eq!(validate(&RunSpec::example()), Ok(()));
         let s = RunSpec {
             mem_size: 64 << 20,
-            ..spec()
+            ..RunSpec::example()
         };
         assert!(matches!(
             validate(&s),
             Err(SpecError::TooLittleMemory { got: 64, .. })
         ));
-        let s = RunSpec { cpus: 0, ..spec() };
+        let s = RunSpec {
+            cpus: 0,
+            ..RunSpec::example()
+        };
         assert_eq!(validate(&s), Err(SpecError::Cpus(0)));
         let s = RunSpec {
             programs: vec!["a b".into()],
-            ..spec()
+            ..RunSpec::example()
         };
         assert!(validate(&s).is_err());
     }
@@ -297,36 +235,5 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999G").is_err());
-    }
-
-    #[test]
-    fn cmdline_carries_the_programs_and_expectations() {
-        let spec = RunSpec {
-            cpus: 2,
-            mem_size: 512 << 20,
-            programs: vec!["selfcheck".into(), "touch".into()],
-            policy: Policy::Naive,
-            repeat_for: Duration::ZERO,
-            timeout: Duration::from_secs(1),
-            verbose: false,
-            extra_cmdline: Some("foo=bar".into()),
-            device: VgpuConfig::default(),
-            inject: None,
-            selftest: None,
-        };
-        let c = kernel_cmdline(&spec);
-        assert!(c.contains("console=ttyS0"));
-        assert!(c.contains("vgpu.run=selfcheck,touch"));
-        assert!(c.contains("vgpu.policy=naive"));
-        assert!(!c.contains("vgpu.inject"));
-        let c = kernel_cmdline(&RunSpec {
-            inject: Some("thp-truncate".into()),
-            ..spec
-        });
-        assert!(c.contains(" vgpu.inject=thp-truncate"), "{c}");
-        assert!(c.contains("vgpu.expect_cpus=2"));
-        assert!(c.contains("vgpu.expect_mem_mib=512"));
-        assert!(c.ends_with("foo=bar"));
-        assert!(c.len() < 2048, "x86 COMMAND_LINE_SIZE");
     }
 }

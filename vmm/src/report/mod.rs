@@ -15,9 +15,10 @@ use protocol::report::{
     TranslationRecord, ViolationRecord,
 };
 pub use protocol::Report;
-use protocol::WorkloadRecord;
 
 use crate::console::ConsoleState;
+
+pub(crate) mod summary;
 
 /// The run error for a guest program that exited with a non-zero status.
 pub fn program_exit_error(name: &str, exit: i32) -> String {
@@ -133,74 +134,7 @@ impl RunReport for Report {
     }
 
     fn summary(&self) -> String {
-        let mut s = String::new();
-        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-        let title = match (&self.selftest, &self.policy) {
-            (Some(suite), Some(policy)) => format!("vmm selftest {suite} (policy {policy})"),
-            (Some(suite), None) => format!("vmm selftest {suite}"),
-            _ => "vmm run".to_string(),
-        };
-        s.push_str(&format!(
-            "== {title}: {} ({})\n",
-            self.verdict.to_string().to_uppercase(),
-            self.exit_reason
-        ));
-        s.push_str(&format!(
-            "   host {}  kernel {}  cpus {}  mem {} MiB\n",
-            self.host,
-            self.kernel.as_deref().unwrap_or("?"),
-            self.cpus,
-            self.mem_mib
-        ));
-        s.push_str(&format!(
-            "   boot {}  run {} ms",
-            ms(self.boot_ms),
-            self.run_ms
-        ));
-        if let Some(v) = self.image_build_ms {
-            s.push_str(&format!("  images {v} ms"));
-        }
-        if let Some(v) = self.virtual_host_boot_ms {
-            s.push_str(&format!(
-                "  virtual host: boot {v} ms, total {}",
-                ms(self.virtual_host_run_ms)
-            ));
-        }
-        s.push('\n');
-        if self.rounds.is_some_and(|r| r > 1) {
-            s.push_str(&repeated_summary(self));
-        } else {
-            // A selftest program's exit status says little (unsupported tests fail too):
-            // its tests are listed instead.
-            let programs = self.programs.iter().filter(|_| self.tests.is_none());
-            for p in programs {
-                let v = if p.exit == 0 { "ok" } else { "FAIL" };
-                s.push_str(&format!(
-                    "   program {:<16} {v} (exit {})\n",
-                    p.name, p.exit
-                ));
-            }
-            for w in &self.workloads {
-                s.push_str(&workload_summary(w));
-            }
-        }
-        if let Some(d) = &self.device {
-            s.push_str(&device_summary(d, self.device_config.as_ref()));
-        }
-        s.push_str(&crate::selftest::summary_lines(self));
-        for e in &self.errors {
-            s.push_str(&format!("   error: {e}\n"));
-        }
-        if !self.passed() && !self.console_tail.is_empty() {
-            s.push_str(&format!(
-                "   last {} console lines:\n",
-                self.console_tail.len()
-            ));
-            for l in &self.console_tail {
-                s.push_str(&format!("   | {l}\n"));
-            }
-        }
-        s
+        summary::render(self)
     }
 }
 
@@ -237,96 +171,12 @@ fn violation_record(s: &ViolationSample) -> ViolationRecord {
     }
 }
 
-/// A stress run's programs and workloads, one line per name with the rounds summed.
-fn repeated_summary(r: &Report) -> String {
-    let mut s = format!("   rounds {}\n", r.rounds.unwrap_or(0));
-    let mut names: Vec<&str> = Vec::new();
-    for p in &r.programs {
-        if !names.contains(&p.name.as_str()) {
-            names.push(&p.name);
-        }
-    }
-    for name in names {
-        let runs: Vec<_> = r.programs.iter().filter(|p| p.name == name).collect();
-        let failed = runs.iter().filter(|p| p.exit != 0).count();
-        s.push_str(&format!(
-            "   program {name:<16} x{:<4} {}\n",
-            runs.len(),
-            if failed == 0 {
-                "ok".to_string()
-            } else {
-                format!("FAIL ({failed} failed)")
-            }
-        ));
-        let ws: Vec<&WorkloadRecord> = r.workloads_named(name).collect();
-        if ws.is_empty() {
-            continue;
-        }
-        let ok = ws.iter().all(|w| w.ok);
-        s.push_str(&format!(
-            "   workload {name:<12} x{:<4} {}  device faults {}  violations {}\n",
-            ws.len(),
-            if ok { "ok  " } else { "FAIL" },
-            ws.iter().map(|w| w.device_faults).sum::<u64>(),
-            ws.iter().map(|w| w.violations).sum::<u64>(),
-        ));
-    }
-    s
-}
-
-/// Lines for one workload: its verdict, then one line per event the device heard of.
-fn workload_summary(w: &WorkloadRecord) -> String {
-    let mut s = format!(
-        "   workload {:<12} {} policy {}  device faults {}  violations {}\n",
-        w.name,
-        if w.ok { "ok  " } else { "FAIL" },
-        w.policy,
-        w.device_faults,
-        w.violations,
-    );
-    for e in Event::ALL {
-        let c = w.event(e);
-        if c.notifications == 0 {
-            continue;
-        }
-        s.push_str(&format!(
-            "      {:<16} notifications {:>6}  ats_invalidations {:>6}  pages {:>7}  refaults {:>6}\n",
-            e.name(),
-            c.notifications,
-            c.ats_invalidations,
-            c.pages_invalidated,
-            c.refaults,
-        ));
-    }
-    s
-}
-
-/// One line of the host's device totals: the options, faults, ATC use, fault service time.
-fn device_summary(d: &DeviceReport, config: Option<&BTreeMap<String, OptionValue>>) -> String {
-    let options = config
-        .map(|c| {
-            c.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let g = &d.counters.global;
-    let l = &d.fault_latency_us;
-    format!(
-        "   device {options}: faults {}  atc hits {} misses {}  fault service mean {} us max {} us\n",
-        g.device_faults,
-        g.atc_hits,
-        g.atc_misses,
-        l.mean(),
-        l.max,
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::summary::device_summary;
     use super::*;
     use protocol::console::ProgramResult;
+    use protocol::WorkloadRecord;
 
     #[test]
     fn stable_keys_are_present() {
@@ -359,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn device_config_is_echoed_and_survives_the_nested_relay() {
+    fn device_config_is_echoed_and_survives_the_virtual_host_relay() {
         let mut r = Report::default();
         let c = VgpuConfig::from_options("atc_entries=64,atc_ways=4,fault_ahead=64K").unwrap();
         r.set_device_config(&c);
@@ -538,6 +388,10 @@ mod tests {
         assert_eq!(s["history"][0]["event"], "CLEAR");
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         let back: Report = serde_json::from_value(v).unwrap();
-        assert_eq!(back.violation_samples.len(), 1, "survives the nested relay");
+        assert_eq!(
+            back.violation_samples.len(),
+            1,
+            "survives the virtual host's relay"
+        );
     }
 }

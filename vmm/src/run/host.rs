@@ -2,16 +2,7 @@
 
 use std::path::Path;
 
-/// The host kind, as requested on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum HostChoice {
-    /// KVM where hardware virtualization works, the virtual host otherwise.
-    Auto,
-    /// KVM on this machine; fails at once where it cannot work.
-    Kvm,
-    /// The virtual host: QEMU TCG with an emulated AMD CPU with SVM, running this VMM inside.
-    Nested,
-}
+pub use crate::spec::HostChoice;
 
 /// The host kind a run actually used (in the report).
 pub use protocol::HostKind;
