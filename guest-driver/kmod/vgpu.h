@@ -256,7 +256,30 @@ struct vgpu_job_run {
 	bool abandoned;
 };
 
+struct hmm_range;
+
+/* How vgpu_snapshot() takes a snapshot, and what it did. */
+struct vgpu_snapshot_ctx {
+	/* In: give up (-EBUSY) after this (jiffies, vgpu_snapshot_deadline()). */
+	unsigned long deadline;
+	/* In: a page that asks for fault_flags on top of default_flags. */
+	unsigned long fault_addr;
+	unsigned long fault_flags;
+	/*
+	 * In: uses a snapshot that is still valid, under the mirror mutex;
+	 * NULL when nothing is made of it (faulting in only).
+	 */
+	int (*commit)(struct vgpu_mirror *m, struct hmm_range *range,
+		      struct vgpu_snapshot_ctx *ctx);
+	void *arg;
+	/* Out: attempts before the one that held. */
+	unsigned long retries;
+};
+
 /* vgpu_hmm.c */
+unsigned long vgpu_snapshot_deadline(void);
+int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
+		  struct vgpu_snapshot_ctx *ctx);
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
 void vgpu_mirror_unbind(struct vgpu_mirror *m);
 int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);

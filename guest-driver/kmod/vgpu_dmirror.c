@@ -264,38 +264,16 @@ static u8 vgpu_dmirror_prot(unsigned long entry)
 	return perm;
 }
 
-/*
- * Snapshots [range->start, range->end) into @perm without faulting, under
- * the mirror's notifier sequence (retried when an invalidation raced).
- */
-static int vgpu_dmirror_range_snapshot(struct vgpu_mirror *m,
-				       struct hmm_range *range, u8 *perm)
+/* Encodes the snapshot in @range into ctx->arg, under m->mutex. */
+static int vgpu_dmirror_snapshot_commit(struct vgpu_mirror *m,
+					struct hmm_range *range,
+					struct vgpu_snapshot_ctx *ctx)
 {
-	unsigned long timeout = jiffies +
-				msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	unsigned long i, n = (range->end - range->start) >> PAGE_SHIFT;
-	int err;
+	u8 *perm = ctx->arg;
 
-	for (;;) {
-		if (time_after(jiffies, timeout))
-			return -EBUSY;
-		range->notifier_seq = mmu_interval_read_begin(range->notifier);
-		mmap_read_lock(m->mm);
-		err = hmm_range_fault(range);
-		mmap_read_unlock(m->mm);
-		if (err == -EBUSY)
-			continue;
-		if (err)
-			return err;
-		mutex_lock(&m->mutex);
-		if (!mmu_interval_read_retry(range->notifier,
-					     range->notifier_seq))
-			break;
-		mutex_unlock(&m->mutex);
-	}
 	for (i = 0; i < n; i++)
 		perm[i] = vgpu_dmirror_prot(range->hmm_pfns[i]);
-	mutex_unlock(&m->mutex);
 	return 0;
 }
 
@@ -305,11 +283,11 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 	unsigned long batch = m->vdev->max_map_pages;
 	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
 	char __user *uptr = u64_to_user_ptr(cmd->ptr);
+	struct vgpu_snapshot_ctx ctx = {
+		.commit = vgpu_dmirror_snapshot_commit,
+	};
 	struct hmm_range range = {
-		.notifier = &m->notifier,
 		.default_flags = 0,
-		.pfn_flags_mask = 0,
-		.dev_private_owner = m->vdev,
 	};
 	unsigned long addr, n;
 	unsigned long *pfns;
@@ -323,6 +301,7 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 		goto out_free;
 	}
 	range.hmm_pfns = pfns;
+	ctx.arg = perm;
 	if (!mmget_not_zero(m->mm)) {
 		err = -EINVAL;
 		goto out_free;
@@ -330,7 +309,9 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 	for (addr = cmd->addr; addr < end; addr = range.end) {
 		range.start = addr;
 		range.end = min(addr + (batch << PAGE_SHIFT), end);
-		err = vgpu_dmirror_range_snapshot(m, &range, perm);
+		/* Under the mirror's notifier sequence, without faulting. */
+		ctx.deadline = vgpu_snapshot_deadline();
+		err = vgpu_snapshot(m, &range, &ctx);
 		if (err)
 			break;
 		n = (range.end - range.start) >> PAGE_SHIFT;

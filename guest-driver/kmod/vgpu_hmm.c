@@ -439,19 +439,85 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 /* Device faults */
 
 /*
- * When hmm_range_fault() retries give up: after timeout_ms, at least HMM's
- * usual second. Every COW or invalidation a fault causes waits for the
- * device's completion (5 ms by default); on a loaded host the plain second
- * ran out during a ten-minute stress run and during hmm-tests' COW writes.
+ * When a snapshot gives up: timeout_ms from now, at least HMM's usual second
+ * (HMM_RANGE_DEFAULT_TIMEOUT). Every COW or invalidation a fault causes
+ * waits for the device's completion (5 ms by default); on a loaded host the
+ * plain second ran out during a ten-minute stress run and during hmm-tests'
+ * COW writes.
  */
-static unsigned long vgpu_snapshot_deadline(void)
+unsigned long vgpu_snapshot_deadline(void)
 {
 	return jiffies +
 	       msecs_to_jiffies(max_t(unsigned int, HMM_RANGE_DEFAULT_TIMEOUT,
 				      READ_ONCE(vgpu_timeout_ms)));
 }
 
-/* Pages per hmm_range_fault() deadline when faulting a window in. */
+/*
+ * The one hmm_range_fault() loop of the driver, as test_hmm.c's
+ * dmirror_range_fault() writes it:
+ *
+ *   seq = mmu_interval_read_begin()
+ *   mmap_read_lock(); hmm_range_fault(); mmap_read_unlock()  (-EBUSY: again)
+ *   mutex_lock(&m->mutex)
+ *   mmu_interval_read_retry(seq): unlock and again
+ *   ctx->commit(); mutex_unlock(&m->mutex)
+ *
+ * The caller sets range->start, ->end, ->hmm_pfns and ->default_flags; the
+ * rest of @range is set here. Before every attempt the request flags are
+ * reset: every page asks for range->default_flags, the page at
+ * ctx->fault_addr (if inside) for ctx->fault_flags on top. Without a commit
+ * nothing is mapped from the snapshot, so there is nothing to retry: the loop
+ * ends once hmm_range_fault() succeeded (faulting pages in). Gives up with
+ * -EBUSY once ctx->deadline (from vgpu_snapshot_deadline()) has passed;
+ * ctx->retries counts the attempts that an invalidation spoiled. Called with
+ * a reference on m->mm.
+ */
+int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
+		  struct vgpu_snapshot_ctx *ctx)
+{
+	unsigned long npages = (range->end - range->start) >> PAGE_SHIFT;
+	unsigned int delay;
+	int err;
+
+	range->notifier = &m->notifier;
+	range->pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
+	range->dev_private_owner = m->vdev;
+	ctx->retries = 0;
+	for (;; ctx->retries++) {
+		if (time_after(jiffies, ctx->deadline))
+			return -EBUSY;
+		memset(range->hmm_pfns, 0, npages * sizeof(*range->hmm_pfns));
+		if (ctx->fault_flags && ctx->fault_addr >= range->start &&
+		    ctx->fault_addr < range->end)
+			range->hmm_pfns[(ctx->fault_addr - range->start) >>
+					PAGE_SHIFT] = ctx->fault_flags;
+		range->notifier_seq = mmu_interval_read_begin(range->notifier);
+		mmap_read_lock(m->mm);
+		err = hmm_range_fault(range);
+		mmap_read_unlock(m->mm);
+		if (err == -EBUSY)
+			continue;
+		if (err)
+			return err;
+		if (!ctx->commit)
+			return 0;
+		delay = READ_ONCE(vgpu_fault_delay_us);
+		if (delay)
+			fsleep(delay);
+		mutex_lock(&m->mutex);
+		/* inject=no-seq-retry: trust a snapshot an invalidation raced. */
+		if (vgpu_inject == VGPU_INJECT_NO_SEQ_RETRY ||
+		    !mmu_interval_read_retry(range->notifier,
+					     range->notifier_seq))
+			break;
+		mutex_unlock(&m->mutex);
+	}
+	err = ctx->commit(m, range, ctx);
+	mutex_unlock(&m->mutex);
+	return err;
+}
+
+/* Pages per snapshot deadline when faulting a window in. */
 #define VGPU_PREFAULT_PAGES	64
 
 /*
@@ -466,35 +532,70 @@ static int vgpu_prefault(struct vgpu_mirror *m, unsigned long start,
 {
 	unsigned long pfns[VGPU_PREFAULT_PAGES];
 	struct hmm_range range = {
-		.notifier = &m->notifier,
 		.hmm_pfns = pfns,
 		.default_flags = flags,
-		.pfn_flags_mask = 0,
-		.dev_private_owner = m->vdev,
 	};
-	unsigned long addr, timeout;
-	int err = 0;
+	struct vgpu_snapshot_ctx ctx = {};
+	unsigned long addr;
+	int err;
 
 	for (addr = start; addr < end; addr = range.end) {
 		range.start = addr;
 		range.end = min(addr + (VGPU_PREFAULT_PAGES << PAGE_SHIFT), end);
-		timeout = vgpu_snapshot_deadline();
-		do {
-			if (time_after(jiffies, timeout))
-				return -EBUSY;
-			range.notifier_seq = mmu_interval_read_begin(&m->notifier);
-			mmap_read_lock(m->mm);
-			err = hmm_range_fault(&range);
-			mmap_read_unlock(m->mm);
-		} while (err == -EBUSY);
+		ctx.deadline = vgpu_snapshot_deadline();
+		err = vgpu_snapshot(m, &range, &ctx);
 		if (err)
 			return err;
 	}
 	return 0;
 }
 
+/* What vgpu_map_commit() sends: a MAP, maybe answering a fault. */
+struct vgpu_map_args {
+	struct vgpu_req *req;	/* NULL after the MAP was abandoned */
+	u64 fault_id;
+	bool fault_reply;
+};
+
+/* Sends the snapshot in @range as one MAP and waits for it, under m->mutex. */
+static int vgpu_map_commit(struct vgpu_mirror *m, struct hmm_range *range,
+			   struct vgpu_snapshot_ctx *ctx)
+{
+	struct vgpu_map_args *args = ctx->arg;
+	struct vgpu_req *req = args->req;
+	unsigned long npages = (range->end - range->start) >> PAGE_SHIFT;
+	struct vgpu_map_entry *entries = req->data;
+	unsigned long i;
+	int err;
+
+	for (i = 0; i < npages; i++) {
+		unsigned long pfn = range->hmm_pfns[i];
+		u64 e;
+
+		if (!(pfn & HMM_PFN_VALID) || (pfn & HMM_PFN_ERROR))
+			continue;
+		e = page_to_phys(hmm_pfn_to_page(pfn)) | VGPU_MAP_VALID;
+		if (pfn & HMM_PFN_WRITE)
+			e |= VGPU_MAP_WRITE;
+		entries[i].gpa_flags = cpu_to_le64(e);
+	}
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_MAP);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(range->start);
+	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
+	if (args->fault_reply) {
+		req->cmd.arg0 = cpu_to_le64(args->fault_id);
+		req->cmd.arg1 = cpu_to_le64(ctx->retries);
+		req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
+	}
+	err = vgpu_cmd_sync(m->vdev, req);
+	if (err == -ETIMEDOUT)
+		args->req = NULL;	/* abandoned: the queue frees it */
+	return err;
+}
+
 /*
- * Snapshots [start, end) with hmm_range_fault() and sends it as one MAP
+ * Snapshots [start, end) with vgpu_snapshot() and sends it as one MAP
  * (at most max_map_pages pages), answering fault @fault_id when
  * @fault_reply. Every page is requested with @flags (HMM_PFN_REQ_FAULT,
  * HMM_PFN_REQ_WRITE or 0), the page at @addr (if inside) with @addr_flags
@@ -509,18 +610,21 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 	struct vgpu_dev *vd = m->vdev;
 	struct mm_struct *mm = m->mm;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
-	unsigned long timeout, i, retries = 0;
-	unsigned int delay;
-	struct vgpu_map_entry *entries;
+	struct vgpu_map_args args = {
+		.fault_id = fault_id,
+		.fault_reply = fault_reply,
+	};
+	struct vgpu_snapshot_ctx ctx = {
+		.fault_addr = addr,
+		.fault_flags = addr_flags,
+		.commit = vgpu_map_commit,
+		.arg = &args,
+	};
 	struct hmm_range range = {
-		.notifier = &m->notifier,
 		.start = start,
 		.end = end,
-		.default_flags = 0,
-		.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE,
-		.dev_private_owner = vd,
+		.default_flags = flags,
 	};
-	struct vgpu_req *req;
 	unsigned long *pfns;
 	int err;
 
@@ -528,8 +632,9 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 		return -EINVAL;
 	pfns = kcalloc(npages, sizeof(*pfns), GFP_KERNEL);
 	/* Allocate before taking m->mutex: reclaim may call vgpu_invalidate. */
-	req = vgpu_req_alloc(npages * sizeof(*entries), false, GFP_KERNEL);
-	if (!pfns || !req) {
+	args.req = vgpu_req_alloc(npages * sizeof(struct vgpu_map_entry),
+				  false, GFP_KERNEL);
+	if (!pfns || !args.req) {
 		err = -ENOMEM;
 		goto out_free;
 	}
@@ -545,69 +650,13 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 		if (err)
 			goto out_mmput;
 	}
-	timeout = vgpu_snapshot_deadline();
-	for (;; retries++) {
-		if (time_after(jiffies, timeout)) {
-			err = -EBUSY;
-			goto out_mmput;
-		}
-		for (i = 0; i < npages; i++)
-			pfns[i] = flags;
-		if (addr >= start && addr < end)
-			pfns[(addr - start) >> PAGE_SHIFT] |= addr_flags;
-		range.notifier_seq = mmu_interval_read_begin(range.notifier);
-		mmap_read_lock(mm);
-		err = hmm_range_fault(&range);
-		mmap_read_unlock(mm);
-		if (err) {
-			if (err == -EBUSY)
-				continue;
-			goto out_mmput;
-		}
-		delay = READ_ONCE(vgpu_fault_delay_us);
-		if (delay)
-			fsleep(delay);
-		mutex_lock(&m->mutex);
-		/* inject=no-seq-retry: trust a snapshot an invalidation raced. */
-		if (vgpu_inject != VGPU_INJECT_NO_SEQ_RETRY &&
-		    mmu_interval_read_retry(range.notifier,
-					    range.notifier_seq)) {
-			mutex_unlock(&m->mutex);
-			continue;
-		}
-		break;
-	}
-
-	entries = req->data;
-	for (i = 0; i < npages; i++) {
-		unsigned long pfn = pfns[i];
-		u64 e;
-
-		if (!(pfn & HMM_PFN_VALID) || (pfn & HMM_PFN_ERROR))
-			continue;
-		e = page_to_phys(hmm_pfn_to_page(pfn)) | VGPU_MAP_VALID;
-		if (pfn & HMM_PFN_WRITE)
-			e |= VGPU_MAP_WRITE;
-		entries[i].gpa_flags = cpu_to_le64(e);
-	}
-	req->cmd.opcode = cpu_to_le32(VGPU_CMD_MAP);
-	req->cmd.pasid = cpu_to_le32(m->pasid);
-	req->cmd.start = cpu_to_le64(start);
-	req->cmd.length = cpu_to_le64((u64)npages << PAGE_SHIFT);
-	if (fault_reply) {
-		req->cmd.arg0 = cpu_to_le64(fault_id);
-		req->cmd.arg1 = cpu_to_le64(retries);
-		req->cmd.flags = cpu_to_le32(VGPU_MAP_F_FAULT_REPLY);
-	}
-	err = vgpu_cmd_sync(vd, req);
-	if (err == -ETIMEDOUT)
-		req = NULL;	/* abandoned: the queue frees it */
-	mutex_unlock(&m->mutex);
+	ctx.deadline = vgpu_snapshot_deadline();
+	err = vgpu_snapshot(m, &range, &ctx);
 
 out_mmput:
 	mmput(mm);
 out_free:
-	vgpu_req_free(req);
+	vgpu_req_free(args.req);
 	kfree(pfns);
 	return err;
 }
