@@ -88,6 +88,19 @@ struct vgpu_late_inv {
 	int event;
 };
 
+/*
+ * inject=late-invalidate: invalidations queued by the callback and sent by
+ * the work item after it returned. batch belongs to the work item.
+ */
+struct vgpu_late {
+	spinlock_t lock;		/* inv, n, overflow */
+	struct vgpu_late_inv inv[VGPU_LATE_MAX];
+	unsigned int n;
+	bool overflow;
+	struct vgpu_late_inv batch[VGPU_LATE_MAX];
+	struct delayed_work work;
+};
+
 /* One request on the command queue; its address is the token. */
 struct vgpu_req {
 	struct vgpu_cmd cmd;
@@ -176,16 +189,8 @@ struct vgpu_mirror {
 	/* Preallocated INVALIDATE request (used under mutex). */
 	struct vgpu_req *inv_req;
 
-	/*
-	 * inject=late-invalidate: invalidations queued by the callback and sent
-	 * by late_work after it returned. late_batch belongs to late_work.
-	 */
-	spinlock_t late_lock;		/* late, nlate, late_overflow */
-	struct vgpu_late_inv late[VGPU_LATE_MAX];
-	unsigned int nlate;
-	bool late_overflow;
-	struct vgpu_late_inv late_batch[VGPU_LATE_MAX];
-	struct delayed_work late_work;
+	/* inject=late-invalidate only (vgpu_inject.c). */
+	struct vgpu_late late;
 };
 
 /* A job being waited for; the fault callback hands it faults by job id. */
@@ -291,7 +296,21 @@ void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err);
 void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
 		      void *ctx);
 const char *vgpu_policy_name(int policy);
-void vgpu_late_work(struct work_struct *work);
+void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
+			  int event, u32 prot, unsigned long start,
+			  unsigned long end, u32 flags);
+void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+			  unsigned long start, unsigned long end, u32 flags);
+
+/* vgpu_inject.c */
+bool vgpu_inject_skip_event(enum mmu_notifier_event event);
+unsigned long vgpu_inject_truncate(unsigned long start, unsigned long end);
+bool vgpu_inject_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+				 unsigned long start, unsigned long end,
+				 u32 flags);
+bool vgpu_inject_skip_seq_retry(void);
+void vgpu_inject_mirror_init(struct vgpu_mirror *m);
+void vgpu_inject_mirror_unbind(struct vgpu_mirror *m);
 
 /* vgpu_migrate.c */
 int vgpu_mirror_migrate(struct vgpu_mirror *m, struct vgpu_migrate *mig);

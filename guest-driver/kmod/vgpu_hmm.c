@@ -129,10 +129,9 @@ static bool vgpu_plan(const struct vgpu_mirror *m,
 	return *start < *end;
 }
 
-static void vgpu_fill_invalidate(struct vgpu_req *req,
-				 const struct vgpu_mirror *m, int event,
-				 u32 prot, unsigned long start,
-				 unsigned long end, u32 flags)
+void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
+			  int event, u32 prot, unsigned long start,
+			  unsigned long end, u32 flags)
 {
 	req->cmd.opcode = cpu_to_le32(VGPU_CMD_INVALIDATE);
 	req->cmd.pasid = cpu_to_le32(m->pasid);
@@ -149,9 +148,8 @@ static void vgpu_fill_invalidate(struct vgpu_req *req,
  * what the vma allows now (taken by the caller: a deferred invalidation no
  * longer has the vma).
  */
-static void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
-				 unsigned long start, unsigned long end,
-				 u32 flags)
+void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+			  unsigned long start, unsigned long end, u32 flags)
 {
 	struct vgpu_dev *vd = m->vdev;
 	/* Allocated at bind: no allocation, so no reclaim, from here. */
@@ -168,106 +166,6 @@ static void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 				    m->pasid, event, start, end, err);
 }
 
-/*
- * inject=early-complete: sends INVALIDATE on a request of its own and
- * returns without waiting for the device's answer. The request is abandoned
- * at once, so the queue frees it whenever the device returns it; the
- * preallocated m->inv_req is never left in flight.
- */
-static void vgpu_send_invalidate_early(struct vgpu_mirror *m, int event,
-				       u32 prot, unsigned long start,
-				       unsigned long end, u32 flags)
-{
-	struct vgpu_dev *vd = m->vdev;
-	struct vgpu_req *req;
-	int err;
-
-	req = vgpu_req_alloc(0, false, GFP_NOWAIT | __GFP_NOWARN);
-	if (!req) {
-		vgpu_send_invalidate(m, event, prot, start, end, flags);
-		return;
-	}
-	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
-	err = vgpu_submit(vd, req);
-	if (err) {
-		vgpu_req_free(req);
-		if (err != -ENODEV)
-			dev_err_ratelimited(&vd->vdev->dev,
-					    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
-					    m->pasid, event, start, end, err);
-		return;
-	}
-	if (!vgpu_abandon(vd, req))
-		vgpu_req_free(req);	/* already answered */
-}
-
-/* Delay before held-back invalidations go out: long enough that the CPU
- * page-table change the callback announced has happened.
- */
-#define VGPU_LATE_DELAY_MS	5
-
-/*
- * inject=late-invalidate: queues the invalidation for late_work and returns
- * at once. When the queue is full everything is invalidated later instead.
- */
-static void vgpu_defer_invalidate(struct vgpu_mirror *m, int event, u32 prot,
-				  unsigned long start, unsigned long end,
-				  u32 flags)
-{
-	spin_lock(&m->late_lock);
-	if (m->nlate < VGPU_LATE_MAX) {
-		m->late[m->nlate++] = (struct vgpu_late_inv){
-			.start = start,
-			.end = end,
-			.flags = flags,
-			.prot = prot,
-			.event = event,
-		};
-	} else {
-		m->late_overflow = true;
-	}
-	spin_unlock(&m->late_lock);
-	queue_delayed_work(system_wq, &m->late_work,
-			   msecs_to_jiffies(VGPU_LATE_DELAY_MS));
-}
-
-/*
- * Sends the held-back invalidations. vgpu_mirror_unbind() flushes this work
- * after removing the notifier, so m, its pasid and user_end are valid here;
- * a work item never runs concurrently with itself, so late_batch is ours.
- */
-void vgpu_late_work(struct work_struct *work)
-{
-	struct vgpu_mirror *m = container_of(to_delayed_work(work),
-					     struct vgpu_mirror, late_work);
-	unsigned int i, n;
-	bool overflow;
-
-	spin_lock(&m->late_lock);
-	n = m->nlate;
-	memcpy(m->late_batch, m->late, n * sizeof(m->late[0]));
-	overflow = m->late_overflow;
-	m->nlate = 0;
-	m->late_overflow = false;
-	spin_unlock(&m->late_lock);
-
-	mutex_lock(&m->mutex);
-	if (READ_ONCE(m->vdev->removed)) {
-		/* Nothing to tell a device that is gone. */
-	} else if (overflow) {
-		vgpu_send_invalidate(m, MMU_NOTIFY_CLEAR, 0, 0, m->user_end,
-				     VGPU_INV_F_BLOCKABLE);
-	} else {
-		for (i = 0; i < n; i++) {
-			const struct vgpu_late_inv *l = &m->late_batch[i];
-
-			vgpu_send_invalidate(m, l->event, l->prot, l->start,
-					     l->end, l->flags);
-		}
-	}
-	mutex_unlock(&m->mutex);
-}
-
 static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
 			    const struct mmu_notifier_range *range,
 			    unsigned long cur_seq)
@@ -277,9 +175,7 @@ static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
 	unsigned long start, end;
 	u32 flags;
 
-	/* inject=skip-event: the event is ignored entirely, sequence too. */
-	if (vgpu_inject == VGPU_INJECT_SKIP_EVENT &&
-	    (int)range->event == vgpu_inject_event)
+	if (vgpu_inject_skip_event(range->event))
 		return true;
 
 	/* Waiting for the device needs to sleep. */
@@ -292,23 +188,10 @@ static bool vgpu_invalidate(struct mmu_interval_notifier *sub,
 	    !vgpu_plan(m, range, &start, &end, &flags))
 		goto out;
 
-	switch (vgpu_inject) {
-	case VGPU_INJECT_THP_TRUNCATE:
-		/* The huge-page mistake: one small page per range. */
-		end = min(end, start + PAGE_SIZE);
+	end = vgpu_inject_truncate(start, end);
+	if (!vgpu_inject_send_invalidate(m, range->event, prot, start, end,
+					 flags))
 		vgpu_send_invalidate(m, range->event, prot, start, end, flags);
-		break;
-	case VGPU_INJECT_LATE_INVALIDATE:
-		vgpu_defer_invalidate(m, range->event, prot, start, end, flags);
-		break;
-	case VGPU_INJECT_EARLY_COMPLETE:
-		vgpu_send_invalidate_early(m, range->event, prot, start, end,
-					   flags);
-		break;
-	default:
-		vgpu_send_invalidate(m, range->event, prot, start, end, flags);
-		break;
-	}
 out:
 	mutex_unlock(&m->mutex);
 	return true;
@@ -417,8 +300,7 @@ void vgpu_mirror_unbind(struct vgpu_mirror *m)
 	}
 	/* Waits for running callbacks; drops the notifier's mm reference. */
 	mmu_interval_notifier_remove(&m->notifier);
-	/* No callback can queue more: send what late-invalidate held back. */
-	flush_delayed_work(&m->late_work);
+	vgpu_inject_mirror_unbind(m);
 	err = 0;
 	if (!READ_ONCE(vd->removed)) {
 		err = vgpu_cmd_simple(vd, VGPU_CMD_UNBIND, m->pasid, 0, 0,
@@ -505,8 +387,7 @@ int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
 		if (delay)
 			fsleep(delay);
 		mutex_lock(&m->mutex);
-		/* inject=no-seq-retry: trust a snapshot an invalidation raced. */
-		if (vgpu_inject == VGPU_INJECT_NO_SEQ_RETRY ||
+		if (vgpu_inject_skip_seq_retry() ||
 		    !mmu_interval_read_retry(range->notifier,
 					     range->notifier_seq))
 			break;

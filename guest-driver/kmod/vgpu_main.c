@@ -226,8 +226,7 @@ struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd)
 	m->vdev = vd;
 	mutex_init(&m->bind_lock);
 	mutex_init(&m->mutex);
-	spin_lock_init(&m->late_lock);
-	INIT_DELAYED_WORK(&m->late_work, vgpu_late_work);
+	vgpu_inject_mirror_init(m);
 	return m;
 }
 
