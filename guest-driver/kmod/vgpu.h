@@ -5,8 +5,12 @@
  * vgpu_main.c  module parameters, virtio probe/remove, /dev/vgpuN and ioctls
  * vgpu_queue.c the command queue (requests matched by token) and the fault
  *              queue (posted buffers, dispatched to the job they belong to)
- * vgpu_hmm.c   binding an mm: the interval notifier, invalidation policies
- *              and the HMM fault loop that answers device faults
+ * vgpu_mm.c    a mirror's lifetime, bind/unbind, the interval notifier and
+ *              the invalidation policies
+ * vgpu_fault.c the one hmm_range_fault() snapshot helper, the MAP window,
+ *              jobs and the device faults they raise
+ * vgpu_migrate.c VGPU_IOC_MIGRATE (migrate_vma)
+ * vgpu_inject.c the inject= bugs, behind hooks the production paths call
  * vgpu_dmirror.c /dev/hmm_dmirror0 and 1: the ioctls of the kernel's HMM
  *              test driver (lib/test_hmm_uapi.h) on the same mirrors
  *
@@ -202,22 +206,17 @@ struct vgpu_job_wait {
 	wait_queue_head_t wq;
 };
 
-/* vgpu_main.c */
-void vgpu_dev_put(struct vgpu_dev *vd);
-struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd);
-void vgpu_mirror_free(struct vgpu_mirror *m);
-
 /* vgpu_dmirror.c */
 void vgpu_dmirror_register(struct vgpu_dev *vd);
 void vgpu_dmirror_unregister(struct vgpu_dev *vd);
 
 /* vgpu_queue.c */
+void vgpu_dev_put(struct vgpu_dev *vd);
 int vgpu_status_errno(u32 status);
 struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp);
 void vgpu_req_free(struct vgpu_req *req);
 void vgpu_req_reset(struct vgpu_req *req);
 int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req);
-int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req);
 int vgpu_req_result(struct vgpu_req *req);
 bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
 bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req);
@@ -230,7 +229,6 @@ void vgpu_fault_done(struct virtqueue *vq);
 int vgpu_fault_post_all(struct vgpu_dev *vd);
 void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb);
 void vgpu_orphan_work(struct work_struct *work);
-void vgpu_queues_stop(struct vgpu_dev *vd);
 void vgpu_queues_shutdown(struct vgpu_dev *vd);
 void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
 void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
@@ -281,12 +279,10 @@ struct vgpu_snapshot_ctx {
 	unsigned long retries;
 };
 
-/* vgpu_hmm.c */
+/* vgpu_fault.c */
 unsigned long vgpu_snapshot_deadline(void);
 int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
 		  struct vgpu_snapshot_ctx *ctx);
-int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
-void vgpu_mirror_unbind(struct vgpu_mirror *m);
 int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
 int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run);
 int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
@@ -295,6 +291,11 @@ int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err);
 void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
 		      void *ctx);
+
+/* vgpu_mm.c */
+struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd);
+void vgpu_mirror_free(struct vgpu_mirror *m);
+int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
 const char *vgpu_policy_name(int policy);
 void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
 			  int event, u32 prot, unsigned long start,

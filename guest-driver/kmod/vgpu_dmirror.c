@@ -7,7 +7,7 @@
  * the virtual GPU. Both are backed by the first vgpu device.
  *
  * Each open mirrors the opener's mm on a PASID of its own (the mirror of
- * vgpu_hmm.c, with the module's default policy). READ and WRITE are device
+ * vgpu_mm.c, with the module's default policy). READ and WRITE are device
  * jobs that copy between the mirrored range and a bounce buffer of driver
  * pages (COPY_TO_DMA / COPY_FROM_DMA): the range goes through the device's
  * ATC and page table, so faults, invalidations and the coherence oracle see

@@ -16,6 +16,7 @@
  * unknown jobs are failed from a work item.
  */
 #include <linux/errno.h>
+#include <linux/idr.h>
 #include <linux/jiffies.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
@@ -180,7 +181,7 @@ int vgpu_req_result(struct vgpu_req *req)
  * and belongs to the queue now; for every other result the caller still owns
  * it.
  */
-int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req)
+static int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req)
 {
 	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
 
@@ -459,7 +460,7 @@ struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
  * (device removal, or a fence after an unanswered INVALIDATE); the queues
  * themselves stay until vgpu_queues_shutdown().
  */
-void vgpu_queues_stop(struct vgpu_dev *vd)
+static void vgpu_queues_stop(struct vgpu_dev *vd)
 {
 	struct vgpu_job_wait *job;
 	struct vgpu_req *req;
@@ -540,4 +541,23 @@ void vgpu_queues_shutdown(struct vgpu_dev *vd)
 	vgpu_queues_stop(vd);
 	cancel_work_sync(&vd->orphan_work);
 	vd->vdev->config->del_vqs(vd->vdev);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The device structure */
+
+static void vgpu_dev_release(struct kref *ref)
+{
+	struct vgpu_dev *vd = container_of(ref, struct vgpu_dev, ref);
+
+	cancel_work_sync(&vd->orphan_work);
+	ida_destroy(&vd->pasids);
+	kfree(vd->fault_bufs);
+	put_device(&vd->vdev->dev);
+	kfree(vd);
+}
+
+void vgpu_dev_put(struct vgpu_dev *vd)
+{
+	kref_put(&vd->ref, vgpu_dev_release);
 }
