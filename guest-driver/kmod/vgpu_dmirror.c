@@ -28,6 +28,7 @@
  */
 #include <linux/fs.h>
 #include <linux/hmm.h>
+#include <linux/lockdep.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
 #include <linux/sched/mm.h>
@@ -272,6 +273,7 @@ static int vgpu_dmirror_snapshot_commit(struct vgpu_mirror *m,
 	unsigned long i, n = (range->end - range->start) >> PAGE_SHIFT;
 	u8 *perm = ctx->arg;
 
+	lockdep_assert_held(&m->mutex);
 	for (i = 0; i < n; i++)
 		perm[i] = vgpu_dmirror_prot(range->hmm_pfns[i]);
 	return 0;

@@ -13,6 +13,7 @@
  */
 #include <linux/delay.h>
 #include <linux/hmm.h>
+#include <linux/lockdep.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/sched/mm.h>
@@ -149,6 +150,7 @@ static int vgpu_map_commit(struct vgpu_mirror *m, struct hmm_range *range,
 	unsigned long i;
 	int err;
 
+	lockdep_assert_held(&m->mutex);
 	for (i = 0; i < npages; i++) {
 		unsigned long pfn = range->hmm_pfns[i];
 		u64 e;

@@ -19,6 +19,7 @@
  *                       invalidation raced is used anyway
  */
 #include <linux/jiffies.h>
+#include <linux/lockdep.h>
 #include <linux/mmu_notifier.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -144,6 +145,7 @@ bool vgpu_inject_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 				 unsigned long start, unsigned long end,
 				 u32 flags)
 {
+	lockdep_assert_held(&m->mutex);
 	switch (vgpu_inject) {
 	case VGPU_INJECT_LATE_INVALIDATE:
 		vgpu_defer_invalidate(m, event, prot, start, end, flags);

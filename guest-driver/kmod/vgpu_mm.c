@@ -15,7 +15,9 @@
 #include <linux/idr.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
+#include <linux/lockdep.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "vgpu.h"
@@ -151,6 +153,7 @@ void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 	struct vgpu_req *req = m->inv_req;
 	int err;
 
+	lockdep_assert_held(&m->mutex);
 	vgpu_req_reset(req);
 	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
 
@@ -213,6 +216,23 @@ static void vgpu_pasid_put(struct vgpu_dev *vd, u32 pasid, int err)
 	ida_free(&vd->pasids, pasid);
 }
 
+/*
+ * The notifier takes m->mutex, and the kernel calls it from reclaim; the
+ * fence takes vd->stop_lock beneath it. Tell lockdep once, at bind, as
+ * drm_gpusvm_init() does: then an allocation that can reclaim under either
+ * lock is a lockdep report on the first run, not a deadlock under memory
+ * pressure.
+ */
+static void vgpu_mirror_prime_reclaim(struct vgpu_mirror *m)
+{
+	if (!IS_ENABLED(CONFIG_LOCKDEP))
+		return;
+	fs_reclaim_acquire(GFP_KERNEL);
+	might_lock(&m->mutex);
+	might_lock(&m->vdev->stop_lock);
+	fs_reclaim_release(GFP_KERNEL);
+}
+
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 {
 	struct vgpu_dev *vd = m->vdev;
@@ -227,6 +247,7 @@ int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 	if (!mm)
 		return -EINVAL;
 
+	vgpu_mirror_prime_reclaim(m);
 	mutex_lock(&m->bind_lock);
 	if (m->bound) {
 		err = -EBUSY;

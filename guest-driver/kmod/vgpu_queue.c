@@ -18,6 +18,7 @@
 #include <linux/errno.h>
 #include <linux/idr.h>
 #include <linux/jiffies.h>
+#include <linux/lockdep.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -235,11 +236,13 @@ int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
  * job's stack) stays valid because the job leaves only after seeing the
  * request completed under cmd_lock (vgpu_req_completed()), after this.
  */
-static void vgpu_req_finish(struct vgpu_req *req, u32 len, int err)
+static void vgpu_req_finish(struct vgpu_dev *vd, struct vgpu_req *req, u32 len,
+			    int err)
 {
 	size_t max = sizeof(req->resp) + (req->data_in ? req->data_len : 0);
 	wait_queue_head_t *wq = req->wq;
 
+	lockdep_assert_held(&vd->cmd_lock);
 	if (req->abandoned) {
 		vgpu_req_free(req);
 		return;
@@ -278,7 +281,7 @@ void vgpu_cmd_done(struct virtqueue *vq)
 	do {
 		virtqueue_disable_cb(vq);
 		while ((req = virtqueue_get_buf(vq, &len)))
-			vgpu_req_finish(req, len, 0);
+			vgpu_req_finish(vd, req, len, 0);
 		if (unlikely(virtqueue_is_broken(vq)))
 			break;
 	} while (!virtqueue_enable_cb(vq));
@@ -293,6 +296,7 @@ static int vgpu_fault_add(struct vgpu_dev *vd, struct vgpu_fault_buf *fb)
 {
 	struct scatterlist sg;
 
+	lockdep_assert_held(&vd->fault_lock);
 	memset(&fb->f, 0, sizeof(fb->f));
 	sg_init_one(&sg, &fb->f, sizeof(fb->f));
 	return virtqueue_add_inbuf(vd->fault_vq, &sg, 1, fb, GFP_ATOMIC);
@@ -483,7 +487,7 @@ static void vgpu_queues_stop(struct vgpu_dev *vd)
 
 	spin_lock_irqsave(&vd->cmd_lock, flags);
 	while ((req = virtqueue_detach_unused_buf(vd->cmd_vq)))
-		vgpu_req_finish(req, 0, -ENODEV);
+		vgpu_req_finish(vd, req, 0, -ENODEV);
 	spin_unlock_irqrestore(&vd->cmd_lock, flags);
 	/* Fault buffers belong to vd->fault_bufs; just forget them. */
 	while (virtqueue_detach_unused_buf(vd->fault_vq))
