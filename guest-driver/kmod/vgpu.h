@@ -301,35 +301,6 @@ struct vgpu_job_wait {
 	wait_queue_head_t wq;
 };
 
-/* vgpu_dmirror.c */
-void vgpu_dmirror_register(struct vgpu_dev *vd);
-void vgpu_dmirror_unregister(struct vgpu_dev *vd);
-
-/* vgpu_queue.c */
-void vgpu_dev_put(struct vgpu_dev *vd);
-int vgpu_status_errno(u32 status);
-struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp);
-void vgpu_req_free(struct vgpu_req *req);
-void vgpu_req_reset(struct vgpu_req *req);
-int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req);
-int vgpu_req_result(struct vgpu_req *req);
-bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
-bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req);
-int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req);
-int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req);
-int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
-		    u64 arg1, u64 *value0);
-void vgpu_cmd_done(struct virtqueue *vq);
-void vgpu_fault_done(struct virtqueue *vq);
-int vgpu_fault_post_all(struct vgpu_dev *vd);
-void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb);
-void vgpu_orphan_work(struct work_struct *work);
-void vgpu_queues_shutdown(struct vgpu_dev *vd);
-void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
-void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
-struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
-					   struct vgpu_job_wait *job);
-
 /* One job to run on a mirror, and the device's answer. */
 struct vgpu_job_run {
 	u32 op;				/* enum vgpu_job_op */
@@ -356,36 +327,55 @@ struct vgpu_job_run {
 
 struct hmm_range;
 
-/* How vgpu_snapshot() takes a snapshot, and what it did. */
+/**
+ * struct vgpu_snapshot_ctx - how vgpu_snapshot() takes a snapshot
+ * @deadline: in: give up with -EBUSY after this (jiffies), from
+ *	      vgpu_snapshot_deadline(): the one deadline policy
+ * @fault_addr: in: a page that asks for @fault_flags on top of the range's
+ *		default_flags (ignored if outside the range)
+ * @fault_flags: in: HMM_PFN_REQ_FAULT and HMM_PFN_REQ_WRITE, or 0
+ * @commit: in: uses a snapshot that is still valid, with the mirror mutex
+ *	    held; NULL when nothing is made of the snapshot (faulting in)
+ * @arg: in: for @commit
+ * @retries: out: attempts an invalidation (-EBUSY, or a sequence that moved)
+ *	     spoiled before the one that held
+ */
 struct vgpu_snapshot_ctx {
-	/* In: give up (-EBUSY) after this (jiffies, vgpu_snapshot_deadline()). */
 	unsigned long deadline;
-	/* In: a page that asks for fault_flags on top of default_flags. */
 	unsigned long fault_addr;
 	unsigned long fault_flags;
-	/*
-	 * In: uses a snapshot that is still valid, under the mirror mutex;
-	 * NULL when nothing is made of it (faulting in only).
-	 */
 	int (*commit)(struct vgpu_mirror *m, struct hmm_range *range,
 		      struct vgpu_snapshot_ctx *ctx);
 	void *arg;
-	/* Out: attempts before the one that held. */
 	unsigned long retries;
 };
 
-/* vgpu_fault.c */
-unsigned long vgpu_snapshot_deadline(void);
-int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
-		  struct vgpu_snapshot_ctx *ctx);
-int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *job);
-int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run);
-int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
-		    unsigned long end, unsigned long flags, unsigned long addr,
-		    unsigned long addr_flags, u64 fault_id, bool fault_reply);
-void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err);
-void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
-		      void *ctx);
+/* Functions shared between the files, each documented where it is defined. */
+
+/* vgpu_queue.c */
+void vgpu_dev_put(struct vgpu_dev *vd);
+int vgpu_status_errno(u32 status);
+struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp);
+void vgpu_req_free(struct vgpu_req *req);
+void vgpu_req_reset(struct vgpu_req *req);
+int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_req_result(struct vgpu_req *req);
+bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req);
+bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req);
+int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
+		    u64 arg1, u64 *value0);
+void vgpu_cmd_done(struct virtqueue *vq);
+void vgpu_fault_done(struct virtqueue *vq);
+int vgpu_fault_post_all(struct vgpu_dev *vd);
+void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb);
+void vgpu_orphan_work(struct work_struct *work);
+void vgpu_queues_shutdown(struct vgpu_dev *vd);
+void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
+void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
+struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
+					   struct vgpu_job_wait *job);
 
 /* vgpu_mm.c */
 struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd);
@@ -398,6 +388,26 @@ void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
 void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 			  unsigned long start, unsigned long end, u32 flags);
 
+/* vgpu_fault.c */
+unsigned long vgpu_snapshot_deadline(void);
+int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
+		  struct vgpu_snapshot_ctx *ctx);
+int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj);
+int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run);
+int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
+		    unsigned long end, unsigned long flags, unsigned long addr,
+		    unsigned long addr_flags, u64 fault_id, bool fault_reply);
+void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err);
+void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
+		      void *ctx);
+
+/* vgpu_migrate.c */
+int vgpu_mirror_migrate(struct vgpu_mirror *m, struct vgpu_migrate *mig);
+
+/* vgpu_dmirror.c */
+void vgpu_dmirror_register(struct vgpu_dev *vd);
+void vgpu_dmirror_unregister(struct vgpu_dev *vd);
+
 /* vgpu_inject.c */
 bool vgpu_inject_skip_event(enum mmu_notifier_event event);
 unsigned long vgpu_inject_truncate(unsigned long start, unsigned long end);
@@ -407,8 +417,5 @@ bool vgpu_inject_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 bool vgpu_inject_skip_seq_retry(void);
 void vgpu_inject_mirror_init(struct vgpu_mirror *m);
 void vgpu_inject_mirror_unbind(struct vgpu_mirror *m);
-
-/* vgpu_migrate.c */
-int vgpu_mirror_migrate(struct vgpu_mirror *m, struct vgpu_migrate *mig);
 
 #endif /* VGPU_H */

@@ -457,7 +457,12 @@ static const struct file_operations vgpu_dmirror_fops = {
 	.llseek = default_llseek,
 };
 
-/* Registers /dev/hmm_dmirror0 and 1 for @vd; a failure is logged, not fatal. */
+/**
+ * vgpu_dmirror_register() - register /dev/hmm_dmirror0 and 1 on a device
+ * @vd: the device (the first one)
+ *
+ * A node that fails to register is logged, not fatal.
+ */
 void vgpu_dmirror_register(struct vgpu_dev *vd)
 {
 	int i, err;
@@ -485,6 +490,10 @@ void vgpu_dmirror_register(struct vgpu_dev *vd)
 		 VGPU_DMIRROR_UNITS - 1, vd->name);
 }
 
+/**
+ * vgpu_dmirror_unregister() - remove the dmirror nodes of a device
+ * @vd: the device
+ */
 void vgpu_dmirror_unregister(struct vgpu_dev *vd)
 {
 	int i;

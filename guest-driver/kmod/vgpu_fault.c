@@ -21,12 +21,16 @@
 
 #include "vgpu.h"
 
-/*
- * When a snapshot gives up: timeout_ms from now, at least HMM's usual second
+/**
+ * vgpu_snapshot_deadline() - when a snapshot started now gives up
+ *
+ * timeout_ms from now, at least HMM's usual second
  * (HMM_RANGE_DEFAULT_TIMEOUT). Every COW or invalidation a fault causes
  * waits for the device's completion (5 ms by default); on a loaded host the
  * plain second ran out during a ten-minute stress run and during hmm-tests'
  * COW writes.
+ *
+ * Return: the deadline in jiffies, for &vgpu_snapshot_ctx.deadline.
  */
 unsigned long vgpu_snapshot_deadline(void)
 {
@@ -35,25 +39,31 @@ unsigned long vgpu_snapshot_deadline(void)
 				      READ_ONCE(vgpu_timeout_ms)));
 }
 
-/*
- * The one hmm_range_fault() loop of the driver, as test_hmm.c's
- * dmirror_range_fault() writes it:
+/**
+ * vgpu_snapshot() - the driver's one hmm_range_fault() loop
+ * @m: the bound mirror
+ * @range: in: start, end, hmm_pfns and default_flags; the rest is set here
+ * @ctx: what to do with the snapshot, and the deadline
+ *
+ * As test_hmm.c's dmirror_range_fault() writes it:
  *
  *   seq = mmu_interval_read_begin()
  *   mmap_read_lock(); hmm_range_fault(); mmap_read_unlock()  (-EBUSY: again)
- *   mutex_lock(&m->mutex)
+ *   lock m->mutex
  *   mmu_interval_read_retry(seq): unlock and again
- *   ctx->commit(); mutex_unlock(&m->mutex)
+ *   ctx->commit(); unlock m->mutex
  *
- * The caller sets range->start, ->end, ->hmm_pfns and ->default_flags; the
- * rest of @range is set here. Before every attempt the request flags are
- * reset: every page asks for range->default_flags, the page at
- * ctx->fault_addr (if inside) for ctx->fault_flags on top. Without a commit
- * nothing is mapped from the snapshot, so there is nothing to retry: the loop
- * ends once hmm_range_fault() succeeded (faulting pages in). Gives up with
- * -EBUSY once ctx->deadline (from vgpu_snapshot_deadline()) has passed;
- * ctx->retries counts the attempts that an invalidation spoiled. Called with
- * a reference on m->mm.
+ * Before every attempt the request flags are reset: every page asks for
+ * range->default_flags, the page at ctx->fault_addr (if inside) for
+ * ctx->fault_flags on top. Without a commit nothing is made of the
+ * snapshot, so there is nothing to retry: the loop ends once
+ * hmm_range_fault() succeeded (faulting pages in). The fault_delay_us test
+ * aid sleeps between hmm_range_fault() and the mutex.
+ *
+ * Context: process context with a reference on m->mm; takes mmap_lock
+ * (read), then the mirror mutex, never both.
+ * Return: the commit's result; -EBUSY once ctx->deadline has passed; or the
+ * error of hmm_range_fault() (-EFAULT, -EPERM, ...).
  */
 int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
 		  struct vgpu_snapshot_ctx *ctx)
@@ -177,14 +187,28 @@ static int vgpu_map_commit(struct vgpu_mirror *m, struct hmm_range *range,
 	return err;
 }
 
-/*
- * Snapshots [start, end) with vgpu_snapshot() and sends it as one MAP
- * (at most max_map_pages pages), answering fault @fault_id when
- * @fault_reply. Every page is requested with @flags (HMM_PFN_REQ_FAULT,
- * HMM_PFN_REQ_WRITE or 0), the page at @addr (if inside) with @addr_flags
- * on top; pages that need nothing and are absent stay unmapped (holes).
- * The MAP goes out under m->mutex after mmu_interval_read_retry(), so an
+/**
+ * vgpu_map_window() - snapshot a window and send it as one MAP
+ * @m: the bound mirror
+ * @start: start of the window, page aligned
+ * @end: its end, page aligned; at most max_map_pages pages
+ * @flags: what every page asks for: HMM_PFN_REQ_FAULT, HMM_PFN_REQ_WRITE or 0
+ * @addr: a page that asks for @addr_flags on top (ignored if outside)
+ * @addr_flags: HMM_PFN_REQ_* for @addr
+ * @fault_id: the fault the MAP answers, if @fault_reply
+ * @fault_reply: whether the MAP answers @fault_id (and reports how many
+ *		 snapshots were spoiled before one held)
+ *
+ * Pages that need nothing and are absent stay unmapped (holes). With
+ * HMM_PFN_REQ_FAULT in @flags the window is faulted in first, 64 pages at a
+ * time, each step with a deadline of its own. The MAP goes out under
+ * m->mutex after mmu_interval_read_retry() (vgpu_snapshot()), so an
  * invalidation either precedes the snapshot or follows the MAP.
+ *
+ * Context: process context; must not hold the mirror mutex (allocates).
+ * Return: 0 once the device accepted the MAP, -EINVAL for a bad window,
+ * -ENOMEM, -ESRCH if the mm is gone, or an error of vgpu_snapshot() or of
+ * the MAP.
  */
 int vgpu_map_window(struct vgpu_mirror *m, unsigned long start,
 		    unsigned long end, unsigned long flags, unsigned long addr,
@@ -263,7 +287,14 @@ static int vgpu_fault_map(struct vgpu_mirror *m, u64 fault_id,
 			       fault_id, true);
 }
 
-/* Tells the device that fault @fault_id cannot be served (@err < 0). */
+/**
+ * vgpu_fault_fail() - tell the device a fault cannot be served
+ * @m: the bound mirror
+ * @fault_id: the fault
+ * @err: why (a negative errno; -ENODEV sends nothing)
+ *
+ * Context: may sleep; allocates, so not under the mirror mutex.
+ */
 void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err)
 {
 	struct vgpu_dev *vd = m->vdev;
@@ -278,7 +309,16 @@ void vgpu_fault_fail(struct vgpu_mirror *m, u64 fault_id, int err)
 				    m->pasid, fault_id, err);
 }
 
-/* Answers one device fault: MAP with the fault id, or FAULT_FAIL. */
+/**
+ * vgpu_serve_fault() - answer one device fault of a VGPU_IOC_JOB job
+ * @m: the bound mirror
+ * @f: the fault record
+ * @ctx: unused (&vgpu_job_run.serve's context)
+ *
+ * Maps the fault-ahead window around the faulting page (which must be
+ * present, and writable for a write) with the fault reply, or sends
+ * FAULT_FAIL with the errno.
+ */
 void vgpu_serve_fault(struct vgpu_mirror *m, const struct vgpu_fault *f,
 		      void *ctx)
 {
@@ -330,12 +370,22 @@ static int vgpu_job_check(const struct vgpu_mirror *m,
 	return 0;
 }
 
-/*
- * Runs one job: submits JOB (with @run->dma as its payload, if any), then
- * serves its faults here, in the caller's context, with @run->serve until
- * the device completes it. The device's answer goes to @run->status,
- * ->value0 and ->faults (0 is returned for every status the device gave);
- * an errno is returned when the driver could not get an answer.
+/**
+ * vgpu_run_job() - run one job on a mirror and serve its faults
+ * @m: the bound mirror
+ * @run: the job, and where its answer goes
+ *
+ * Submits JOB (with run->dma as its payload, if any), then serves the job's
+ * faults here, in the caller's context, with run->serve until the device
+ * completes it. The timeout (timeout_ms) counts from the last fault.
+ *
+ * Context: process context (any process holding the file: the snapshots
+ * take their own reference on m->mm).
+ * Return: 0 when the device answered (its status in run->status, also for a
+ * failed job); -ENOMEM; an error of vgpu_submit(); -ENODEV or -EIO when the
+ * device went away or answered short; or -ETIMEDOUT (no progress for
+ * timeout_ms) and -EINTR (fatal signal), which set run->abandoned: the
+ * device may still use the job's DMA pages.
  */
 int vgpu_run_job(struct vgpu_mirror *m, struct vgpu_job_run *run)
 {
@@ -406,7 +456,14 @@ out:
 	return err;
 }
 
-/* VGPU_IOC_JOB: a job on the caller's own address space. */
+/**
+ * vgpu_mirror_job() - VGPU_IOC_JOB: a job on the caller's own address space
+ * @m: the mirror of the file
+ * @uj: the job, copied in; status, result and faults are filled in
+ *
+ * Return: 0 when the device answered, -EINVAL before bind or for a bad job,
+ * -EPERM from another mm, or an error of vgpu_run_job().
+ */
 int vgpu_mirror_job(struct vgpu_mirror *m, struct vgpu_job *uj)
 {
 	struct vgpu_job_run run = {

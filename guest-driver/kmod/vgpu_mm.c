@@ -22,6 +22,12 @@
 
 #include "vgpu.h"
 
+/**
+ * vgpu_policy_name() - the name of a policy, as the module parameter spells it
+ * @policy: VGPU_POLICY_NAIVE or VGPU_POLICY_EVENT_AWARE
+ *
+ * Return: "naive", "event-aware", or "?" for anything else.
+ */
 const char *vgpu_policy_name(int policy)
 {
 	switch (policy) {
@@ -126,6 +132,17 @@ static bool vgpu_plan(const struct vgpu_mirror *m,
 	return *start < *end;
 }
 
+/**
+ * vgpu_fill_invalidate() - write an INVALIDATE command into a request
+ * @req: a fresh or reset request the caller owns
+ * @m: the bound mirror (its PASID)
+ * @event: the notifier event (enum mmu_notifier_event, as SPEC.md numbers
+ *	   them)
+ * @prot: what the vma allows now (VGPU_PROT_*)
+ * @start: start of the range, page aligned
+ * @end: its end, page aligned, above @start
+ * @flags: VGPU_INV_F_*
+ */
 void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
 			  int event, u32 prot, unsigned long start,
 			  unsigned long end, u32 flags)
@@ -139,11 +156,21 @@ void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
 	req->cmd.flags = cpu_to_le32(flags);
 }
 
-/*
- * Sends INVALIDATE and waits for it, fencing the device rather than
- * returning before it answered; called with m->mutex held. @prot is
- * what the vma allows now (taken by the caller: a deferred invalidation no
- * longer has the vma).
+/**
+ * vgpu_send_invalidate() - send an INVALIDATE and wait for the device
+ * @m: the bound mirror
+ * @event: the notifier event (enum mmu_notifier_event)
+ * @prot: what the vma allows now (VGPU_PROT_*), taken by the caller: a
+ *	  deferred invalidation no longer has the vma
+ * @start: start of the range, page aligned
+ * @end: its end, page aligned, above @start
+ * @flags: VGPU_INV_F_*
+ *
+ * Uses the request preallocated at bind, so nothing is allocated. Returns
+ * only once the device completed the command or was fenced for not doing so
+ * within timeout_ms (vgpu_cmd_sync_or_fence()); other failures are logged.
+ *
+ * Context: m->mutex held; may sleep.
  */
 void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
 			  unsigned long start, unsigned long end, u32 flags)
@@ -233,6 +260,21 @@ static void vgpu_mirror_prime_reclaim(struct vgpu_mirror *m)
 	fs_reclaim_release(GFP_KERNEL);
 }
 
+/**
+ * vgpu_mirror_bind() - mirror the calling process's address space
+ * @m: the mirror
+ * @bind: in: the policy (VGPU_POLICY_DEFAULT for the module's); out: the
+ *	  PASID
+ *
+ * Allocates a PASID and the INVALIDATE request, sends BIND with the
+ * page-table root and inserts the interval notifier over [0, user_end):
+ * nothing is mapped before this returns. Primes lockdep's reclaim tracking
+ * for the mirror mutex (DOC: Locking).
+ *
+ * Context: process context; takes bind_lock, may take mmap_lock.
+ * Return: 0, -EINVAL (bad policy, no mm), -EBUSY (already bound, or no PASID
+ * left), -ENOMEM, or the error of BIND or of the notifier's insertion.
+ */
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind)
 {
 	struct vgpu_dev *vd = m->vdev;
@@ -333,7 +375,12 @@ static void vgpu_mirror_unbind(struct vgpu_mirror *m)
 	mutex_unlock(&m->bind_lock);
 }
 
-/* A mirror of @vd, not yet bound; holds a reference to @vd. */
+/**
+ * vgpu_mirror_alloc() - a new, unbound mirror on a device
+ * @vd: the device; the mirror holds a reference to it
+ *
+ * Return: the mirror, or NULL without memory.
+ */
 struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd)
 {
 	struct vgpu_mirror *m;
@@ -349,7 +396,17 @@ struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd)
 	return m;
 }
 
-/* Unbinds (if bound) and frees @m. */
+/**
+ * vgpu_mirror_free() - unbind (if bound) and free a mirror
+ * @m: the mirror
+ *
+ * Unbinding removes the notifier (waiting for running callbacks), sends
+ * what an injection held back, sends UNBIND unless the device is gone and
+ * gives the PASID back (or retires it after a timeout). Then the mirror's
+ * device reference is dropped.
+ *
+ * Context: process context; takes bind_lock.
+ */
 void vgpu_mirror_free(struct vgpu_mirror *m)
 {
 	struct vgpu_dev *vd = m->vdev;
