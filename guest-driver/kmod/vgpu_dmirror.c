@@ -35,8 +35,9 @@
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
+/* README.md: HMM_UAPI_DIR is the kernel source's lib/ (or a copy of it). */
 #if !__has_include("test_hmm_uapi.h")
-#error "test_hmm_uapi.h not found: build with HMM_UAPI_DIR=<directory of the kernel's lib/test_hmm_uapi.h> (README.md)"
+#error "test_hmm_uapi.h not found: build with HMM_UAPI_DIR=<dir of lib/test_hmm_uapi.h>"
 #endif
 #include "test_hmm_uapi.h"
 
