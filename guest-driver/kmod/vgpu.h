@@ -96,7 +96,8 @@
  * fault_lock, job_lock}, and mutex -> late.lock. The four spinlocks are
  * leaves: none of them is taken while another is held (vgpu_queues_stop()
  * takes cmd_lock, fault_lock and job_lock one after the other). Functions
- * that need a lock held say so with lockdep_assert_held().
+ * that need a lock held say so with lockdep_assert_held(); vgpu_snapshot(),
+ * which takes the mirror mutex itself, asserts that it is not held.
  *
  * Without a lock: &vgpu_dev.removed is set once, by vgpu_queues_stop() under
  * stop_lock and cmd_lock, which then takes fault_lock once so that
@@ -141,8 +142,8 @@ extern unsigned int vgpu_timeout_ms;
 extern int vgpu_default_policy;
 
 /*
- * Test aid (module parameter fault_delay_us, 0 by default): the fault path
- * sleeps this long between hmm_range_fault() and taking the mirror lock, so
+ * Test aid (module parameter fault_delay_us, 0 by default): vgpu_snapshot()
+ * sleeps this long between hmm_range_fault() and taking the mirror mutex, so
  * that an invalidation racing the snapshot is likely instead of rare. A
  * correct driver retries; inject=no-seq-retry maps the stale snapshot.
  */
@@ -150,9 +151,11 @@ extern unsigned int vgpu_fault_delay_us;
 #define VGPU_FAULT_DELAY_MAX_US	100000
 
 /*
- * Bug injections (module parameter inject=, set at load only): each one
- * re-creates a classic mirroring mistake so that the device's coherence
- * oracle can be shown to catch it. vmm/src/injections.rs lists the names.
+ * Bug injections (module parameter inject=, set at load only, parsed in
+ * vgpu_main.c): each one re-creates a classic mirroring mistake so that the
+ * device's coherence oracle can be shown to catch it; the production paths
+ * reach them only through the vgpu_inject_*() hooks (vgpu_inject.c).
+ * vmm/src/injections.rs lists the names.
  */
 enum vgpu_inject {
 	VGPU_INJECT_NONE,

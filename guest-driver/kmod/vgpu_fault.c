@@ -60,8 +60,8 @@ unsigned long vgpu_snapshot_deadline(void)
  * hmm_range_fault() succeeded (faulting pages in). The fault_delay_us test
  * aid sleeps between hmm_range_fault() and the mutex.
  *
- * Context: process context with a reference on m->mm; takes mmap_lock
- * (read), then the mirror mutex, never both.
+ * Context: process context with a reference on m->mm, the mirror mutex
+ * not held; takes mmap_lock (read), then the mutex, never both.
  * Return: the commit's result; -EBUSY once ctx->deadline has passed; or the
  * error of hmm_range_fault() (-EFAULT, -EPERM, ...).
  */
@@ -72,6 +72,7 @@ int vgpu_snapshot(struct vgpu_mirror *m, struct hmm_range *range,
 	unsigned int delay;
 	int err;
 
+	lockdep_assert_not_held(&m->mutex);
 	range->notifier = &m->notifier;
 	range->pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE;
 	range->dev_private_owner = m->vdev;

@@ -13,9 +13,9 @@
  * under the same mutex and sequence.
  */
 #include <linux/idr.h>
+#include <linux/lockdep.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
-#include <linux/lockdep.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
