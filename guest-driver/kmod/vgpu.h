@@ -64,8 +64,8 @@
  *   and removal. Held across BIND and UNBIND, their allocations,
  *   mmu_interval_notifier_insert() (which may take mmap_lock) and
  *   mmu_interval_notifier_remove() (which waits for running callbacks, and
- *   so for the mirror mutex). Ioctls read the bound fields without it, after
- *   smp_load_acquire(&bound) pairs with the smp_store_release() of bind.
+ *   so for the mirror mutex). Ioctls read the bound fields without it: their
+ *   smp_load_acquire() of bound pairs with the smp_store_release() of bind.
  * - mmap_lock (the kernel's): read-held by vgpu_snapshot() around
  *   hmm_range_fault() only, and dropped before the mirror mutex is taken; the
  *   kernel holds it around most notifier calls.
@@ -99,13 +99,15 @@
  * that need a lock held say so with lockdep_assert_held(); vgpu_snapshot(),
  * which takes the mirror mutex itself, asserts that it is not held.
  *
- * Without a lock: &vgpu_dev.removed is set once, by vgpu_queues_stop() under
- * stop_lock and cmd_lock, which then takes fault_lock once so that
- * vgpu_fault_repost() (which reads it under fault_lock) posts nothing after
- * the stop; elsewhere it is read with READ_ONCE(). A request belongs to
- * its submitter until it is abandoned (vgpu_abandon()), then to the queue. A
- * job's wait queue lives on the job's stack, so the job leaves only after
- * vgpu_req_completed() saw its request completed under cmd_lock.
+ * &vgpu_dev.removed is set once, by vgpu_queues_stop() under stop_lock and
+ * cmd_lock, which then takes fault_lock once so that vgpu_fault_repost()
+ * (which reads it under fault_lock) posts nothing after the stop; the
+ * command queue reads it under cmd_lock, everything else with READ_ONCE().
+ *
+ * Without a lock: a request belongs to its submitter until it is abandoned
+ * (vgpu_abandon()), then to the queue. A job's wait queue lives on the job's
+ * stack, so the job leaves only after vgpu_req_completed() saw its request
+ * completed under cmd_lock.
  */
 #ifndef VGPU_H
 #define VGPU_H
