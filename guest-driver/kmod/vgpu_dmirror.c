@@ -7,7 +7,7 @@
  * the virtual GPU. Both are backed by the first vgpu device.
  *
  * Each open mirrors the opener's mm on a PASID of its own (the mirror of
- * vgpu_hmm.c, with the module's default policy). READ and WRITE are device
+ * vgpu_mm.c, with the module's default policy). READ and WRITE are device
  * jobs that copy between the mirrored range and a bounce buffer of driver
  * pages (COPY_TO_DMA / COPY_FROM_DMA): the range goes through the device's
  * ATC and page table, so faults, invalidations and the coherence oracle see
@@ -28,14 +28,16 @@
  */
 #include <linux/fs.h>
 #include <linux/hmm.h>
+#include <linux/lockdep.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
+/* README.md: HMM_UAPI_DIR is the kernel source's lib/ (or a copy of it). */
 #if !__has_include("test_hmm_uapi.h")
-#error "test_hmm_uapi.h not found: build with HMM_UAPI_DIR=<directory of the kernel's lib/test_hmm_uapi.h> (README.md)"
+#error "test_hmm_uapi.h not found: build with HMM_UAPI_DIR=<dir of lib/test_hmm_uapi.h>"
 #endif
 #include "test_hmm_uapi.h"
 
@@ -264,38 +266,17 @@ static u8 vgpu_dmirror_prot(unsigned long entry)
 	return perm;
 }
 
-/*
- * Snapshots [range->start, range->end) into @perm without faulting, under
- * the mirror's notifier sequence (retried when an invalidation raced).
- */
-static int vgpu_dmirror_range_snapshot(struct vgpu_mirror *m,
-				       struct hmm_range *range, u8 *perm)
+/* Encodes the snapshot in @range into ctx->arg, under m->mutex. */
+static int vgpu_dmirror_snapshot_commit(struct vgpu_mirror *m,
+					struct hmm_range *range,
+					struct vgpu_snapshot_ctx *ctx)
 {
-	unsigned long timeout = jiffies +
-				msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	unsigned long i, n = (range->end - range->start) >> PAGE_SHIFT;
-	int err;
+	u8 *perm = ctx->arg;
 
-	for (;;) {
-		if (time_after(jiffies, timeout))
-			return -EBUSY;
-		range->notifier_seq = mmu_interval_read_begin(range->notifier);
-		mmap_read_lock(m->mm);
-		err = hmm_range_fault(range);
-		mmap_read_unlock(m->mm);
-		if (err == -EBUSY)
-			continue;
-		if (err)
-			return err;
-		mutex_lock(&m->mutex);
-		if (!mmu_interval_read_retry(range->notifier,
-					     range->notifier_seq))
-			break;
-		mutex_unlock(&m->mutex);
-	}
+	lockdep_assert_held(&m->mutex);
 	for (i = 0; i < n; i++)
 		perm[i] = vgpu_dmirror_prot(range->hmm_pfns[i]);
-	mutex_unlock(&m->mutex);
 	return 0;
 }
 
@@ -305,11 +286,11 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 	unsigned long batch = m->vdev->max_map_pages;
 	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
 	char __user *uptr = u64_to_user_ptr(cmd->ptr);
+	struct vgpu_snapshot_ctx ctx = {
+		.commit = vgpu_dmirror_snapshot_commit,
+	};
 	struct hmm_range range = {
-		.notifier = &m->notifier,
 		.default_flags = 0,
-		.pfn_flags_mask = 0,
-		.dev_private_owner = m->vdev,
 	};
 	unsigned long addr, n;
 	unsigned long *pfns;
@@ -323,6 +304,7 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 		goto out_free;
 	}
 	range.hmm_pfns = pfns;
+	ctx.arg = perm;
 	if (!mmget_not_zero(m->mm)) {
 		err = -EINVAL;
 		goto out_free;
@@ -330,7 +312,9 @@ static int vgpu_dmirror_snapshot(struct vgpu_mirror *m,
 	for (addr = cmd->addr; addr < end; addr = range.end) {
 		range.start = addr;
 		range.end = min(addr + (batch << PAGE_SHIFT), end);
-		err = vgpu_dmirror_range_snapshot(m, &range, perm);
+		/* Under the mirror's notifier sequence, without faulting. */
+		ctx.deadline = vgpu_snapshot_deadline();
+		err = vgpu_snapshot(m, &range, &ctx);
 		if (err)
 			break;
 		n = (range.end - range.start) >> PAGE_SHIFT;
@@ -474,7 +458,12 @@ static const struct file_operations vgpu_dmirror_fops = {
 	.llseek = default_llseek,
 };
 
-/* Registers /dev/hmm_dmirror0 and 1 for @vd; a failure is logged, not fatal. */
+/**
+ * vgpu_dmirror_register() - register /dev/hmm_dmirror0 and 1 on a device
+ * @vd: the device (the first one)
+ *
+ * A node that fails to register is logged, not fatal.
+ */
 void vgpu_dmirror_register(struct vgpu_dev *vd)
 {
 	int i, err;
@@ -502,6 +491,10 @@ void vgpu_dmirror_register(struct vgpu_dev *vd)
 		 VGPU_DMIRROR_UNITS - 1, vd->name);
 }
 
+/**
+ * vgpu_dmirror_unregister() - remove the dmirror nodes of a device
+ * @vd: the device
+ */
 void vgpu_dmirror_unregister(struct vgpu_dev *vd)
 {
 	int i;

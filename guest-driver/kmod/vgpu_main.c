@@ -195,53 +195,8 @@ MODULE_PARM_DESC(inject,
 
 static DEFINE_IDA(vgpu_index_ida);
 
-static void vgpu_dev_release(struct kref *ref)
-{
-	struct vgpu_dev *vd = container_of(ref, struct vgpu_dev, ref);
-
-	cancel_work_sync(&vd->orphan_work);
-	ida_destroy(&vd->pasids);
-	kfree(vd->fault_bufs);
-	put_device(&vd->vdev->dev);
-	kfree(vd);
-}
-
-void vgpu_dev_put(struct vgpu_dev *vd)
-{
-	kref_put(&vd->ref, vgpu_dev_release);
-}
-
 /* ------------------------------------------------------------------------ */
 /* /dev/vgpuN */
-
-/* A mirror of @vd, not yet bound; holds a reference to @vd. */
-struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd)
-{
-	struct vgpu_mirror *m;
-
-	m = kzalloc(sizeof(*m), GFP_KERNEL);
-	if (!m)
-		return NULL;
-	kref_get(&vd->ref);
-	m->vdev = vd;
-	mutex_init(&m->bind_lock);
-	mutex_init(&m->mutex);
-	spin_lock_init(&m->late_lock);
-	INIT_DELAYED_WORK(&m->late_work, vgpu_late_work);
-	return m;
-}
-
-/* Unbinds (if bound) and frees @m. */
-void vgpu_mirror_free(struct vgpu_mirror *m)
-{
-	struct vgpu_dev *vd = m->vdev;
-
-	vgpu_mirror_unbind(m);
-	mutex_destroy(&m->mutex);
-	mutex_destroy(&m->bind_lock);
-	kfree(m);
-	vgpu_dev_put(vd);
-}
 
 static int vgpu_open(struct inode *inode, struct file *file)
 {

@@ -61,6 +61,18 @@ static unsigned long vgpu_migrate_count(const struct migrate_vma *args)
 	return moved;
 }
 
+/**
+ * vgpu_mirror_migrate() - VGPU_IOC_MIGRATE: move pages with migrate_vma
+ * @m: the mirror of the file
+ * @mig: the range, copied in; migrated counts the pages moved
+ *
+ * Every page of the range must be in an anonymous vma; pages migrate_vma
+ * cannot move stay where they are.
+ *
+ * Context: process context, in the mirrored mm; takes mmap_lock (read).
+ * Return: 0, -EINVAL before bind or for a bad range, -EPERM from another mm,
+ * -ENOMEM, or an error of migrate_vma_setup().
+ */
 int vgpu_mirror_migrate(struct vgpu_mirror *m, struct vgpu_migrate *mig)
 {
 	struct mm_struct *mm = current->mm;

@@ -16,7 +16,9 @@
  * unknown jobs are failed from a work item.
  */
 #include <linux/errno.h>
+#include <linux/idr.h>
 #include <linux/jiffies.h>
+#include <linux/lockdep.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -24,6 +26,14 @@
 
 #include "vgpu.h"
 
+/**
+ * vgpu_status_errno() - the errno of a device status
+ * @status: a VGPU_S_* status from a response
+ *
+ * Return: 0 for OK, -EOPNOTSUPP for BAD_OPCODE, -ESRCH for BAD_PASID,
+ * -EINVAL for BAD_RANGE and BAD_JOB, -EFAULT for FAULT, -EBUSY for BUSY,
+ * -EIO for anything else.
+ */
 int vgpu_status_errno(u32 status)
 {
 	switch (status) {
@@ -46,6 +56,17 @@ int vgpu_status_errno(u32 status)
 	}
 }
 
+/**
+ * vgpu_req_alloc() - allocate a command queue request
+ * @data_len: bytes of payload (a MAP's entries, COUNTERS data), 0 for none
+ * @data_in: whether the device writes the payload (true) or reads it
+ * @gfp: allocation flags; under the mirror mutex only ones that cannot
+ *	 reclaim (DOC: Locking)
+ *
+ * Command, response and payload start zeroed.
+ *
+ * Return: the request, or NULL without memory.
+ */
 struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp)
 {
 	struct vgpu_req *req;
@@ -66,6 +87,12 @@ struct vgpu_req *vgpu_req_alloc(size_t data_len, bool data_in, gfp_t gfp)
 	return req;
 }
 
+/**
+ * vgpu_req_free() - free a request the caller owns
+ * @req: the request, or NULL
+ *
+ * Not for a request on the queue: an abandoned one belongs to the queue.
+ */
 void vgpu_req_free(struct vgpu_req *req)
 {
 	if (!req)
@@ -74,7 +101,12 @@ void vgpu_req_free(struct vgpu_req *req)
 	kfree(req);
 }
 
-/* Makes a finished (not abandoned) request reusable. */
+/**
+ * vgpu_req_reset() - make a finished request reusable
+ * @req: a request that completed and was not abandoned
+ *
+ * Clears the command, the response and the completion; the payload stays.
+ */
 void vgpu_req_reset(struct vgpu_req *req)
 {
 	memset(&req->cmd, 0, sizeof(req->cmd));
@@ -99,10 +131,18 @@ static bool vgpu_cmd_space(struct vgpu_dev *vd, unsigned int n)
 	return ok;
 }
 
-/*
- * Puts @req on the command queue. Returns 0 (the queue owns the buffers
- * until the request completes or is abandoned), or an error with the request
- * untouched: -ENODEV (device gone), -EBUSY (no ring space for too long), -EIO.
+/**
+ * vgpu_submit() - put a request on the command queue
+ * @vd: the device
+ * @req: the request, owned by the caller
+ *
+ * Waits up to timeout_ms for ring space. On success the queue owns the
+ * buffers until the request completes or is abandoned.
+ *
+ * Context: may sleep; takes cmd_lock.
+ * Return: 0, or with @req untouched -ENODEV (device gone), -EBUSY (no ring
+ * space in time), -EIO (broken queue) or another error of
+ * virtqueue_add_sgs().
  */
 int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req)
 {
@@ -147,10 +187,15 @@ int vgpu_submit(struct vgpu_dev *vd, struct vgpu_req *req)
 	}
 }
 
-/*
- * Gives up on a submitted request. Returns true if it is now abandoned (the
- * completion callback or the device removal frees it; the caller must not
- * touch it again), false if it completed meanwhile.
+/**
+ * vgpu_abandon() - give up on a submitted request
+ * @vd: the device
+ * @req: the request
+ *
+ * Context: takes cmd_lock.
+ * Return: true if @req is now abandoned: the completion callback or the
+ * device's stop frees it, and the caller must not touch it again; false if
+ * it completed meanwhile and still belongs to the caller.
  */
 bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req)
 {
@@ -165,7 +210,13 @@ bool vgpu_abandon(struct vgpu_dev *vd, struct vgpu_req *req)
 	return abandoned;
 }
 
-/* The device's answer to a completed request, as an errno. */
+/**
+ * vgpu_req_result() - the device's answer to a completed request
+ * @req: the completed request
+ *
+ * Return: -ENODEV if the device went away first, -EIO for a short
+ * response, else vgpu_status_errno() of the response's status.
+ */
 int vgpu_req_result(struct vgpu_req *req)
 {
 	if (req->err)
@@ -180,7 +231,7 @@ int vgpu_req_result(struct vgpu_req *req)
  * and belongs to the queue now; for every other result the caller still owns
  * it.
  */
-int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req)
+static int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req)
 {
 	unsigned long t = msecs_to_jiffies(vgpu_timeout_ms);
 
@@ -195,7 +246,18 @@ int vgpu_wait(struct vgpu_dev *vd, struct vgpu_req *req)
 	return vgpu_req_result(req);
 }
 
-/* Submit and wait; the ownership rule of vgpu_wait() applies. */
+/**
+ * vgpu_cmd_sync() - submit a request and wait for the device's answer
+ * @vd: the device
+ * @req: the request, owned by the caller
+ *
+ * Waits timeout_ms at most, then abandons the request.
+ *
+ * Context: may sleep.
+ * Return: vgpu_req_result(), an error of vgpu_submit(), or -ETIMEDOUT: then
+ * @req was abandoned and belongs to the queue. For every other result the
+ * caller still owns @req.
+ */
 int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req)
 {
 	int err = vgpu_submit(vd, req);
@@ -205,7 +267,20 @@ int vgpu_cmd_sync(struct vgpu_dev *vd, struct vgpu_req *req)
 	return vgpu_wait(vd, req);
 }
 
-/* A command without payload; @value0 (if not NULL) receives resp.value0. */
+/**
+ * vgpu_cmd_simple() - send a command without payload and wait for it
+ * @vd: the device
+ * @opcode: VGPU_CMD_*
+ * @pasid: the command's PASID
+ * @arg0: its arg0
+ * @arg1: its arg1
+ * @value0: if not NULL, receives the response's value0 on success
+ *
+ * Context: may sleep; allocates with GFP_KERNEL, so never under the mirror
+ * mutex.
+ * Return: as vgpu_cmd_sync(), or -ENOMEM; a timed-out request is left to the
+ * queue.
+ */
 int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
 		    u64 arg1, u64 *value0)
 {
@@ -234,11 +309,13 @@ int vgpu_cmd_simple(struct vgpu_dev *vd, u32 opcode, u32 pasid, u64 arg0,
  * job's stack) stays valid because the job leaves only after seeing the
  * request completed under cmd_lock (vgpu_req_completed()), after this.
  */
-static void vgpu_req_finish(struct vgpu_req *req, u32 len, int err)
+static void vgpu_req_finish(struct vgpu_dev *vd, struct vgpu_req *req, u32 len,
+			    int err)
 {
 	size_t max = sizeof(req->resp) + (req->data_in ? req->data_len : 0);
 	wait_queue_head_t *wq = req->wq;
 
+	lockdep_assert_held(&vd->cmd_lock);
 	if (req->abandoned) {
 		vgpu_req_free(req);
 		return;
@@ -251,9 +328,16 @@ static void vgpu_req_finish(struct vgpu_req *req, u32 len, int err)
 		wake_up(wq);
 }
 
-/*
- * Whether @req completed, with the completing side done with it: unlike
- * completion_done(), true only after vgpu_req_finish() returned.
+/**
+ * vgpu_req_completed() - whether the completing side is done with a request
+ * @vd: the device
+ * @req: a submitted request
+ *
+ * Unlike completion_done(), true only after vgpu_req_finish() returned (the
+ * flag is read under cmd_lock), so a job whose wait queue lives on its
+ * stack may leave once this is true.
+ *
+ * Return: true if @req completed.
  */
 bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req)
 {
@@ -266,6 +350,15 @@ bool vgpu_req_completed(struct vgpu_dev *vd, struct vgpu_req *req)
 	return done;
 }
 
+/**
+ * vgpu_cmd_done() - the command queue's callback
+ * @vq: the command virtqueue
+ *
+ * Completes every request the device returned (and frees the abandoned
+ * ones), then wakes the waiters for ring space.
+ *
+ * Context: interrupt; takes cmd_lock.
+ */
 void vgpu_cmd_done(struct virtqueue *vq)
 {
 	struct vgpu_dev *vd = vq->vdev->priv;
@@ -277,7 +370,7 @@ void vgpu_cmd_done(struct virtqueue *vq)
 	do {
 		virtqueue_disable_cb(vq);
 		while ((req = virtqueue_get_buf(vq, &len)))
-			vgpu_req_finish(req, len, 0);
+			vgpu_req_finish(vd, req, len, 0);
 		if (unlikely(virtqueue_is_broken(vq)))
 			break;
 	} while (!virtqueue_enable_cb(vq));
@@ -292,12 +385,19 @@ static int vgpu_fault_add(struct vgpu_dev *vd, struct vgpu_fault_buf *fb)
 {
 	struct scatterlist sg;
 
+	lockdep_assert_held(&vd->fault_lock);
 	memset(&fb->f, 0, sizeof(fb->f));
 	sg_init_one(&sg, &fb->f, sizeof(fb->f));
 	return virtqueue_add_inbuf(vd->fault_vq, &sg, 1, fb, GFP_ATOMIC);
 }
 
-/* Posts every fault buffer; called once the device is ready. */
+/**
+ * vgpu_fault_post_all() - post every fault buffer
+ * @vd: the device, ready (virtio_device_ready())
+ *
+ * Return: 0 if at least one buffer is posted (fewer than VGPU_FAULT_BUFS is
+ * logged), else the error of the first one.
+ */
 int vgpu_fault_post_all(struct vgpu_dev *vd)
 {
 	unsigned long flags;
@@ -321,7 +421,15 @@ int vgpu_fault_post_all(struct vgpu_dev *vd)
 	return 0;
 }
 
-/* Gives a fault buffer back to the device. Any context. */
+/**
+ * vgpu_fault_repost() - give a fault buffer back to the device
+ * @vd: the device
+ * @fb: a buffer taken from a job (vgpu_job_next_fault()) or the orphans
+ *
+ * Nothing is posted once the device is stopped.
+ *
+ * Context: any; takes fault_lock.
+ */
 void vgpu_fault_repost(struct vgpu_dev *vd, struct vgpu_fault_buf *fb)
 {
 	unsigned long flags;
@@ -354,6 +462,15 @@ static void vgpu_fault_dispatch(struct vgpu_dev *vd, struct vgpu_fault_buf *fb)
 	schedule_work(&vd->orphan_work);
 }
 
+/**
+ * vgpu_fault_done() - the fault queue's callback
+ * @vq: the fault virtqueue
+ *
+ * Hands every written fault record to the job it names, or to the orphan
+ * work; a buffer with nothing to answer is posted again at once.
+ *
+ * Context: interrupt; takes fault_lock, then (after releasing it) job_lock.
+ */
 void vgpu_fault_done(struct virtqueue *vq)
 {
 	struct vgpu_dev *vd = vq->vdev->priv;
@@ -385,7 +502,13 @@ void vgpu_fault_done(struct virtqueue *vq)
 	}
 }
 
-/* Fails the faults nobody waits for, so their jobs end with FAULT. */
+/**
+ * vgpu_orphan_work() - fail the faults nobody waits for
+ * @work: &vgpu_dev.orphan_work
+ *
+ * Sends FAULT_FAIL (ESRCH) for each fault of an unknown or finished job, so
+ * that the job ends with FAULT, and posts its buffer again.
+ */
 void vgpu_orphan_work(struct work_struct *work)
 {
 	struct vgpu_dev *vd = container_of(work, struct vgpu_dev, orphan_work);
@@ -410,6 +533,14 @@ void vgpu_orphan_work(struct work_struct *work)
 	}
 }
 
+/**
+ * vgpu_job_register() - give a job an id and route its faults to it
+ * @vd: the device
+ * @job: the job, on the caller's stack; its faults and wait queue are
+ *	 initialised and its id set here
+ *
+ * Context: takes job_lock.
+ */
 void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job)
 {
 	unsigned long flags;
@@ -422,7 +553,15 @@ void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job)
 	spin_unlock_irqrestore(&vd->job_lock, flags);
 }
 
-/* Faults still queued for the job go to the orphan work (FAULT_FAIL). */
+/**
+ * vgpu_job_unregister() - stop routing faults to a job
+ * @vd: the device
+ * @job: a registered job
+ *
+ * Faults still queued for the job go to the orphan work (FAULT_FAIL).
+ *
+ * Context: takes job_lock.
+ */
 void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job)
 {
 	unsigned long flags;
@@ -437,6 +576,17 @@ void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job)
 		schedule_work(&vd->orphan_work);
 }
 
+/**
+ * vgpu_job_next_fault() - take the next fault queued for a job
+ * @vd: the device
+ * @job: a registered job
+ *
+ * The caller answers the fault and gives the buffer back with
+ * vgpu_fault_repost().
+ *
+ * Context: takes job_lock.
+ * Return: the fault buffer, or NULL if none is queued.
+ */
 struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
 					   struct vgpu_job_wait *job)
 {
@@ -459,7 +609,7 @@ struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
  * (device removal, or a fence after an unanswered INVALIDATE); the queues
  * themselves stay until vgpu_queues_shutdown().
  */
-void vgpu_queues_stop(struct vgpu_dev *vd)
+static void vgpu_queues_stop(struct vgpu_dev *vd)
 {
 	struct vgpu_job_wait *job;
 	struct vgpu_req *req;
@@ -482,7 +632,7 @@ void vgpu_queues_stop(struct vgpu_dev *vd)
 
 	spin_lock_irqsave(&vd->cmd_lock, flags);
 	while ((req = virtqueue_detach_unused_buf(vd->cmd_vq)))
-		vgpu_req_finish(req, 0, -ENODEV);
+		vgpu_req_finish(vd, req, 0, -ENODEV);
 	spin_unlock_irqrestore(&vd->cmd_lock, flags);
 	/* Fault buffers belong to vd->fault_bufs; just forget them. */
 	while (virtqueue_detach_unused_buf(vd->fault_vq))
@@ -498,14 +648,21 @@ out:
 	mutex_unlock(&vd->stop_lock);
 }
 
-/*
- * Submits @req and waits for it without ever abandoning it: for commands the
- * caller may not outlive, an INVALIDATE above all (its notifier must not
- * return while the device can still use the old pages, or the kernel reuses
- * pages the device still writes). If the device takes longer than timeout_ms
- * to accept or answer, it is fenced with vgpu_queues_stop(): every mirror
- * fails from then on, but no DMA reaches a page the kernel took back. The
- * caller owns @req on return.
+/**
+ * vgpu_cmd_sync_or_fence() - submit a request and wait, never abandoning it
+ * @vd: the device
+ * @req: the request, owned by the caller
+ *
+ * For commands the caller may not outlive, an INVALIDATE above all: its
+ * notifier must not return while the device can still use the old pages, or
+ * the kernel reuses pages the device still writes. If the device takes
+ * longer than timeout_ms to accept or answer, it is fenced with
+ * vgpu_queues_stop(): every mirror fails from then on, but no DMA reaches a
+ * page the kernel took back.
+ *
+ * Context: may sleep; called under the mirror mutex, takes stop_lock.
+ * Return: vgpu_req_result(), or an error of vgpu_submit() (-ENODEV after a
+ * fence). The caller owns @req on return.
  */
 int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req)
 {
@@ -534,10 +691,39 @@ int vgpu_cmd_sync_or_fence(struct vgpu_dev *vd, struct vgpu_req *req)
 	return vgpu_req_result(req);
 }
 
-/* The device is going away: stop it and free the queues. */
+/**
+ * vgpu_queues_shutdown() - stop the device for good and delete its queues
+ * @vd: the device, going away (remove, or a probe that failed)
+ */
 void vgpu_queues_shutdown(struct vgpu_dev *vd)
 {
 	vgpu_queues_stop(vd);
 	cancel_work_sync(&vd->orphan_work);
 	vd->vdev->config->del_vqs(vd->vdev);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The device structure */
+
+static void vgpu_dev_release(struct kref *ref)
+{
+	struct vgpu_dev *vd = container_of(ref, struct vgpu_dev, ref);
+
+	cancel_work_sync(&vd->orphan_work);
+	ida_destroy(&vd->pasids);
+	kfree(vd->fault_bufs);
+	put_device(&vd->vdev->dev);
+	kfree(vd);
+}
+
+/**
+ * vgpu_dev_put() - drop a reference to a device
+ * @vd: the device
+ *
+ * Probe holds one reference until remove, every mirror one until it is
+ * freed; the last one cancels the orphan work and frees @vd.
+ */
+void vgpu_dev_put(struct vgpu_dev *vd)
+{
+	kref_put(&vd->ref, vgpu_dev_release);
 }
