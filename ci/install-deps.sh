@@ -6,7 +6,8 @@
 # run the prebuilt kbuild tools (objtool needs libelf1). The kernel's HMM selftest
 # (hmm-tests) is built statically with gcc-12 against libc6-dev and the kernel uapi
 # headers of linux-libc-dev, from files extracted (bash, tar, xz) from the kernel
-# source package. Idempotent; safe to run on every CI start.
+# source package; checkpatch.pl (ci/checkpatch.sh) comes from the same package and needs
+# perl. Idempotent; safe to run on every CI start.
 #
 # The backports source reuses the mirror URI already configured in this
 # machine's apt sources, so no registry host is written anywhere.
@@ -36,7 +37,7 @@ fi
 log "apt-get update"
 apt-get update -qq
 
-pkgs=(busybox-static cpio kmod xz-utils zstd make gcc-12 libc6-dev linux-libc-dev libelf1)
+pkgs=(busybox-static cpio kmod xz-utils zstd make gcc-12 libc6-dev linux-libc-dev libelf1 perl)
 log "installing ${pkgs[*]}"
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (README): installs what the tests need, checks formatting and
-# lints, then runs every test, including the ones that boot a guest (through the virtual host
-# where this machine has no hardware virtualization).
+# The project's test command (README): installs what the tests need, checks formatting,
+# lints and the C's kernel style (checkpatch), then runs every test, including the ones
+# that boot a guest (through the virtual host where this machine has no hardware
+# virtualization).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "checkpatch (the guest driver's C, kernel style)"
+bash ci/checkpatch.sh
 
 step "cargo test (unit, KVM smoke and guest-booting tests)"
 # A test that cannot run here records why in this file (protocol::testing::skip) and
