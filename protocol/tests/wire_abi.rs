@@ -6,89 +6,80 @@
 //! and values, compared with `size_of` / `offset_of!`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::{offset_of, size_of, size_of_val};
+use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vm_memory::ByteValued;
 
 use protocol::wire;
 
 /// One struct: its C name, its size, and (field, offset, size) per field.
-type Layout = (&'static str, usize, Vec<(&'static str, usize, usize)>);
+type Layout = (String, usize, Vec<(String, usize, usize)>);
 
-macro_rules! layout {
-    ($t:ty, $c:literal, [$($f:ident),* $(,)?]) => {{
-        let v = <$t>::default();
-        (
-            $c,
-            size_of::<$t>(),
-            vec![$((stringify!($f), offset_of!($t, $f), size_of_val(&v.$f))),*],
-        )
-    }};
+/// The Rust layout of a wire struct, found without naming a field: each field serde knows
+/// (the JSON key) is set to a marker and found in the struct's bytes; its size is 8 if it
+/// takes a value above `u32::MAX`, else 4. The bytes no field covers are `reserved`.
+/// So a field added to a struct in `src/wire.rs` is checked with no edit here.
+fn layout_of<T>(c_name: &str) -> Layout
+where
+    T: Serialize + DeserializeOwned + ByteValued + Default,
+{
+    let base = T::default();
+    let size = size_of::<T>();
+    let mut covered = vec![false; size];
+    let mut fields = Vec::new();
+    for key in serde_fields::<T>() {
+        let set = |v: u64| serde_json::from_value::<T>(serde_json::json!({ key.clone(): v }));
+        let marked = set(0x5a5a_5a5a).expect("every wire field takes a u32 value");
+        let offset = (0..size)
+            .find(|&i| base.as_slice()[i] != marked.as_slice()[i])
+            .expect("the marker lands in the struct");
+        let width = if set(1 << 32).is_ok() { 8 } else { 4 };
+        covered[offset..offset + width]
+            .iter_mut()
+            .for_each(|c| *c = true);
+        fields.push((key, offset, width));
+    }
+    if let Some(start) = covered.iter().position(|c| !c) {
+        let len = covered[start..].iter().take_while(|c| !**c).count();
+        assert!(
+            covered[start + len..].iter().all(|c| *c),
+            "{c_name}: the bytes no field covers are not one reserved run"
+        );
+        fields.push(("reserved".to_string(), start, len));
+    }
+    fields.sort_by_key(|f| f.1);
+    (c_name.to_string(), size, fields)
 }
 
 fn rust_layouts() -> Vec<Layout> {
     vec![
-        layout!(
-            wire::Config,
-            "vgpu_config",
-            [
-                max_pasids,
-                max_map_pages,
-                atc_entries,
-                atc_ways,
-                fault_ahead,
-                reserved
-            ]
+        layout_of::<wire::Config>("vgpu_config"),
+        layout_of::<wire::Cmd>("vgpu_cmd"),
+        layout_of::<wire::Resp>("vgpu_resp"),
+        layout_of::<wire::MapEntry>("vgpu_map_entry"),
+        layout_of::<wire::Fault>("vgpu_fault"),
+        layout_of::<wire::EventCounters>("vgpu_event_counters"),
+        layout_of::<wire::GlobalCounters>("vgpu_global_counters"),
+        // Two nested tables: serde shows them keyed by event name, so they are named here.
+        (
+            "vgpu_counters".to_string(),
+            size_of::<wire::Counters>(),
+            vec![
+                (
+                    "events".to_string(),
+                    offset_of!(wire::Counters, events),
+                    size_of::<[wire::EventCounters; wire::event::COUNT]>(),
+                ),
+                (
+                    "global".to_string(),
+                    offset_of!(wire::Counters, global),
+                    size_of::<wire::GlobalCounters>(),
+                ),
+            ],
         ),
-        layout!(
-            wire::Cmd,
-            "vgpu_cmd",
-            [opcode, pasid, start, length, arg0, arg1, event, flags]
-        ),
-        layout!(wire::Resp, "vgpu_resp", [status, reserved, value0, value1]),
-        layout!(wire::MapEntry, "vgpu_map_entry", [gpa_flags]),
-        layout!(
-            wire::Fault,
-            "vgpu_fault",
-            [fault_id, job_id, address, pasid, flags]
-        ),
-        layout!(
-            wire::EventCounters,
-            "vgpu_event_counters",
-            [
-                notifications,
-                ats_invalidations,
-                pasid_invalidations,
-                pages_invalidated,
-                atc_entries_dropped,
-                useless_invalidations,
-                refaults,
-                downgrades,
-                leaf_splits,
-                reserved,
-            ]
-        ),
-        layout!(
-            wire::GlobalCounters,
-            "vgpu_global_counters",
-            [
-                device_faults,
-                jobs_completed,
-                jobs_failed,
-                maps,
-                pages_mapped,
-                command_errors,
-                atc_hits,
-                atc_misses,
-                page_walks,
-                violations,
-                bytes_read,
-                bytes_written,
-                permission_faults,
-                fault_retries,
-                reserved,
-            ]
-        ),
-        layout!(wire::Counters, "vgpu_counters", [events, global]),
     ]
 }
 
@@ -139,8 +130,8 @@ fn c_header_and_rust_structs_agree() {
 
     let mut wrong = Vec::new();
     for (name, size, fields) in &layouts {
-        if c[*name] != [*size as u64] {
-            wrong.push(format!("sizeof {name}: C {:?}, Rust {size}", c[*name]));
+        if c[name] != [*size as u64] {
+            wrong.push(format!("sizeof {name}: C {:?}, Rust {size}", c[name]));
         }
         for (f, off, fsize) in fields {
             let key = format!("{name}.{f}");
@@ -282,53 +273,45 @@ fn every_constant_is_named_on_both_sides() {
 }
 
 /// The serde names of a wire struct's fields (reserved words are skipped by serde).
-fn serde_fields<T: serde::Serialize + Default>() -> Vec<String> {
+fn serde_fields<T: Serialize + Default>() -> Vec<String> {
     let v = serde_json::to_value(T::default()).unwrap();
     v.as_object().unwrap().keys().cloned().collect()
 }
 
 #[test]
-fn every_struct_has_the_same_fields_on_both_sides() {
+fn every_struct_has_the_same_fields_in_the_same_order_on_both_sides() {
     let c = header_structs(&header());
-    let layouts = rust_layouts();
-    let rust: BTreeMap<String, Vec<String>> = layouts
-        .iter()
-        .map(|(name, _, fields)| {
-            (
-                name.to_string(),
-                fields.iter().map(|f| f.0.to_string()).collect(),
-            )
-        })
+    let rust: BTreeMap<String, Vec<String>> = rust_layouts()
+        .into_iter()
+        .map(|(name, _, fields)| (name, fields.into_iter().map(|f| f.0).collect()))
         .collect();
     assert_eq!(
         c, rust,
-        "structs and fields (in order): vgpu_wire.h vs the layouts here"
+        "structs and fields (in order): vgpu_wire.h vs src/wire.rs"
     );
-    // The layout lists above are checked against the Rust structs themselves.
-    let serde: BTreeMap<&str, Vec<String>> = BTreeMap::from([
-        ("vgpu_config", serde_fields::<wire::Config>()),
-        ("vgpu_cmd", serde_fields::<wire::Cmd>()),
-        ("vgpu_resp", serde_fields::<wire::Resp>()),
-        ("vgpu_map_entry", serde_fields::<wire::MapEntry>()),
-        ("vgpu_fault", serde_fields::<wire::Fault>()),
-        ("vgpu_event_counters", serde_fields::<wire::EventCounters>()),
-        (
-            "vgpu_global_counters",
-            serde_fields::<wire::GlobalCounters>(),
-        ),
-        ("vgpu_counters", serde_fields::<wire::Counters>()),
-    ]);
-    for (name, fields) in &rust {
-        let mut want: BTreeSet<String> = fields
-            .iter()
-            .filter(|f| *f != "reserved")
-            .cloned()
-            .collect();
-        let got: BTreeSet<String> = serde[name.as_str()].iter().cloned().collect();
-        assert_eq!(
-            got,
-            std::mem::take(&mut want),
-            "{name}: Rust fields vs the layout list"
-        );
-    }
+}
+
+#[test]
+fn the_layout_probe_finds_what_offset_of_says() {
+    let (_, size, fields) = layout_of::<wire::Resp>("vgpu_resp");
+    assert_eq!(size, 24);
+    let want = [
+        ("status", offset_of!(wire::Resp, status), 4),
+        ("reserved", offset_of!(wire::Resp, reserved), 4),
+        ("value0", offset_of!(wire::Resp, value0), 8),
+        ("value1", offset_of!(wire::Resp, value1), 8),
+    ];
+    let got: Vec<(&str, usize, usize)> = fields
+        .iter()
+        .map(|(n, o, s)| (n.as_str(), *o, *s))
+        .collect();
+    assert_eq!(got, want);
+    let (_, _, fields) = layout_of::<wire::GlobalCounters>("vgpu_global_counters");
+    let fault_retries = fields.iter().find(|f| f.0 == "fault_retries").unwrap();
+    assert_eq!(
+        fault_retries.1,
+        offset_of!(wire::GlobalCounters, fault_retries)
+    );
+    let reserved = fields.last().unwrap();
+    assert_eq!((reserved.0.as_str(), reserved.2), ("reserved", 18 * 8));
 }

@@ -1,6 +1,8 @@
 //! The guest side of the virtual GPU in Rust: the ioctl bindings of `/dev/vgpu0`
 //! ([`uapi`]), a safe handle on it ([`device`]) and the pieces the workloads share.
 
+#![deny(missing_docs)]
+
 pub mod device;
 
 /// The records shared with the device and the VMM.
