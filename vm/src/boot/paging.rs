@@ -141,6 +141,51 @@ mod tests {
         assert_eq!(last, (IDENTITY_MAP_SIZE - PAGE_2M) | 0x83);
     }
 
+    /// The six pages from the PML4 to the last page directory, byte for byte, as the
+    /// hand-written tables of this module had them (commit a55a920): written down here so
+    /// that whatever writes the tables keeps them exactly, and touches nothing else.
+    #[test]
+    fn tables_are_byte_for_byte_the_boot_layout() {
+        const POISON: u8 = 0xa5;
+        const FIRST: usize = 0x9000;
+        const END: usize = 0xf000;
+        let mut want = vec![0u8; END - FIRST];
+        let mut put = |at: usize, value: u64| {
+            want[at - FIRST..at - FIRST + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        // PML4 at 0x9000: entry 0 is the PDPT, present and writable.
+        put(0x9000, 0x0000_0000_0000_a003);
+        // PDPT at 0xa000: entries 0..4 are the four page directories.
+        put(0xa000, 0x0000_0000_0000_b003);
+        put(0xa008, 0x0000_0000_0000_c003);
+        put(0xa010, 0x0000_0000_0000_d003);
+        put(0xa018, 0x0000_0000_0000_e003);
+        // Page directories at 0xb000..0xf000: 2048 2 MiB leaves, present, writable, PS.
+        for i in 0..2048u64 {
+            put(0xb000 + 8 * i as usize, (i << 21) | 0x83);
+        }
+        assert_eq!(&want[0x2000..0x2008], &[0x83, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&want[0x3000..0x3008], &[0x83, 0, 0, 0x40, 0, 0, 0, 0]);
+        assert_eq!(&want[0x5ff8..], &[0x83, 0, 0xe0, 0xff, 0, 0, 0, 0]);
+
+        let mem = mem();
+        let size = 0x10_0000;
+        mem.write_slice(&vec![POISON; size], GuestAddress(0))
+            .unwrap();
+        setup_page_tables(&mem).unwrap();
+        let mut got = vec![0u8; size];
+        mem.read_slice(&mut got, GuestAddress(0)).unwrap();
+        assert!(got[..FIRST].iter().all(|&b| b == POISON), "below the PML4");
+        assert!(got[END..].iter().all(|&b| b == POISON), "above the PDs");
+        for (page, (got, want)) in got[FIRST..END]
+            .chunks(0x1000)
+            .zip(want.chunks(0x1000))
+            .enumerate()
+        {
+            assert!(got == want, "table page {:#x}", FIRST + page * 0x1000);
+        }
+    }
+
     #[test]
     fn fails_without_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
