@@ -49,13 +49,13 @@ pub enum CpuLeaf {
 }
 
 impl CpuLeaf {
-    /// Bytes covered by the leaf.
-    pub fn bytes(self) -> u64 {
+    /// Bytes covered by the leaf (a `const fn`, so memory layouts can be sized with it).
+    pub const fn bytes(self) -> u64 {
         1 << self.shift()
     }
 
     /// The index shift of the level that holds the leaf (12, 21 or 30).
-    pub fn shift(self) -> u32 {
+    pub const fn shift(self) -> u32 {
         match self {
             CpuLeaf::Small => 12,
             CpuLeaf::Huge2M => 21,
@@ -63,6 +63,13 @@ impl CpuLeaf {
         }
     }
 }
+
+// What a table of each level spans follows from the leaf sizes.
+const _: () = {
+    assert!(CpuLeaf::Small.bytes() * ENTRIES == CpuLeaf::Huge2M.bytes());
+    assert!(CpuLeaf::Huge2M.bytes() * ENTRIES == CpuLeaf::Huge1G.bytes());
+    assert!(CpuLeaf::Huge1G.bytes() * ENTRIES * ENTRIES == LOWER_HALF_END * 2);
+};
 
 /// The address of the entry for `va` in the table at `table`, at the level of `shift` (39 =
 /// PML4 ... 12 = PT).
