@@ -571,8 +571,8 @@ mod tests {
             .unwrap();
         assert_eq!(&sig[..4], b"_MP_");
         assert_eq!(
-            paging::translate(&mem, layout::PML4_START, k.entry.raw_value()),
-            Some(k.entry.raw_value())
+            device_model::x86::walk(&mem, layout::PML4_START, k.entry.raw_value()).map(|t| t.gpa),
+            Some(k.entry)
         );
     }
 

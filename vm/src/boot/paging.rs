@@ -4,99 +4,61 @@
 //! each page directory maps 1 GiB with 512 2 MiB pages. Together they map guest-virtual X to
 //! guest-physical X for X below 4 GiB, which covers the kernel, the zero page and the command
 //! line as the boot protocol requires. The kernel builds its own tables right away.
+//!
+//! The tables are written by the device model's x86-64 writer ([`TableWriter`]), given
+//! exactly the pages of the boot layout: the PML4 at [`PML4_START`], the PDPT at
+//! [`PDPTE_START`] and the page directories from [`PDE_START`] on, in that order.
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use std::collections::VecDeque;
+
+use device_model::x86::{CpuLeaf, TableWriter, WriterError, TABLE_SIZE};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::layout::{IDENTITY_MAP_SIZE, PDE_START, PDPTE_START, PML4_START};
 
 /// Errors writing the page tables.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Writing a page table into guest memory failed.
-    #[error("failed to write the boot page tables into guest memory: {0}")]
-    WritePageTables(#[source] vm_memory::GuestMemoryError),
+    /// A table could not be written: its page is not guest memory (or, were the layout
+    /// wrong, the writer ran out of the pages set aside for tables).
+    #[error("failed to write the boot page tables: {0}")]
+    WritePageTables(#[source] WriterError),
 }
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Present.
-const PTE_PRESENT: u64 = 1 << 0;
-/// Writable.
-const PTE_WRITABLE: u64 = 1 << 1;
-/// Page size: a PDE maps a 2 MiB page.
-const PTE_LARGE: u64 = 1 << 7;
+/// Number of page directories: one per GiB, what a PDPT entry spans.
+pub const NUM_PDS: u64 = IDENTITY_MAP_SIZE / CpuLeaf::Huge1G.bytes();
 
-/// Size of one large page.
-const PAGE_2M: u64 = 2 << 20;
-/// Bytes mapped by one page directory.
-const PD_SPAN: u64 = 512 * PAGE_2M;
-/// Number of page directories.
-pub const NUM_PDS: u64 = IDENTITY_MAP_SIZE / PD_SPAN;
-
-/// Builds the value of a table entry pointing at `addr` with `flags`.
-fn entry(addr: u64, flags: u64) -> u64 {
-    addr | flags
-}
-
-fn table_bytes(entries: impl Iterator<Item = u64>) -> Vec<u8> {
-    entries.flat_map(u64::to_le_bytes).collect()
+/// The pages the tables below the PML4 go in, in the order the writer asks for them: the
+/// PDPT (for the first 2 MiB leaf), then one page directory per GiB as the map goes up.
+fn table_pages() -> VecDeque<GuestAddress> {
+    std::iter::once(PDPTE_START)
+        .chain((0..NUM_PDS).map(|i| GuestAddress(PDE_START.0 + i * TABLE_SIZE)))
+        .collect()
 }
 
 /// Writes the identity-map page tables; CR3 must then be [`PML4_START`].
 pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    let pml4 = table_bytes(
-        std::iter::once(entry(PDPTE_START.raw_value(), PTE_PRESENT | PTE_WRITABLE))
-            .chain(std::iter::repeat_n(0, 511)),
-    );
-    mem.write_slice(&pml4, PML4_START)
-        .map_err(Error::WritePageTables)?;
-
-    let pdpt = table_bytes(
-        (0..NUM_PDS)
-            .map(|i| {
-                entry(
-                    PDE_START.raw_value() + i * 0x1000,
-                    PTE_PRESENT | PTE_WRITABLE,
-                )
-            })
-            .chain(std::iter::repeat_n(0, 512 - NUM_PDS as usize)),
-    );
-    mem.write_slice(&pdpt, PDPTE_START)
-        .map_err(Error::WritePageTables)?;
-
-    let pds = table_bytes(
-        (0..NUM_PDS * 512).map(|i| entry(i * PAGE_2M, PTE_PRESENT | PTE_WRITABLE | PTE_LARGE)),
-    );
-    mem.write_slice(&pds, PDE_START)
-        .map_err(Error::WritePageTables)?;
-    Ok(())
-}
-
-/// Walks the tables in guest memory like the MMU would and returns the physical address that
-/// virtual address `va` maps to, or `None` if it is not mapped. Useful to check the tables.
-pub fn translate(mem: &GuestMemoryMmap, cr3: GuestAddress, va: u64) -> Option<u64> {
-    const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-    let read = |table: u64, index: u64| -> Option<u64> {
-        let e: u64 = mem.read_obj(GuestAddress(table + index * 8)).ok()?;
-        (e & PTE_PRESENT != 0).then_some(e)
-    };
-    let pml4e = read(cr3.raw_value() & ADDR_MASK, (va >> 39) & 0x1ff)?;
-    let pdpte = read(pml4e & ADDR_MASK, (va >> 30) & 0x1ff)?;
-    if pdpte & PTE_LARGE != 0 {
-        return Some((pdpte & 0x000f_ffff_c000_0000) | (va & 0x3fff_ffff));
-    }
-    let pde = read(pdpte & ADDR_MASK, (va >> 21) & 0x1ff)?;
-    if pde & PTE_LARGE != 0 {
-        return Some((pde & 0x000f_ffff_ffe0_0000) | (va & 0x1f_ffff));
-    }
-    let pte = read(pde & ADDR_MASK, (va >> 12) & 0x1ff)?;
-    Some((pte & ADDR_MASK) | (va & 0xfff))
+    let mut tables =
+        TableWriter::with_source(mem, PML4_START, table_pages()).map_err(Error::WritePageTables)?;
+    tables
+        .map_range(mem, 0, 0, IDENTITY_MAP_SIZE, CpuLeaf::Huge2M, true)
+        .map_err(Error::WritePageTables)
 }
 
 #[cfg(test)]
 mod tests {
+    use device_model::x86::{walk, PTE_LEAF, PTE_PRESENT, PTE_WRITABLE};
+    use vm_memory::{Address, Bytes};
+
     use super::*;
+
+    /// What the tables at CR3 = [`PML4_START`] map `va` to, walked as the CPU walks them.
+    fn translate(mem: &GuestMemoryMmap, va: u64) -> Option<u64> {
+        walk(mem, PML4_START, va).map(|t| t.gpa.0)
+    }
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
@@ -118,11 +80,13 @@ mod tests {
             0xfee0_0000,
             0xffff_ffff,
         ] {
-            assert_eq!(translate(&mem, PML4_START, x), Some(x), "address {x:#x}");
+            assert_eq!(translate(&mem, x), Some(x), "address {x:#x}");
+            let t = walk(&mem, PML4_START, x).unwrap();
+            assert_eq!((t.leaf, t.writable), (CpuLeaf::Huge2M, true), "{x:#x}");
         }
         // Nothing at or above 4 GiB.
-        assert_eq!(translate(&mem, PML4_START, 0x1_0000_0000), None);
-        assert_eq!(translate(&mem, PML4_START, 0x80_0000_0000), None);
+        assert_eq!(translate(&mem, 0x1_0000_0000), None);
+        assert_eq!(translate(&mem, 0x80_0000_0000), None);
     }
 
     #[test]
@@ -130,15 +94,19 @@ mod tests {
         let mem = mem();
         setup_page_tables(&mem).unwrap();
         let pml4e: u64 = mem.read_obj(PML4_START).unwrap();
-        assert_eq!(pml4e, PDPTE_START.raw_value() | 0x3);
+        let table = PTE_PRESENT | PTE_WRITABLE;
+        assert_eq!(table, 0x3);
+        assert_eq!(pml4e, PDPTE_START.raw_value() | table);
         let pdpte3: u64 = mem.read_obj(PDPTE_START.unchecked_add(3 * 8)).unwrap();
-        assert_eq!(pdpte3, (PDE_START.raw_value() + 0x3000) | 0x3);
+        assert_eq!(pdpte3, (PDE_START.raw_value() + 0x3000) | table);
         let pdpte4: u64 = mem.read_obj(PDPTE_START.unchecked_add(4 * 8)).unwrap();
         assert_eq!(pdpte4, 0);
         let last: u64 = mem
             .read_obj(PDE_START.unchecked_add(NUM_PDS * 0x1000 - 8))
             .unwrap();
-        assert_eq!(last, (IDENTITY_MAP_SIZE - PAGE_2M) | 0x83);
+        let leaf = table | PTE_LEAF;
+        assert_eq!(leaf, 0x83);
+        assert_eq!(last, (IDENTITY_MAP_SIZE - CpuLeaf::Huge2M.bytes()) | leaf);
     }
 
     /// The six pages from the PML4 to the last page directory, byte for byte, as the
@@ -189,6 +157,9 @@ mod tests {
     #[test]
     fn fails_without_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
-        assert!(setup_page_tables(&mem).is_err());
+        assert!(matches!(
+            setup_page_tables(&mem),
+            Err(Error::WritePageTables(WriterError::Memory(_)))
+        ));
     }
 }
