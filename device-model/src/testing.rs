@@ -219,6 +219,12 @@ impl DriverQueue {
         self.size
     }
 
+    /// The descriptor table's address (what a transport's queue descriptor address is
+    /// set to).
+    pub fn desc_table(&self) -> GuestAddress {
+        self.desc_table
+    }
+
     /// The available ring's address (its flags come first).
     pub fn avail_ring(&self) -> GuestAddress {
         self.avail_ring
@@ -275,6 +281,20 @@ impl DriverQueue {
             self.mem.write_obj(raw, GuestAddress(at)).unwrap();
         }
         let head = slots[0];
+        self.offer(head);
+        self.outstanding.insert(head, slots);
+        head
+    }
+
+    /// Offers `head` on the available ring as it is, with no descriptor written or taken:
+    /// a head a well-behaved driver would not offer (one beyond the table, or one the
+    /// device already holds). The device must never return it.
+    pub fn offer_head(&mut self, head: u16) {
+        self.offer(head);
+    }
+
+    /// Puts `head` in the next slot of the available ring and publishes the new index.
+    fn offer(&mut self, head: u16) {
         let ring_slot = u64::from(self.avail_idx % self.size);
         let at = self.avail_ring.0 + RING_HEADER + ring_slot * 2;
         self.mem.write_obj(head, GuestAddress(at)).unwrap();
@@ -282,8 +302,6 @@ impl DriverQueue {
         self.mem
             .write_obj(self.avail_idx, GuestAddress(self.avail_ring.0 + 2))
             .unwrap();
-        self.outstanding.insert(head, slots);
-        head
     }
 
     /// `n` consecutive free descriptors, from the cursor on.
@@ -737,6 +755,28 @@ mod tests {
             last = h;
         }
         assert_eq!(last, 2);
+    }
+
+    #[test]
+    fn a_head_offered_as_it_is_takes_no_descriptor() {
+        let mem = guest_memory(0x10_0000);
+        let mut q = DriverQueue::new(mem.clone(), GuestAddress(0x1000), 4);
+        assert_eq!(q.desc_table(), GuestAddress(0x1000));
+        let mut dev = q.device_queue();
+        q.offer_head(9);
+        let a = q.add_chain(&[writable(0x8000, 4)]);
+        assert_eq!(a, 0, "the bogus head took no descriptor");
+        let avail_idx: u16 = mem.read_obj(GuestAddress(q.avail_ring().0 + 2)).unwrap();
+        assert_eq!(avail_idx, 2);
+        // The device sees the bogus head first: its chain has no descriptor, and it cannot
+        // go on the used ring.
+        let bogus = dev.pop_descriptor_chain(mem.as_ref()).unwrap();
+        assert_eq!(bogus.head_index(), 9);
+        assert_eq!(bogus.count(), 0);
+        assert!(dev.add_used(mem.as_ref(), 9, 0).is_err());
+        let c = dev.pop_descriptor_chain(mem.as_ref()).unwrap();
+        dev.add_used(mem.as_ref(), c.head_index(), 4).unwrap();
+        assert_eq!(q.used(), vec![(a, 4)]);
     }
 
     #[test]
