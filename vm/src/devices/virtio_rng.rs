@@ -229,14 +229,15 @@ impl VirtioDevice for VirtioRng {
 mod tests {
     use std::sync::Mutex;
 
+    use device_model::testing::{guest_memory, readable, writable, DriverQueue, Next, RawDesc};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
     use super::*;
     use crate::pci::msix::testing::RecordingGroup;
     use crate::pci::msix::{MsixConfig, MSIX_ENABLE};
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
+    /// Where the driver's queue lies.
+    const QUEUE: GuestAddress = GuestAddress(0x1000);
     const QSIZE: u16 = 16;
     const MEM_SIZE: usize = 0x40000;
     const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -261,72 +262,43 @@ mod tests {
         }
     }
 
+    /// The device activated on the queue of the shared driver rig, with MSI-X vector 0 for
+    /// the queue.
     struct Rig {
         rng: VirtioRng,
         mem: Arc<GuestMemoryMmap>,
+        queue: DriverQueue,
         irq: Arc<RecordingGroup>,
-        avail_idx: u16,
     }
 
     impl Rig {
         fn new(source: Box<dyn Read + Send>) -> Self {
-            let mem =
-                Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+            let mem = guest_memory(MEM_SIZE as u64);
+            let queue = DriverQueue::new(mem.clone(), QUEUE, QSIZE);
             let irq = Arc::new(RecordingGroup::default());
+            let mut rng = VirtioRng::new(source);
+            rng.activate(
+                mem.clone(),
+                vec![queue.device_queue()],
+                Self::interrupt(&irq),
+            )
+            .unwrap();
+            Rig {
+                rng,
+                mem,
+                queue,
+                irq,
+            }
+        }
+
+        /// An interrupt with vector 0 enabled and assigned to the queue.
+        fn interrupt(irq: &Arc<RecordingGroup>) -> VirtioInterrupt {
             let mut msix = MsixConfig::new(2, irq.clone()).unwrap();
             msix.set_message_control(MSIX_ENABLE);
             msix.write_table(12, &0u32.to_le_bytes());
             let interrupt = VirtioInterrupt::new(Arc::new(Mutex::new(msix)), 1);
             interrupt.set_queue_vector(0, 0);
-            let mut q = Queue::new(RNG_QUEUE_SIZE).unwrap();
-            q.set_size(QSIZE);
-            q.set_desc_table_address(Some(DESC as u32), Some(0));
-            q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-            q.set_used_ring_address(Some(USED as u32), Some(0));
-            q.set_ready(true);
-            assert!(q.is_valid(mem.as_ref()));
-            let mut rng = VirtioRng::new(source);
-            rng.activate(mem.clone(), vec![q], interrupt).unwrap();
-            Rig {
-                rng,
-                mem,
-                irq,
-                avail_idx: 0,
-            }
-        }
-
-        fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem
-                .write_slice(&raw, GuestAddress(DESC + u64::from(i) * 16))
-                .unwrap();
-        }
-
-        fn offer(&mut self, head: u16) {
-            let slot = u64::from(self.avail_idx % QSIZE);
-            self.mem
-                .write_obj(head, GuestAddress(AVAIL + 4 + slot * 2))
-                .unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-                .unwrap();
-        }
-
-        fn used_idx(&self) -> u16 {
-            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
-        }
-
-        fn used(&self, i: u16) -> (u32, u32) {
-            let base = USED + 4 + u64::from(i % QSIZE) * 8;
-            (
-                self.mem.read_obj(GuestAddress(base)).unwrap(),
-                self.mem.read_obj(GuestAddress(base + 4)).unwrap(),
-            )
+            interrupt
         }
 
         fn bytes_at(&self, addr: u64, len: usize) -> Vec<u8> {
@@ -336,18 +308,25 @@ mod tests {
         }
     }
 
+    /// A descriptor a well-behaved driver would not write as it is.
+    fn raw(addr: u64, len: u32, flags: u16, next: Next) -> RawDesc {
+        RawDesc {
+            addr,
+            len,
+            flags,
+            next,
+        }
+    }
+
     #[test]
     fn fills_writable_buffers() {
         let mut rig = Rig::new(Box::new(Counting(0)));
-        rig.desc(0, 0x10000, 32, W, 0);
-        rig.desc(1, 0x11000, 16, W | N, 2);
-        rig.desc(2, 0x12000, 8, W, 0);
-        rig.offer(0);
-        rig.offer(1);
+        let a = rig.queue.add_chain(&[writable(0x10000, 32)]);
+        let b = rig
+            .queue
+            .add_chain(&[writable(0x11000, 16), writable(0x12000, 8)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used_idx(), 2);
-        assert_eq!(rig.used(0), (0, 32));
-        assert_eq!(rig.used(1), (1, 24));
+        assert_eq!(rig.queue.used(), vec![(a, 32), (b, 24)]);
         assert_eq!(rig.bytes_at(0x10000, 32), (0u8..32).collect::<Vec<_>>());
         assert_eq!(rig.bytes_at(0x11000, 16), (32u8..48).collect::<Vec<_>>());
         assert_eq!(rig.bytes_at(0x12000, 8), (48u8..56).collect::<Vec<_>>());
@@ -358,16 +337,15 @@ mod tests {
         // Nothing new: no interrupt.
         rig.rng.queue_notify(0);
         assert!(rig.irq.take_triggers().is_empty());
-        assert_eq!(rig.used_idx(), 2);
+        assert_eq!(rig.queue.used(), vec![]);
     }
 
     #[test]
     fn request_size_is_capped() {
         let mut rig = Rig::new(Box::new(Counting(0)));
-        rig.desc(0, 0x10000, 0x20000, W, 0);
-        rig.offer(0);
+        let a = rig.queue.add_chain(&[writable(0x10000, 0x20000)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used(0), (0, MAX_BYTES_PER_REQUEST));
+        assert_eq!(rig.queue.used(), vec![(a, MAX_BYTES_PER_REQUEST)]);
         // The byte after the cap was not touched.
         let after = rig.bytes_at(0x10000 + u64::from(MAX_BYTES_PER_REQUEST), 1);
         assert_eq!(after, vec![0]);
@@ -376,62 +354,56 @@ mod tests {
     #[test]
     fn malformed_chains_are_returned_empty() {
         let mut rig = Rig::new(Box::new(Counting(1)));
+        let q = &mut rig.queue;
         // Driver-readable buffer.
-        rig.desc(0, 0x10000, 16, 0, 0);
+        let readable = q.add_chain(&[readable(0x10000, 16)]);
         // Buffer outside guest memory.
-        rig.desc(1, MEM_SIZE as u64 - 4, 16, W, 0);
-        // A loop: 2 -> 3 -> 2 ...
-        rig.desc(2, 0x11000, 4, W | N, 3);
-        rig.desc(3, 0x11000, 4, W | N, 2);
+        let outside = q.add_chain(&[writable(MEM_SIZE as u64 - 4, 16)]);
+        // A loop: first -> second -> first ...
+        let looping = q.add_raw_chain(&[
+            raw(0x11000, 4, W | N, Next::Slot(1)),
+            raw(0x11000, 4, W | N, Next::Slot(0)),
+        ]);
         // Next pointer out of range.
-        rig.desc(4, 0x12000, 4, W | N, 999);
-        rig.offer(0);
-        rig.offer(1);
-        rig.offer(2);
-        rig.offer(4);
-        rig.offer(500); // head index out of range
+        let dangling = q.add_raw_chain(&[raw(0x12000, 4, W | N, Next::Index(999))]);
+        // Head index out of range.
+        q.offer_head(500);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used(0), (0, 0));
-        assert_eq!(rig.used(1), (1, 0));
-        // The loop ends after at most QSIZE descriptors.
-        let (id, len) = rig.used(2);
-        assert_eq!(id, 2);
-        assert!(len <= 4 * u32::from(QSIZE));
-        assert_eq!(rig.used(3), (4, 4));
+        let used = rig.queue.used();
         // The out-of-range head cannot go on the used ring.
-        assert_eq!(rig.used_idx(), 4);
+        assert_eq!(used.len(), 4);
+        assert_eq!(used[0], (readable, 0));
+        assert_eq!(used[1], (outside, 0));
+        // The loop ends after at most QSIZE descriptors.
+        let (id, len) = used[2];
+        assert_eq!(id, looping);
+        assert!(len <= 4 * u32::from(QSIZE));
+        assert_eq!(used[3], (dangling, 4));
         assert_eq!(rig.bytes_at(0x10000, 16), vec![0; 16]);
         let c = rig.rng.counters();
         assert_eq!(c.bad_requests.load(Ordering::Relaxed), 2);
         // The device keeps working afterwards.
-        rig.desc(5, 0x13000, 2, W, 0);
-        rig.offer(5);
+        let next = rig.queue.add_chain(&[writable(0x13000, 2)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used_idx(), 5);
-        assert_eq!(rig.used(4), (5, 2));
+        assert_eq!(rig.queue.used(), vec![(next, 2)]);
     }
 
     #[test]
     fn bogus_avail_index_does_not_hang() {
         let mut rig = Rig::new(Box::new(Counting(0)));
-        rig.mem
-            .write_obj(0x8000u16, GuestAddress(AVAIL + 2))
-            .unwrap();
+        let avail_idx = GuestAddress(rig.queue.avail_ring().0 + 2);
+        rig.mem.write_obj(0x8000u16, avail_idx).unwrap();
         assert!(!rig.rng.process_queue());
-        assert_eq!(rig.used_idx(), 0);
+        assert_eq!(rig.queue.used(), vec![]);
     }
 
     #[test]
     fn no_interrupt_flag_and_source_failure() {
         let mut rig = Rig::new(Box::new(Failing));
-        rig.mem
-            .write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, GuestAddress(AVAIL))
-            .unwrap();
-        rig.desc(0, 0x10000, 16, W, 0);
-        rig.offer(0);
+        rig.queue.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        let a = rig.queue.add_chain(&[writable(0x10000, 16)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used(0), (0, 0));
-        assert_eq!(rig.used_idx(), 1);
+        assert_eq!(rig.queue.used(), vec![(a, 0)]);
         assert!(rig.irq.take_triggers().is_empty());
     }
 
@@ -445,10 +417,9 @@ mod tests {
         let mut rig = Rig::new(Box::new(Counting(0)));
         rig.rng.queue_notify(3);
         rig.rng.reset();
-        rig.desc(0, 0x10000, 16, W, 0);
-        rig.offer(0);
+        rig.queue.add_chain(&[writable(0x10000, 16)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used_idx(), 0);
+        assert_eq!(rig.queue.used(), vec![]);
         let mem = rig.mem.clone();
         let irq = VirtioInterrupt::new(
             Arc::new(Mutex::new(MsixConfig::new(1, rig.irq.clone()).unwrap())),
@@ -468,21 +439,16 @@ mod tests {
         let mut rig = Rig::new(Box::new(Counting(0)));
         rig.rng = VirtioRng::from_urandom().unwrap();
         let mem = rig.mem.clone();
-        let mut q = Queue::new(RNG_QUEUE_SIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
         let irq = VirtioInterrupt::new(
             Arc::new(Mutex::new(MsixConfig::new(1, rig.irq.clone()).unwrap())),
             1,
         );
-        rig.rng.activate(mem, vec![q], irq).unwrap();
-        rig.desc(0, 0x10000, 64, W, 0);
-        rig.offer(0);
+        rig.rng
+            .activate(mem, vec![rig.queue.device_queue()], irq)
+            .unwrap();
+        let a = rig.queue.add_chain(&[writable(0x10000, 64)]);
         rig.rng.queue_notify(0);
-        assert_eq!(rig.used(0), (0, 64));
+        assert_eq!(rig.queue.used(), vec![(a, 64)]);
         assert_ne!(rig.bytes_at(0x10000, 64), vec![0; 64]);
     }
 
@@ -496,7 +462,8 @@ mod tests {
         use crate::virtio_pci::transport::{MSIX_TABLE_OFFSET, NOTIFY_OFFSET};
         use crate::virtio_pci::VirtioPciDevice;
 
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = guest_memory(MEM_SIZE as u64);
+        let mut queue = DriverQueue::new(mem.clone(), QUEUE, QSIZE);
         let irq = Arc::new(RecordingGroup::default());
         let pio = Bus::new("pio");
         let mmio = Bus::new("mmio");
@@ -547,9 +514,12 @@ mod tests {
         w(QUEUE_SELECT, &0u16.to_le_bytes());
         w(QUEUE_SIZE, &QSIZE.to_le_bytes());
         w(QUEUE_MSIX_VECTOR, &1u16.to_le_bytes());
-        w(QUEUE_DESC_LO, &(DESC as u32).to_le_bytes());
-        w(QUEUE_DRIVER_LO, &(AVAIL as u32).to_le_bytes());
-        w(QUEUE_DEVICE_LO, &(USED as u32).to_le_bytes());
+        w(QUEUE_DESC_LO, &(queue.desc_table().0 as u32).to_le_bytes());
+        w(
+            QUEUE_DRIVER_LO,
+            &(queue.avail_ring().0 as u32).to_le_bytes(),
+        );
+        w(QUEUE_DEVICE_LO, &(queue.used_ring().0 as u32).to_le_bytes());
         w(QUEUE_ENABLE, &1u16.to_le_bytes());
         w(MSIX_TABLE_OFFSET + 16, &0xfee0_0000u32.to_le_bytes());
         w(MSIX_TABLE_OFFSET + 16 + 8, &0x31u32.to_le_bytes());
@@ -559,19 +529,13 @@ mod tests {
         mmio.read(bar0 + DEVICE_STATUS, &mut st);
         assert_eq!(st, [15]);
 
-        let mut desc = [0u8; 16];
-        desc[..8].copy_from_slice(&0x10000u64.to_le_bytes());
-        desc[8..12].copy_from_slice(&4u32.to_le_bytes());
-        desc[12..14].copy_from_slice(&W.to_le_bytes());
-        mem.write_slice(&desc, GuestAddress(DESC)).unwrap();
-        mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
-        mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        let head = queue.add_chain(&[writable(0x10000, 4)]);
         w(NOTIFY_OFFSET, &0u16.to_le_bytes());
 
         let mut got = [0u8; 4];
         mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
         assert_eq!(got, [7, 8, 9, 10]);
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 1);
+        assert_eq!(queue.used(), vec![(head, 4)]);
         assert_eq!(irq.take_triggers(), vec![1]);
         let (msg, masked) = irq.last_update(1).unwrap();
         assert_eq!((msg.addr_lo, msg.data, masked), (0xfee0_0000, 0x31, false));
