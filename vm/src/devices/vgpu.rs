@@ -249,45 +249,22 @@ impl VirtioDevice for VirtioVgpu {
 
 #[cfg(test)]
 mod tests {
+    use device_model::testing::{cmd, Notify, Rig, VgpuDriver, JOB_ID};
     use device_model::wire;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::pci::msix::testing::RecordingGroup;
     use crate::pci::msix::{MsixConfig, MSIX_ENABLE};
 
-    const CMD_RINGS: (u64, u64, u64) = (0x1000, 0x2000, 0x3000);
-    const FAULT_RINGS: (u64, u64, u64) = (0x4000, 0x5000, 0x6000);
+    /// Both queues as the transport configures them, smaller than the device's maximum.
     const QSIZE: u16 = 16;
-    const MEM_SIZE: usize = 0x40000;
 
-    fn queue(mem: &GuestMemoryMmap, max: u16, (desc, avail, used): (u64, u64, u64)) -> Queue {
-        let mut q = Queue::new(max).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(desc as u32), Some(0));
-        q.set_avail_ring_address(Some(avail as u32), Some(0));
-        q.set_used_ring_address(Some(used as u32), Some(0));
-        q.set_ready(true);
-        assert!(q.is_valid(mem));
-        q
-    }
-
-    fn desc(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&raw, GuestAddress(table + u64::from(i) * 16))
-            .unwrap();
-    }
-
-    fn offer(mem: &GuestMemoryMmap, avail: u64, slot: u16, head: u16) {
-        mem.write_obj(head, GuestAddress(avail + 4 + u64::from(slot) * 2))
-            .unwrap();
-        mem.write_obj(slot + 1, GuestAddress(avail + 2)).unwrap();
+    /// The shared rig notifies through the transport's entry point.
+    impl Notify for VirtioVgpu {
+        fn notify(&mut self, queue: u16) {
+            self.queue_notify(queue);
+        }
     }
 
     #[test]
@@ -312,7 +289,8 @@ mod tests {
 
     #[test]
     fn commands_and_faults_raise_interrupts() {
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let driver = VgpuDriver::with_queue_sizes(QSIZE, QSIZE);
+        let mem = driver.mem.clone();
         let irq = Arc::new(RecordingGroup::default());
         let mut msix = MsixConfig::new(3, irq.clone()).unwrap();
         msix.set_message_control(MSIX_ENABLE);
@@ -330,83 +308,46 @@ mod tests {
                 got: 0
             })
         ));
-        let queues = vec![queue(&mem, 128, CMD_RINGS), queue(&mem, 64, FAULT_RINGS)];
-        v.activate(mem.clone(), queues, interrupt).unwrap();
+        v.activate(mem.clone(), driver.device_queues().into(), interrupt)
+            .unwrap();
         let handle = v.handle();
+        let mut rig = Rig::with_device(v, driver);
 
-        let w = VRING_DESC_F_WRITE as u16;
-        let n = VRING_DESC_F_NEXT as u16;
-        let send = |slot: u16, c: wire::Cmd| {
-            let base = 0x10000 + u64::from(slot) * 0x100;
-            mem.write_obj(c, GuestAddress(base)).unwrap();
-            desc(&mem, CMD_RINGS.0, slot * 2, base, 48, n, slot * 2 + 1);
-            desc(&mem, CMD_RINGS.0, slot * 2 + 1, base + 0x80, 24, w, 0);
-            offer(&mem, CMD_RINGS.1, slot, slot * 2);
-            base + 0x80
-        };
-        let bind = send(
-            0,
-            wire::Cmd {
-                opcode: wire::opcode::BIND,
-                pasid: 1,
-                ..Default::default()
-            },
-        );
-        v.queue_notify(0);
-        assert_eq!(
-            mem.read_obj::<wire::Resp>(GuestAddress(bind))
-                .unwrap()
-                .status,
-            0
-        );
+        // BIND completes at once (status OK) with the command-queue interrupt.
+        rig.bind(1);
         assert_eq!(irq.take_triggers(), vec![1]);
         // A job on an unmapped page faults: no completion, a fault once a buffer is posted.
-        send(
-            1,
-            wire::Cmd {
-                opcode: wire::opcode::JOB,
-                pasid: 1,
-                length: 0x1000,
-                flags: wire::job_op::CHECKSUM,
-                ..Default::default()
-            },
-        );
-        v.queue_notify(0);
+        rig.job(1, wire::job_op::CHECKSUM, 0, 0x1000, 0);
+        rig.notify_commands();
         assert!(irq.take_triggers().is_empty());
-        desc(&mem, FAULT_RINGS.0, 0, 0x20000, 32, w, 0);
-        offer(&mem, FAULT_RINGS.1, 0, 0);
-        v.queue_notify(1);
+        assert_eq!(rig.used(), vec![]);
+        rig.post_fault_buffers(1);
+        rig.notify_faults();
         assert_eq!(irq.take_triggers(), vec![2]);
-        let f: wire::Fault = mem.read_obj(GuestAddress(0x20000)).unwrap();
+        let faults = rig.faults();
+        assert_eq!(faults.len(), 1);
+        let f = faults[0];
         assert_eq!((f.pasid, f.address, f.flags), (1, 0, 0));
-        v.queue_notify(5);
+        assert_eq!(f.job_id, JOB_ID);
+        // A notification of an absent queue is ignored.
+        rig.dev.queue_notify(5);
         assert_eq!(handle.counters().global.device_faults, 1);
         // An INVALIDATE completes off the vCPU thread once its latency has passed, with
         // the command-queue interrupt (5 ms by default).
-        let inv = send(
-            2,
-            wire::Cmd {
-                opcode: wire::opcode::INVALIDATE,
-                pasid: 1,
-                length: 0x1000,
-                ..Default::default()
-            },
-        );
-        mem.write_obj(u32::MAX, GuestAddress(inv)).unwrap();
-        v.queue_notify(0);
+        let inv = rig
+            .driver
+            .send(&cmd(wire::opcode::INVALIDATE, 1, 0, 0x1000));
+        mem.write_obj(u32::MAX, GuestAddress(inv.resp)).unwrap();
+        rig.notify_commands();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while irq.triggers.lock().unwrap().is_empty() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(irq.take_triggers(), vec![1]);
-        assert_eq!(
-            mem.read_obj::<wire::Resp>(GuestAddress(inv))
-                .unwrap()
-                .status,
-            0
-        );
-        v.reset();
-        v.queue_notify(0);
+        assert_eq!(rig.used(), vec![(inv.head, 24)]);
+        assert_eq!(rig.resp(&inv).status, 0);
+        rig.dev.reset();
+        rig.notify_commands();
         assert!(irq.take_triggers().is_empty());
         assert_eq!(handle.counters().global.device_faults, 1);
     }
