@@ -213,12 +213,7 @@ mod tests {
 
     /// A descriptor with an absolute `next` index.
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
-        RawDesc {
-            addr,
-            len,
-            flags,
-            next: Next::Index(next),
-        }
+        RawDesc::new(addr, len, flags, Next::Index(next))
     }
 
     /// Offers `descs` as they are, from descriptor 0 of a fresh 16-entry queue, and parses

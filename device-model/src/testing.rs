@@ -137,6 +137,18 @@ pub struct RawDesc {
     pub next: Next,
 }
 
+impl RawDesc {
+    /// A descriptor of `len` bytes at `addr` with `flags` and `next`, as they are.
+    pub fn new(addr: u64, len: u32, flags: u16, next: Next) -> Self {
+        RawDesc {
+            addr,
+            len,
+            flags,
+            next,
+        }
+    }
+}
+
 /// Bytes of a descriptor.
 const DESC_SIZE: u64 = 16;
 /// Bytes of the flags and index before an available or used ring.

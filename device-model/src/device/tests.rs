@@ -422,12 +422,7 @@ fn bad_descriptors_get_bad_chain_or_nothing() {
     r.dev.process_command_queue();
     assert_eq!(r.used(), vec![(none, 0), (unmapped, 0), (short, 0)]);
     // A chain whose NEXT points back at itself, and one pointing outside the table.
-    let raw = |addr, len, flags, next| RawDesc {
-        addr,
-        len,
-        flags,
-        next,
-    };
+    let raw = RawDesc::new;
     let head = r.command_queue.add_raw_chain(&[
         raw(cmd_at, 48, N, Next::Slot(1)),
         raw(resp_at, 24, W | N, Next::Slot(1)),

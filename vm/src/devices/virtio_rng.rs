@@ -308,16 +308,6 @@ mod tests {
         }
     }
 
-    /// A descriptor a well-behaved driver would not write as it is.
-    fn raw(addr: u64, len: u32, flags: u16, next: Next) -> RawDesc {
-        RawDesc {
-            addr,
-            len,
-            flags,
-            next,
-        }
-    }
-
     #[test]
     fn fills_writable_buffers() {
         let mut rig = Rig::new(Box::new(Counting(0)));
@@ -361,11 +351,11 @@ mod tests {
         let outside = q.add_chain(&[writable(MEM_SIZE as u64 - 4, 16)]);
         // A loop: first -> second -> first ...
         let looping = q.add_raw_chain(&[
-            raw(0x11000, 4, W | N, Next::Slot(1)),
-            raw(0x11000, 4, W | N, Next::Slot(0)),
+            RawDesc::new(0x11000, 4, W | N, Next::Slot(1)),
+            RawDesc::new(0x11000, 4, W | N, Next::Slot(0)),
         ]);
         // Next pointer out of range.
-        let dangling = q.add_raw_chain(&[raw(0x12000, 4, W | N, Next::Index(999))]);
+        let dangling = q.add_raw_chain(&[RawDesc::new(0x12000, 4, W | N, Next::Index(999))]);
         // Head index out of range.
         q.offer_head(500);
         rig.rng.queue_notify(0);
