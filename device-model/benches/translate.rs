@@ -9,11 +9,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use device_model::address::{Iova, IovaRange, Pasid, HUGE_PAGE_SIZE, PAGE_SIZE};
-use device_model::atc::{Atc, Lookup};
 use device_model::bench::{cache_pages, map_pages, table_nodes_for, BenchJob, Region};
 use device_model::counters::GlobalCounters;
+use device_model::mmu::atc::{Atc, Lookup};
+use device_model::mmu::page_table::PageTable;
 use device_model::oracle::{Oracle, OracleMode};
-use device_model::page_table::PageTable;
 
 /// An address whose walk uses all four levels with distinct indices at each.
 const VA: u64 = 0x7f5a_b3c4_d000;

@@ -41,17 +41,6 @@ pub mod oracle;
 pub mod testing;
 pub mod x86;
 
-// The ATC and the page table live under the MMU that alone changes them; their old paths
-// stay for the VMM's `bench oracle`.
-pub use mmu::{atc, page_table};
-
-/// The x86-64 table writer under its old name, which the VMM's `bench oracle` imports; new
-/// code uses [`x86::TableWriter`].
-pub mod guest_tables {
-    #[doc(no_inline)]
-    pub use crate::x86::{TableWriter as GuestTables, WriterError as GuestTablesError};
-}
-
 /// The wire structs and constants, defined in the `protocol` crate.
 pub use protocol::wire;
 

@@ -144,7 +144,7 @@ impl Mmu {
     }
 
     /// The bound address space `pasid`. Its table can only grow or widen through it
-    /// (setup code such as the VMM's benchmark maps with it).
+    /// (setup code such as the oracle benchmark's, `bench`, maps with it).
     pub fn space(&mut self, pasid: Pasid) -> Result<&mut AddressSpace, MmuError> {
         self.spaces.get_mut(&pasid).ok_or(MmuError::Unbound(pasid))
     }
