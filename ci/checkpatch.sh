@@ -20,14 +20,15 @@ for tool in perl dpkg-deb tar xz; do
 	command -v "$tool" >/dev/null || { echo "checkpatch: $tool is missing" >&2; exit 2; }
 done
 
+# A fresh checkout has no cache yet (and find on a missing directory would end the script).
+mkdir -p "$debs"
 newest_deb() {
-	find "$debs" -maxdepth 1 -name "${package}_*_all.deb" 2>/dev/null | sort -V | tail -n 1
+	find "$debs" -maxdepth 1 -name "${package}_*_all.deb" | sort -V | tail -n 1
 }
 
 deb=$(newest_deb)
 if [ -z "$deb" ]; then
 	echo "checkpatch: no $package in $debs, downloading it" >&2
-	mkdir -p "$debs"
 	(cd "$debs" && apt-get download "$package")
 	deb=$(newest_deb)
 	[ -n "$deb" ] || { echo "checkpatch: apt-get download $package left no .deb" >&2; exit 2; }

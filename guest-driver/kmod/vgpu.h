@@ -381,17 +381,17 @@ void vgpu_job_register(struct vgpu_dev *vd, struct vgpu_job_wait *job);
 void vgpu_job_unregister(struct vgpu_dev *vd, struct vgpu_job_wait *job);
 struct vgpu_fault_buf *vgpu_job_next_fault(struct vgpu_dev *vd,
 					   struct vgpu_job_wait *job);
+void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
+			  int event, u32 prot, unsigned long start,
+			  unsigned long end, u32 flags);
+void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+			  unsigned long start, unsigned long end, u32 flags);
 
 /* vgpu_mm.c */
 struct vgpu_mirror *vgpu_mirror_alloc(struct vgpu_dev *vd);
 void vgpu_mirror_free(struct vgpu_mirror *m);
 int vgpu_mirror_bind(struct vgpu_mirror *m, struct vgpu_bind *bind);
 const char *vgpu_policy_name(int policy);
-void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
-			  int event, u32 prot, unsigned long start,
-			  unsigned long end, u32 flags);
-void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
-			  unsigned long start, unsigned long end, u32 flags);
 
 /* vgpu_fault.c */
 unsigned long vgpu_snapshot_deadline(void);

@@ -14,6 +14,10 @@
  * callback hands each written buffer to the job it names; the job's waiter
  * answers the fault in its own context and reposts the buffer. Faults of
  * unknown jobs are failed from a work item.
+ *
+ * INVALIDATE is built and sent here too (vgpu_send_invalidate()), for the
+ * notifier callback in vgpu_mm.c and for the injected variants in
+ * vgpu_inject.c alike.
  */
 #include <linux/errno.h>
 #include <linux/idr.h>
@@ -726,4 +730,63 @@ static void vgpu_dev_release(struct kref *ref)
 void vgpu_dev_put(struct vgpu_dev *vd)
 {
 	kref_put(&vd->ref, vgpu_dev_release);
+}
+
+/**
+ * vgpu_fill_invalidate() - write an INVALIDATE command into a request
+ * @req: a fresh or reset request the caller owns
+ * @m: the bound mirror (its PASID)
+ * @event: the notifier event (enum mmu_notifier_event, as SPEC.md numbers
+ *	   them)
+ * @prot: what the vma allows now (VGPU_PROT_*)
+ * @start: start of the range, page aligned
+ * @end: its end, page aligned, above @start
+ * @flags: VGPU_INV_F_*
+ */
+void vgpu_fill_invalidate(struct vgpu_req *req, const struct vgpu_mirror *m,
+			  int event, u32 prot, unsigned long start,
+			  unsigned long end, u32 flags)
+{
+	req->cmd.opcode = cpu_to_le32(VGPU_CMD_INVALIDATE);
+	req->cmd.pasid = cpu_to_le32(m->pasid);
+	req->cmd.start = cpu_to_le64(start);
+	req->cmd.length = cpu_to_le64(end - start);
+	req->cmd.arg0 = cpu_to_le64(prot);
+	req->cmd.event = cpu_to_le32(event);
+	req->cmd.flags = cpu_to_le32(flags);
+}
+
+/**
+ * vgpu_send_invalidate() - send an INVALIDATE and wait for the device
+ * @m: the bound mirror
+ * @event: the notifier event (enum mmu_notifier_event)
+ * @prot: what the vma allows now (VGPU_PROT_*), taken by the caller: a
+ *	  deferred invalidation no longer has the vma
+ * @start: start of the range, page aligned
+ * @end: its end, page aligned, above @start
+ * @flags: VGPU_INV_F_*
+ *
+ * Uses the request preallocated at bind, so nothing is allocated. Returns
+ * only once the device completed the command or was fenced for not doing so
+ * within timeout_ms (vgpu_cmd_sync_or_fence()); other failures are logged.
+ *
+ * Context: m->mutex held; may sleep.
+ */
+void vgpu_send_invalidate(struct vgpu_mirror *m, int event, u32 prot,
+			  unsigned long start, unsigned long end, u32 flags)
+{
+	struct vgpu_dev *vd = m->vdev;
+	/* Allocated at bind: no allocation, so no reclaim, from here. */
+	struct vgpu_req *req = m->inv_req;
+	int err;
+
+	lockdep_assert_held(&m->mutex);
+	vgpu_req_reset(req);
+	vgpu_fill_invalidate(req, m, event, prot, start, end, flags);
+
+	err = vgpu_cmd_sync_or_fence(vd, req);
+	if (err && err != -ENODEV)
+		dev_err_ratelimited(&vd->vdev->dev,
+				    "pasid %u: INVALIDATE event %d [%#lx, %#lx) failed: %d\n",
+				    m->pasid, event, start, end, err);
 }
