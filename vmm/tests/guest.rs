@@ -147,8 +147,15 @@ fn boots_the_default_guest_and_reports() {
     assert_eq!(r.verdict, Verdict::Pass);
     assert_eq!(r.programs[0].name, "selfcheck");
     assert_eq!(r.programs[0].exit, 0);
-    // The guest's own checks ran: virtio-rng bound and fed bytes, CPUs and memory as asked.
-    for check in ["check rng: ok", "check cpus: ok", "check mem: ok"] {
+    // The guest's own checks ran: virtio-rng bound and fed bytes, CPUs and memory as asked,
+    // one package of N cores, and the TSC-deadline timer as every CPU's tick device.
+    for check in [
+        "check rng: ok",
+        "check cpus: ok",
+        "check mem: ok",
+        "check topology: ok",
+        "check timer: ok",
+    ] {
         assert!(run.stdout.contains(check), "missing {check:?}");
     }
     assert!(run.stderr.contains("PASS"));

@@ -7,7 +7,8 @@
 //! INIT/SIPI); the kernel starts them through the in-kernel local APIC.
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, CpuId, Msrs,
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
@@ -23,6 +24,9 @@ pub enum Error {
     /// KVM_GET_SUPPORTED_CPUID failed.
     #[error("failed to get the supported CPUID: {0}")]
     GetSupportedCpuid(#[source] kvm_ioctls::Error),
+    /// The normalized CPUID does not fit in a `KVM_SET_CPUID2` list.
+    #[error("the normalized CPUID has {0} entries, more than KVM takes")]
+    BuildCpuid(usize),
     /// KVM_SET_CPUID2 failed.
     #[error("failed to set the vCPU CPUID: {0}")]
     SetCpuid(#[source] kvm_ioctls::Error),
@@ -104,10 +108,16 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 // CPUID bits.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 const CPUID_1_EDX_HTT: u32 = 1 << 28;
+const CPUID_80000001_ECX_CMP_LEGACY: u32 = 1 << 1;
+const CPUID_80000001_ECX_SVM: u32 = 1 << 2;
+const CPUID_80000001_ECX_TOPOEXT: u32 = 1 << 22;
 const CPUID_TOPO_LEVEL_SMT: u32 = 1;
 const CPUID_TOPO_LEVEL_CORE: u32 = 2;
+/// "AuthenticAMD" as leaf 0 returns it in EBX, EDX, ECX.
+const VENDOR_AMD: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
 
 /// Number of bits needed to hold ids `0..n` (`ceil(log2(n))`).
 fn id_bits(n: u8) -> u32 {
@@ -118,28 +128,97 @@ fn id_bits(n: u8) -> u32 {
     }
 }
 
-/// Adjusts KVM's supported CPUID for vCPU `cpu_index` of `num_cpus`: one package with
-/// `num_cpus` single-thread cores, APIC id = `cpu_index`, hypervisor bit set.
-pub fn patch_cpuid(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, num_cpus: u8) {
+/// What the host's KVM offers beyond `KVM_GET_SUPPORTED_CPUID`, asked once per VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuidHost {
+    /// The in-kernel local APIC emulates the TSC-deadline timer (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    /// KVM does not report CPUID.1:ECX[24] in its supported CPUID, so the VMM sets it.
+    pub tsc_deadline: bool,
+}
+
+impl CpuidHost {
+    /// Asks `kvm` for the capabilities.
+    pub fn query(kvm: &Kvm) -> Self {
+        Self {
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        }
+    }
+}
+
+/// Whether leaf 0 names an AMD CPU.
+fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
+    entries
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| [e.ebx, e.edx, e.ecx] == VENDOR_AMD)
+}
+
+/// Appends an empty `function`/`index` entry (marked index-significant) unless it exists.
+fn ensure_subleaf(entries: &mut Vec<kvm_cpuid_entry2>, function: u32, index: u32) {
+    if !entries
+        .iter()
+        .any(|e| e.function == function && e.index == index)
+    {
+        entries.push(kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        });
+    }
+}
+
+/// Normalizes KVM's supported CPUID for vCPU `cpu_index` of `num_cpus`, as Firecracker, Cloud
+/// Hypervisor and QEMU do: one package of `num_cpus` single-thread cores with APIC id =
+/// `cpu_index`, the hypervisor bit, TSC-deadline when `host` has it, SVM hidden.
+///
+/// - leaf 1: EBX APIC id and logical count, HTT when more than one CPU, ECX TSC-deadline and
+///   hypervisor;
+/// - leaf 4 (Intel only; a null descriptor on AMD): EAX cores per package and cache sharing;
+/// - leaf 0xB (and 0x1F if KVM returned it): subleaf 0 the SMT level, subleaf 1 the core level,
+///   both added if missing;
+/// - AMD: 0x80000001 ECX TOPOEXT set, CmpLegacy when more than one CPU; 0x80000008 ECX NC and
+///   ApicIdSize; 0x8000001D cache sharing (L1/L2 per core, L3 per package); 0x8000001E extended
+///   APIC id, core id, one thread per core, node 0 of 1;
+/// - SVM: 0x80000001 ECX[2] cleared and leaf 0x8000000A zeroed (no nested virtualization).
+pub fn patch_cpuid(
+    entries: &mut Vec<kvm_cpuid_entry2>,
+    cpu_index: u8,
+    num_cpus: u8,
+    host: CpuidHost,
+) {
+    let num_cpus = num_cpus.max(1);
+    let amd = is_amd(entries);
     let shift = id_bits(num_cpus);
+    let cpu = u32::from(cpu_index);
+    let cpus = u32::from(num_cpus);
+    for leaf in [0xb, 0x1f] {
+        if entries.iter().any(|e| e.function == leaf) {
+            ensure_subleaf(entries, leaf, 0);
+            ensure_subleaf(entries, leaf, 1);
+        }
+    }
     for e in entries.iter_mut() {
         match e.function {
             1 => {
                 // EBX[31:24] initial APIC id, EBX[23:16] logical processors per package.
-                e.ebx = (e.ebx & 0x0000_ffff)
-                    | (u32::from(cpu_index) << 24)
-                    | (u32::from(num_cpus) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff) | (cpu << 24) | (cpus << 16);
                 e.ecx |= CPUID_1_ECX_HYPERVISOR;
+                if host.tsc_deadline {
+                    e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !CPUID_1_ECX_TSC_DEADLINE;
+                }
                 if num_cpus > 1 {
                     e.edx |= CPUID_1_EDX_HTT;
                 } else {
                     e.edx &= !CPUID_1_EDX_HTT;
                 }
             }
-            4 => {
+            4 if !amd => {
                 // Deterministic cache parameters: EAX[31:26] cores per package - 1,
                 // EAX[25:14] logical processors sharing this cache - 1 (only L3 is shared).
-                let cores = u32::from(num_cpus.max(1) - 1).min(0x3f);
+                let cores = (cpus - 1).min(0x3f);
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { cores } else { 0 };
                 e.eax = (e.eax & 0x3fff) | (cores << 26) | (sharing << 14);
@@ -150,25 +229,61 @@ pub fn patch_cpuid(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, num_cpus: u8
                 // EDX = x2APIC id.
                 let (eax, ebx, level_type) = match e.index {
                     0 => (0, 1, CPUID_TOPO_LEVEL_SMT),
-                    1 => (shift, u32::from(num_cpus), CPUID_TOPO_LEVEL_CORE),
+                    1 => (shift, cpus, CPUID_TOPO_LEVEL_CORE),
                     _ => (0, 0, 0),
                 };
                 e.eax = eax;
                 e.ebx = ebx;
                 e.ecx = (level_type << 8) | (e.index & 0xff);
-                e.edx = u32::from(cpu_index);
+                e.edx = cpu;
+            }
+            0x8000_0001 => {
+                e.ecx &= !CPUID_80000001_ECX_SVM;
+                if amd {
+                    e.ecx |= CPUID_80000001_ECX_TOPOEXT;
+                    if num_cpus > 1 {
+                        e.ecx |= CPUID_80000001_ECX_CMP_LEGACY;
+                    } else {
+                        e.ecx &= !CPUID_80000001_ECX_CMP_LEGACY;
+                    }
+                }
+            }
+            0x8000_0008 if amd => {
+                // ECX[15:12] APIC id bits for the cores, ECX[7:0] cores per package - 1.
+                e.ecx = (e.ecx & !0xf0ff) | (shift << 12) | (cpus - 1);
+            }
+            0x8000_000a => {
+                // SVM revision and features: nothing without SVM.
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            }
+            // Cache topology: EAX[25:14] logical processors sharing the cache - 1; the null
+            // descriptor (type 0) ends the list and stays as it is.
+            0x8000_001d if amd && e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { cpus - 1 } else { 0 };
+                e.eax = (e.eax & !(0xfff << 14)) | (sharing << 14);
+            }
+            0x8000_001e if amd => {
+                // EAX extended APIC id; EBX[15:8] threads per core - 1, EBX[7:0] core id;
+                // ECX[10:8] nodes per package - 1, ECX[7:0] node id.
+                e.eax = cpu;
+                e.ebx = cpu & 0xff;
+                e.ecx = 0;
+                e.edx = 0;
             }
             _ => {}
         }
     }
 }
 
-/// Sets the vCPU's CPUID from KVM's supported CPUID, patched by [`patch_cpuid`].
+/// Sets the vCPU's CPUID from KVM's supported CPUID, normalized by [`patch_cpuid`].
 pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu_index: u8, num_cpus: u8) -> Result<()> {
-    let mut cpuid = kvm
+    let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::GetSupportedCpuid)?;
-    patch_cpuid(cpuid.as_mut_slice(), cpu_index, num_cpus);
+    let mut entries = supported.as_slice().to_vec();
+    patch_cpuid(&mut entries, cpu_index, num_cpus, CpuidHost::query(kvm));
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::BuildCpuid(entries.len()))?;
     vcpu.set_cpuid2(&cpuid).map_err(Error::SetCpuid)
 }
 
@@ -324,50 +439,255 @@ mod tests {
     use kvm_ioctls::{VcpuExit, VmFd};
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
-    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
-            function,
-            index,
-            ebx: 0x0008_0800,
-            ..Default::default()
+    /// `KVM_GET_SUPPORTED_CPUID` in the virtual host (QEMU 10.0.2 TCG, `-cpu EPYC,+svm,+npt`,
+    /// Debian's 6.1 kvm_amd), as [`dump_supported_cpuid`] prints it: function, index, flags,
+    /// EAX, EBX, ECX, EDX. Leaf 0xB has only subleaf 0, 0x8000001E is all zero, TOPOEXT
+    /// (0x80000001 ECX[22]) and TSC-deadline (1 ECX[24]) are not set, SVM (0x80000001 ECX[2])
+    /// is; `KVM_CAP_TSC_DEADLINE_TIMER` is there.
+    #[rustfmt::skip]
+    const VIRTUAL_HOST_CPUID: &[(u32, u32, u32, u32, u32, u32, u32)] = &[
+        (0x0, 0x0, 0x0, 0x0000000d, 0x68747541, 0x444d4163, 0x69746e65),
+        (0x1, 0x0, 0x0, 0x00800f12, 0x01020800, 0x76f83203, 0x078bfbfd),
+        (0x2, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x3, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x4, 0x0, 0x1, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x5, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x6, 0x0, 0x0, 0x00000004, 0x00000000, 0x00000000, 0x00000000),
+        (0x7, 0x0, 0x1, 0x00000000, 0x209c01ab, 0x00000000, 0x20000000),
+        (0x8, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x9, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0xa, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0xb, 0x0, 0x1, 0x00000000, 0x00000000, 0x00000000, 0x00000001),
+        (0xc, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0xd, 0x0, 0x1, 0x00000007, 0x00000340, 0x00000340, 0x00000000),
+        (0xd, 0x1, 0x1, 0x00000005, 0x00000000, 0x00000000, 0x00000000),
+        (0xd, 0x2, 0x1, 0x00000100, 0x00000240, 0x00000000, 0x00000000),
+        (0x80000000, 0x0, 0x0, 0x80000021, 0x68747541, 0x444d4163, 0x69746e65),
+        (0x80000001, 0x0, 0x0, 0x00800f12, 0x00000000, 0x00000177, 0x2dd3fbfd),
+        (0x80000002, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000003, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000004, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000005, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000006, 0x0, 0x0, 0x00000000, 0x42004200, 0x02006140, 0x00408140),
+        (0x80000007, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000008, 0x0, 0x0, 0x00003028, 0x02000000, 0x00001001, 0x00000000),
+        (0x80000009, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000000a, 0x0, 0x0, 0x00000001, 0x00000008, 0x00000000, 0x10000021),
+        (0x8000000b, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000000c, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000000d, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000000e, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000000f, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000010, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000011, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000012, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000013, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000014, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000015, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000016, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000017, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000018, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000019, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001a, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001b, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001c, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001d, 0x0, 0x1, 0x00000121, 0x01c0003f, 0x0000003f, 0x00000001),
+        (0x8000001d, 0x1, 0x1, 0x00000122, 0x00c0003f, 0x000000ff, 0x00000001),
+        (0x8000001d, 0x2, 0x1, 0x00000043, 0x01c0003f, 0x000003ff, 0x00000000),
+        (0x8000001d, 0x3, 0x1, 0x00004163, 0x03c0003f, 0x00001fff, 0x00000002),
+        (0x8000001d, 0x4, 0x1, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001e, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x8000001f, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000020, 0x0, 0x0, 0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x80000021, 0x0, 0x0, 0x00000204, 0x00000000, 0x00000000, 0x00000000),
+        (0x40000000, 0x0, 0x0, 0x40000001, 0x4b4d564b, 0x564b4d56, 0x0000004d),
+        (0x40000001, 0x0, 0x0, 0x01007efb, 0x00000000, 0x00000000, 0x00000000),
+    ];
+
+    fn virtual_host_cpuid() -> Vec<kvm_cpuid_entry2> {
+        VIRTUAL_HOST_CPUID
+            .iter()
+            .map(
+                |&(function, index, flags, eax, ebx, ecx, edx)| kvm_cpuid_entry2 {
+                    function,
+                    index,
+                    flags,
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                },
+            )
+            .collect()
+    }
+
+    fn leaf(e: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
+        let mut found = e
+            .iter()
+            .filter(|e| e.function == function && e.index == index);
+        let first = *found
+            .next()
+            .unwrap_or_else(|| panic!("no leaf {function:#x}.{index}"));
+        assert!(found.next().is_none(), "leaf {function:#x}.{index} twice");
+        first
+    }
+
+    const TSC_DEADLINE: CpuidHost = CpuidHost { tsc_deadline: true };
+
+    #[test]
+    fn cpuid_patching_virtual_host_amd() {
+        let input = virtual_host_cpuid();
+        assert!(is_amd(&input));
+        for (cpu, cpus) in [(0u8, 2u8), (1, 2), (3, 6)] {
+            let mut e = input.clone();
+            patch_cpuid(&mut e, cpu, cpus, TSC_DEADLINE);
+            let (cpu, cpus) = (u32::from(cpu), u32::from(cpus));
+            // Only leaf 0xB subleaf 1 was added; 0x1F is beyond the basic range here.
+            assert_eq!(e.len(), input.len() + 1);
+            assert!(e.len() <= KVM_MAX_CPUID_ENTRIES);
+            assert!(e.iter().all(|e| e.function != 0x1f));
+
+            let l1 = leaf(&e, 1, 0);
+            assert_eq!(l1.ebx >> 24, cpu);
+            assert_eq!((l1.ebx >> 16) & 0xff, cpus);
+            assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+            assert_ne!(l1.ecx & CPUID_1_ECX_TSC_DEADLINE, 0);
+            assert_ne!(l1.ecx & CPUID_1_ECX_HYPERVISOR, 0);
+            assert_ne!(l1.edx & CPUID_1_EDX_HTT, 0);
+            assert_eq!(
+                l1.ecx & !(CPUID_1_ECX_TSC_DEADLINE | CPUID_1_ECX_HYPERVISOR),
+                0x76f8_3203 & !CPUID_1_ECX_HYPERVISOR
+            );
+
+            // Leaf 4 is a null descriptor on AMD and stays one.
+            assert_eq!(leaf(&e, 4, 0), leaf(&input, 4, 0));
+
+            let shift = id_bits(cpus as u8);
+            let b0 = leaf(&e, 0xb, 0);
+            let b1 = leaf(&e, 0xb, 1);
+            assert_eq!((b0.eax, b0.ebx, b0.ecx, b0.edx), (0, 1, 0x100, cpu));
+            assert_eq!((b1.eax, b1.ebx, b1.ecx, b1.edx), (shift, cpus, 0x201, cpu));
+            assert_eq!(b1.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+
+            let ext1 = leaf(&e, 0x8000_0001, 0);
+            assert_eq!(ext1.ecx & CPUID_80000001_ECX_SVM, 0, "SVM hidden");
+            assert_ne!(ext1.ecx & CPUID_80000001_ECX_TOPOEXT, 0);
+            assert_ne!(ext1.ecx & CPUID_80000001_ECX_CMP_LEGACY, 0);
+            let svm = leaf(&e, 0x8000_000a, 0);
+            assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
+
+            let sizes = leaf(&e, 0x8000_0008, 0);
+            assert_eq!(sizes.ecx & 0xff, cpus - 1, "NC");
+            assert_eq!((sizes.ecx >> 12) & 0xf, shift, "ApicIdSize");
+            assert_eq!(sizes.eax, 0x3028, "address sizes kept");
+
+            // L1d, L1i, L2 per core; L3 shared by the package; the null descriptor kept.
+            let sharing = |i| (leaf(&e, 0x8000_001d, i).eax >> 14) & 0xfff;
+            assert_eq!([0, 1, 2, 3].map(sharing), [0, 0, 0, cpus - 1]);
+            assert_eq!(leaf(&e, 0x8000_001d, 3).eax & 0x3fff, 0x0163);
+            assert_eq!(leaf(&e, 0x8000_001d, 4).eax, 0);
+            assert_eq!(leaf(&e, 0x8000_001d, 0).ebx, 0x01c0_003f, "geometry kept");
+
+            let topo = leaf(&e, 0x8000_001e, 0);
+            assert_eq!((topo.eax, topo.ebx, topo.ecx, topo.edx), (cpu, cpu, 0, 0));
         }
     }
 
     #[test]
-    fn cpuid_patching() {
-        let mut e = vec![
-            entry(1, 0),
-            entry(4, 0),
-            kvm_cpuid_entry2 {
-                function: 4,
-                index: 3,
-                eax: 3 << 5,
-                ..Default::default()
-            },
-            entry(0xb, 0),
-            entry(0xb, 1),
-            entry(0xb, 2),
-            entry(0x1f, 1),
-        ];
-        patch_cpuid(&mut e, 3, 6);
-        assert_eq!(e[0].ebx >> 24, 3);
-        assert_eq!((e[0].ebx >> 16) & 0xff, 6);
-        assert_eq!(e[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
-        assert_ne!(e[0].ecx & CPUID_1_ECX_HYPERVISOR, 0);
-        assert_ne!(e[0].edx & CPUID_1_EDX_HTT, 0);
-        assert_eq!(e[1].eax >> 26, 5);
-        assert_eq!((e[1].eax >> 14) & 0xfff, 0);
-        assert_eq!((e[2].eax >> 14) & 0xfff, 5, "L3 shared by all");
-        assert_eq!((e[3].eax, e[3].ebx, e[3].ecx, e[3].edx), (0, 1, 0x100, 3));
-        assert_eq!((e[4].eax, e[4].ebx, e[4].ecx, e[4].edx), (3, 6, 0x201, 3));
-        assert_eq!((e[5].ebx, (e[5].ecx >> 8) & 0xff, e[5].edx), (0, 0, 3));
-        assert_eq!(e[6].edx, 3);
+    fn cpuid_patching_without_tsc_deadline_or_second_cpu() {
+        let mut e = virtual_host_cpuid();
+        let l1 = e.iter_mut().find(|e| e.function == 1).unwrap();
+        l1.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+        l1.edx |= CPUID_1_EDX_HTT;
+        patch_cpuid(&mut e, 0, 1, CpuidHost::default());
+        let l1 = leaf(&e, 1, 0);
+        assert_eq!(l1.ecx & CPUID_1_ECX_TSC_DEADLINE, 0);
+        assert_eq!(l1.edx & CPUID_1_EDX_HTT, 0);
+        assert_eq!((l1.ebx >> 16) & 0xff, 1);
+        assert_eq!(leaf(&e, 0xb, 1).ebx, 1);
+        assert_eq!(leaf(&e, 0xb, 1).eax, 0);
+        let ext1 = leaf(&e, 0x8000_0001, 0);
+        assert_eq!(ext1.ecx & CPUID_80000001_ECX_CMP_LEGACY, 0);
+        assert_eq!(leaf(&e, 0x8000_0008, 0).ecx & 0xf0ff, 0);
+        assert_eq!((leaf(&e, 0x8000_001d, 3).eax >> 14) & 0xfff, 0);
 
-        let mut one = vec![entry(1, 0)];
-        one[0].edx = CPUID_1_EDX_HTT;
-        patch_cpuid(&mut one, 0, 1);
-        assert_eq!(one[0].edx & CPUID_1_EDX_HTT, 0);
-        assert_eq!(one[0].ebx >> 16, 1);
+        // Patching twice changes nothing and adds nothing.
+        let once = e.clone();
+        patch_cpuid(&mut e, 0, 1, CpuidHost::default());
+        assert_eq!(e, once);
+    }
+
+    #[test]
+    fn cpuid_patching_intel() {
+        let entry = |function, index, eax| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx: 0x0008_0800,
+            ..Default::default()
+        };
+        // "GenuineIntel", caches L1d/L1i/L2/L3 in leaf 4, 0xB and 0x1F with all subleaves,
+        // and AMD-only leaves that must stay untouched.
+        let mut e = vec![
+            kvm_cpuid_entry2 {
+                ebx: 0x756e_6547,
+                edx: 0x4965_6e69,
+                ecx: 0x6c65_746e,
+                ..entry(0, 0, 0x1f)
+            },
+            entry(1, 0, 0),
+            entry(4, 0, (1 << 5) | 1),
+            entry(4, 1, (1 << 5) | 2),
+            entry(4, 2, (2 << 5) | 3),
+            entry(4, 3, (3 << 5) | 3),
+            entry(0xb, 0, 0),
+            entry(0xb, 1, 0),
+            entry(0xb, 2, 0),
+            entry(0x1f, 0, 0),
+            entry(0x8000_0001, 0, 0),
+            entry(0x8000_0008, 0, 0x3028),
+        ];
+        e[10].ecx = CPUID_80000001_ECX_SVM;
+        e[11].ecx = 0x1001;
+        patch_cpuid(&mut e, 3, 6, TSC_DEADLINE);
+        assert!(!is_amd(&e));
+        assert_eq!(e.len(), 13, "0x1F subleaf 1 added");
+        assert_eq!(leaf(&e, 4, 0).eax >> 26, 5);
+        assert_eq!((leaf(&e, 4, 0).eax >> 14) & 0xfff, 0);
+        assert_eq!((leaf(&e, 4, 3).eax >> 14) & 0xfff, 5, "L3 shared by all");
+        assert_eq!(leaf(&e, 4, 3).eax & 0x3fff, (3 << 5) | 3);
+        for f in [0xb, 0x1f] {
+            let b0 = leaf(&e, f, 0);
+            let b1 = leaf(&e, f, 1);
+            assert_eq!((b0.eax, b0.ebx, b0.ecx, b0.edx), (0, 1, 0x100, 3));
+            assert_eq!((b1.eax, b1.ebx, b1.ecx, b1.edx), (3, 6, 0x201, 3));
+        }
+        let b2 = leaf(&e, 0xb, 2);
+        assert_eq!((b2.ebx, (b2.ecx >> 8) & 0xff, b2.edx), (0, 0, 3));
+        assert_eq!(leaf(&e, 0x8000_0001, 0).ecx, 0, "SVM hidden, no TOPOEXT");
+        assert_eq!(
+            leaf(&e, 0x8000_0008, 0).ecx,
+            0x1001,
+            "AMD-only field untouched"
+        );
+        assert_ne!(leaf(&e, 1, 0).ecx & CPUID_1_ECX_TSC_DEADLINE, 0);
+    }
+
+    /// Prints `KVM_GET_SUPPORTED_CPUID` and `KVM_CAP_TSC_DEADLINE_TIMER` in the format of
+    /// [`VIRTUAL_HOST_CPUID`]: `cargo test -p vm dump_supported_cpuid -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "diagnostic: prints this host's supported CPUID"]
+    fn dump_supported_cpuid() {
+        let Some(kvm) = kvm_or_skip() else { return };
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        for e in cpuid.as_slice() {
+            println!(
+                "({:#x}, {:#x}, {:#x}, {:#010x}, {:#010x}, {:#010x}, {:#010x}),",
+                e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx
+            );
+        }
+        println!("tsc_deadline: {}", CpuidHost::query(&kvm).tsc_deadline);
     }
 
     #[test]
@@ -467,6 +787,15 @@ mod tests {
                 .unwrap();
             assert_eq!(leaf1.ebx >> 24, u32::from(id));
             assert_ne!(leaf1.ecx & CPUID_1_ECX_HYPERVISOR, 0);
+            assert_eq!(
+                leaf1.ecx & CPUID_1_ECX_TSC_DEADLINE != 0,
+                CpuidHost::query(&kvm).tsc_deadline
+            );
+            // The normalized list, with any subleaf it added, is what KVM took.
+            let core_level = leaf(cpuid.as_slice(), 0xb, 1);
+            assert_eq!((core_level.ebx, core_level.edx), (2, u32::from(id)));
+            let ext1 = leaf(cpuid.as_slice(), 0x8000_0001, 0);
+            assert_eq!(ext1.ecx & CPUID_80000001_ECX_SVM, 0);
         }
 
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {

@@ -5,7 +5,11 @@
 //! - `rng`: a virtio-rng device is the current hw_random source and /dev/hwrng delivers
 //!   64 bytes that are not all equal;
 //! - `cpus`: with `vgpu.expect_cpus=N` on the kernel command line, N CPUs are online;
-//! - `mem`: with `vgpu.expect_mem_mib=M`, MemTotal lies within [0.8 M, M] MiB.
+//! - `mem`: with `vgpu.expect_mem_mib=M`, MemTotal lies within [0.8 M, M] MiB;
+//! - `topology`: /proc/cpuinfo shows one package (`physical id` 0 on every CPU) of N cores
+//!   (`cpu cores` and `siblings` N), N from `vgpu.expect_cpus` or the CPUs listed;
+//! - `timer`: /proc/timer_list shows the `lapic-deadline` clockevent as the per-CPU tick
+//!   device of every CPU (the VMM advertises the TSC-deadline timer).
 
 use std::fs;
 use std::io::Read;
@@ -25,6 +29,9 @@ fn main() -> ExitCode {
     if let Some(m) = cmdline_param(&cmdline, "vgpu.expect_mem_mib") {
         checks.push(("mem", check_mem(m)));
     }
+    let expect_cpus = cmdline_param(&cmdline, "vgpu.expect_cpus").and_then(|n| n.parse().ok());
+    checks.push(("topology", check_topology(expect_cpus)));
+    checks.push(("timer", check_timer(expect_cpus)));
     let failed = guest_programs::print_checks(&checks);
     if failed == 0 {
         ExitCode::SUCCESS
@@ -114,6 +121,125 @@ fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// One CPU's fields of /proc/cpuinfo that describe the topology.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CpuTopology {
+    processor: Option<u32>,
+    physical_id: Option<u32>,
+    cpu_cores: Option<u32>,
+    siblings: Option<u32>,
+}
+
+/// The topology fields of every CPU in /proc/cpuinfo, in order.
+fn parse_cpuinfo(cpuinfo: &str) -> Vec<CpuTopology> {
+    let mut cpus = Vec::new();
+    for block in cpuinfo.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut cpu = CpuTopology::default();
+        for line in block.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().parse().ok();
+            match key.trim() {
+                "processor" => cpu.processor = value,
+                "physical id" => cpu.physical_id = value,
+                "cpu cores" => cpu.cpu_cores = value,
+                "siblings" => cpu.siblings = value,
+                _ => {}
+            }
+        }
+        cpus.push(cpu);
+    }
+    cpus
+}
+
+fn check_topology(expected: Option<usize>) -> Result<(), String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").map_err(|e| format!("/proc/cpuinfo: {e}"))?;
+    topology_verdict(&parse_cpuinfo(&cpuinfo), expected)
+}
+
+/// One package of N single-thread cores: every CPU has `physical id` 0 and `cpu cores` =
+/// `siblings` = N.
+fn topology_verdict(cpus: &[CpuTopology], expected: Option<usize>) -> Result<(), String> {
+    let n = expected.unwrap_or(cpus.len());
+    if cpus.len() != n {
+        return Err(format!(
+            "/proc/cpuinfo lists {} CPUs, expected {n}",
+            cpus.len()
+        ));
+    }
+    let want = u32::try_from(n).map_err(|_| format!("{n} CPUs"))?;
+    for (i, cpu) in cpus.iter().enumerate() {
+        let name = cpu
+            .processor
+            .map_or(format!("entry {i}"), |p| format!("cpu {p}"));
+        let fields = [
+            ("physical id", cpu.physical_id, 0),
+            ("cpu cores", cpu.cpu_cores, want),
+            ("siblings", cpu.siblings, want),
+        ];
+        for (field, got, want) in fields {
+            match got {
+                Some(got) if got == want => {}
+                Some(got) => return Err(format!("{name}: {field} {got}, expected {want}")),
+                None => return Err(format!("{name}: no {field} in /proc/cpuinfo")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The clockevent device of each CPU's tick device in /proc/timer_list, by CPU number (the
+/// broadcast device is left out).
+fn parse_timer_list(timer_list: &str) -> Vec<(u32, String)> {
+    let mut devices = Vec::new();
+    let mut cpu = None;
+    for line in timer_list.lines() {
+        let line = line.trim();
+        if line.starts_with("Tick Device:") || line == "Broadcast device" {
+            cpu = None;
+        } else if let Some(n) = line.strip_prefix("Per CPU device:") {
+            cpu = n.trim().parse().ok();
+        } else if let Some(dev) = line.strip_prefix("Clock Event Device:") {
+            if let Some(n) = cpu.take() {
+                devices.push((n, dev.trim().to_string()));
+            }
+        }
+    }
+    devices
+}
+
+fn check_timer(expected: Option<usize>) -> Result<(), String> {
+    let timer_list =
+        fs::read_to_string("/proc/timer_list").map_err(|e| format!("/proc/timer_list: {e}"))?;
+    timer_verdict(&parse_timer_list(&timer_list), expected)
+}
+
+/// Every CPU (N of them when `expected`) ticks with `lapic-deadline`.
+fn timer_verdict(devices: &[(u32, String)], expected: Option<usize>) -> Result<(), String> {
+    if devices.is_empty() {
+        return Err("no per-CPU clockevent device in /proc/timer_list".into());
+    }
+    if let Some(n) = expected {
+        if devices.len() != n {
+            return Err(format!(
+                "{} per-CPU clockevent devices in /proc/timer_list, expected {n}",
+                devices.len()
+            ));
+        }
+    }
+    let wrong: Vec<String> = devices
+        .iter()
+        .filter(|(_, dev)| dev != "lapic-deadline")
+        .map(|(cpu, dev)| format!("cpu {cpu} ticks with {dev}"))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}, not lapic-deadline", wrong.join(", ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +266,72 @@ mod tests {
         let m = "MemTotal:         497040 kB\nMemFree:          470000 kB\n";
         assert_eq!(meminfo_kib(m, "MemTotal"), Some(497040));
         assert_eq!(meminfo_kib(m, "MemAvailable"), None);
+    }
+
+    const CPUINFO_2: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\nphysical id\t: 0\n\
+        siblings\t: 2\ncore id\t\t: 0\ncpu cores\t: 2\napicid\t\t: 0\n\n\
+        processor\t: 1\nvendor_id\t: AuthenticAMD\nphysical id\t: 0\n\
+        siblings\t: 2\ncore id\t\t: 1\ncpu cores\t: 2\napicid\t\t: 1\n\n";
+
+    #[test]
+    fn topology() {
+        let cpus = parse_cpuinfo(CPUINFO_2);
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(
+            cpus[1],
+            CpuTopology {
+                processor: Some(1),
+                physical_id: Some(0),
+                cpu_cores: Some(2),
+                siblings: Some(2),
+            }
+        );
+        assert_eq!(topology_verdict(&cpus, Some(2)), Ok(()));
+        assert_eq!(topology_verdict(&cpus, None), Ok(()));
+        assert!(topology_verdict(&cpus, Some(1)).is_err());
+        // Two packages of one core each, as a VMM without the topology leaves may show.
+        let two_packages = "processor\t: 0\nphysical id\t: 0\nsiblings\t: 1\ncpu cores\t: 1\n\n\
+            processor\t: 1\nphysical id\t: 1\nsiblings\t: 1\ncpu cores\t: 1\n";
+        let err = topology_verdict(&parse_cpuinfo(two_packages), Some(2)).unwrap_err();
+        assert_eq!(err, "cpu 0: cpu cores 1, expected 2");
+        let mut one_package = parse_cpuinfo(two_packages);
+        for cpu in &mut one_package {
+            (cpu.cpu_cores, cpu.siblings) = (Some(2), Some(2));
+        }
+        let err = topology_verdict(&one_package, Some(2)).unwrap_err();
+        assert_eq!(err, "cpu 1: physical id 1, expected 0");
+        let no_ids = "processor\t: 0\nvendor_id\t: AuthenticAMD\n";
+        let err = topology_verdict(&parse_cpuinfo(no_ids), Some(1)).unwrap_err();
+        assert_eq!(err, "cpu 0: no physical id in /proc/cpuinfo");
+    }
+
+    /// The tick devices of /proc/timer_list as Linux 6.1 prints them (other fields cut).
+    const TIMER_LIST: &str = "Timer List Version: v0.9\n\
+        cpu: 0\n clock 0:\n  .base:       ffff\n\n\
+        Tick Device: mode:     1\nBroadcast device\nClock Event Device: pit\n max_delta_ns:   1\n\n\
+        Tick Device: mode:     1\nPer CPU device: 0\nClock Event Device: lapic-deadline\n mult: 1\n\n\
+        Tick Device: mode:     1\nPer CPU device: 1\nClock Event Device: lapic-deadline\n mult: 1\n";
+
+    #[test]
+    fn timer() {
+        let devices = parse_timer_list(TIMER_LIST);
+        assert_eq!(
+            devices,
+            vec![
+                (0, "lapic-deadline".to_string()),
+                (1, "lapic-deadline".to_string())
+            ]
+        );
+        assert_eq!(timer_verdict(&devices, Some(2)), Ok(()));
+        assert!(timer_verdict(&devices, Some(3)).is_err());
+        let old = TIMER_LIST.replacen("Device: lapic-deadline", "Device: lapic", 1);
+        assert_eq!(
+            timer_verdict(&parse_timer_list(&old), Some(2)),
+            Err("cpu 0 ticks with lapic, not lapic-deadline".to_string())
+        );
+        let none = TIMER_LIST.replace("Device: lapic-deadline", "Device: <NULL>");
+        let err = timer_verdict(&parse_timer_list(&none), None).unwrap_err();
+        assert!(err.contains("cpu 1 ticks with <NULL>"), "{err}");
+        assert!(timer_verdict(&[], None).is_err());
     }
 }
