@@ -228,7 +228,6 @@ impl fmt::Display for ConsoleLine {
     /// The line as printed (without its newline); JSON arguments on one line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tag = self.tag().as_str();
-        let json = |v: &dyn erased::Json| v.to_line();
         match self {
             ConsoleLine::Init | ConsoleLine::HostInit => write!(f, "{PREFIX}{tag}"),
             ConsoleLine::Kernel(s)
@@ -243,10 +242,10 @@ impl fmt::Display for ConsoleLine {
                 Some(code) => write!(f, "{PREFIX}{tag} {code}"),
                 None => write!(f, "{PREFIX}{tag}"),
             },
-            ConsoleLine::Workload(w) => write!(f, "{PREFIX}{tag} {}", json(w.as_ref())),
-            ConsoleLine::Result(r) => write!(f, "{PREFIX}{tag} {}", json(r)),
-            ConsoleLine::Done(d) => write!(f, "{PREFIX}{tag} {}", json(d)),
-            ConsoleLine::HostReport(r) => write!(f, "{PREFIX}{tag} {}", json(r.as_ref())),
+            ConsoleLine::Workload(w) => write!(f, "{PREFIX}{tag} {}", to_line(w.as_ref())),
+            ConsoleLine::Result(r) => write!(f, "{PREFIX}{tag} {}", to_line(r)),
+            ConsoleLine::Done(d) => write!(f, "{PREFIX}{tag} {}", to_line(d)),
+            ConsoleLine::HostReport(r) => write!(f, "{PREFIX}{tag} {}", to_line(r.as_ref())),
         }
     }
 }
@@ -256,20 +255,9 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-/// Serializing the JSON arguments without naming each type.
-mod erased {
-    /// A serializable argument.
-    pub trait Json {
-        /// Compact JSON, one line (serde_json escapes newlines inside strings).
-        fn to_line(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_line(&self) -> String {
-            serde_json::to_string(self)
-                .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
-        }
-    }
+/// A JSON argument, compact and on one line (serde_json escapes newlines inside strings).
+fn to_line<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
 }
 
 /// The raw output of one kernel selftest suite, between the guest program's

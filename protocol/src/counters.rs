@@ -166,25 +166,6 @@ impl Counters {
     }
 }
 
-impl EventCounters {
-    /// The sum of two event tables, counter by counter (saturating).
-    pub fn sum<'a>(items: impl IntoIterator<Item = &'a EventCounters>) -> EventCounters {
-        let mut total = EventCounters::default();
-        for e in items {
-            for (t, v) in total
-                .as_mut_slice()
-                .chunks_exact_mut(8)
-                .zip(e.as_slice().chunks_exact(8))
-            {
-                let a = u64::from_le_bytes((&*t).try_into().expect("8-byte chunks"));
-                let b = u64::from_le_bytes(v.try_into().expect("8-byte chunks"));
-                t.copy_from_slice(&a.saturating_add(b).to_le_bytes());
-            }
-        }
-        total
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,21 +240,5 @@ mod tests {
         let unknown = serde_json::json!({"events": {"NOPE": {}}, "global": {}});
         let err = serde_json::from_value::<Counters>(unknown).unwrap_err();
         assert!(err.to_string().contains("NOPE"), "{err}");
-    }
-
-    #[test]
-    fn sums_add_every_counter() {
-        let a = EventCounters {
-            refaults: 2,
-            ..Default::default()
-        };
-        let b = EventCounters {
-            refaults: 3,
-            leaf_splits: u64::MAX,
-            ..Default::default()
-        };
-        let s = EventCounters::sum([&a, &b, &b]);
-        assert_eq!(s.refaults, 8);
-        assert_eq!(s.leaf_splits, u64::MAX);
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::console::{ProgramResult, SelftestCapture};
-use crate::counters::{Counters, Event, EventCounters};
+use crate::counters::{Counters, Event};
 use crate::workload::WorkloadRecord;
 
 /// A run's verdict.
@@ -417,11 +417,6 @@ impl Report {
         name: &'a str,
     ) -> impl Iterator<Item = &'a WorkloadRecord> {
         self.workloads.iter().filter(move |w| w.name == name)
-    }
-
-    /// The device's per-event totals summed over the workloads called `name`.
-    pub fn workload_events(&self, name: &str, e: Event) -> EventCounters {
-        EventCounters::sum(self.workloads_named(name).map(|w| w.event(e)))
     }
 
     /// Reads a report written with [`Report::to_json_pretty`] (or relayed on one line).

@@ -119,6 +119,15 @@ const CPUID_TOPO_LEVEL_CORE: u32 = 2;
 /// "AuthenticAMD" as leaf 0 returns it in EBX, EDX, ECX.
 const VENDOR_AMD: [u32; 3] = [0x6874_7541, 0x6974_6e65, 0x444d_4163];
 
+/// Sets `bits` in `reg` when `on`, clears them otherwise.
+fn set_bits(reg: &mut u32, bits: u32, on: bool) {
+    if on {
+        *reg |= bits;
+    } else {
+        *reg &= !bits;
+    }
+}
+
 /// Number of bits needed to hold ids `0..n` (`ceil(log2(n))`).
 fn id_bits(n: u8) -> u32 {
     if n <= 1 {
@@ -204,16 +213,8 @@ pub fn patch_cpuid(
                 // EBX[31:24] initial APIC id, EBX[23:16] logical processors per package.
                 e.ebx = (e.ebx & 0x0000_ffff) | (cpu << 24) | (cpus << 16);
                 e.ecx |= CPUID_1_ECX_HYPERVISOR;
-                if host.tsc_deadline {
-                    e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
-                } else {
-                    e.ecx &= !CPUID_1_ECX_TSC_DEADLINE;
-                }
-                if num_cpus > 1 {
-                    e.edx |= CPUID_1_EDX_HTT;
-                } else {
-                    e.edx &= !CPUID_1_EDX_HTT;
-                }
+                set_bits(&mut e.ecx, CPUID_1_ECX_TSC_DEADLINE, host.tsc_deadline);
+                set_bits(&mut e.edx, CPUID_1_EDX_HTT, num_cpus > 1);
             }
             4 if !amd => {
                 // Deterministic cache parameters: EAX[31:26] cores per package - 1,
@@ -241,11 +242,7 @@ pub fn patch_cpuid(
                 e.ecx &= !CPUID_80000001_ECX_SVM;
                 if amd {
                     e.ecx |= CPUID_80000001_ECX_TOPOEXT;
-                    if num_cpus > 1 {
-                        e.ecx |= CPUID_80000001_ECX_CMP_LEGACY;
-                    } else {
-                        e.ecx &= !CPUID_80000001_ECX_CMP_LEGACY;
-                    }
+                    set_bits(&mut e.ecx, CPUID_80000001_ECX_CMP_LEGACY, num_cpus > 1);
                 }
             }
             0x8000_0008 if amd => {
