@@ -20,7 +20,6 @@ use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::address::{Iova, IovaRange, Pasid, PAGE_SIZE};
 use crate::counters::GlobalCounters;
-use crate::invalidate::Invalidation;
 use crate::mmu::page_table::Translation;
 use crate::x86::{self, walk};
 
@@ -330,17 +329,25 @@ impl Oracle {
         u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Remembers an applied invalidation; the oldest of its PASID goes when the ring is full.
-    pub fn record_invalidation(&mut self, inv: &Invalidation) {
+    /// Remembers an applied invalidation of `range` in `pasid` (mmu-notifier `event`; only
+    /// write permission removed when `downgrade`); the oldest of its PASID goes when the ring
+    /// is full.
+    pub fn record_invalidation(
+        &mut self,
+        pasid: Pasid,
+        event: u32,
+        range: IovaRange,
+        downgrade: bool,
+    ) {
         let record = InvalidationRecord {
             seq: self.next_seq,
             micros: self.micros(),
-            event: inv.event,
-            range: inv.range,
-            downgrade: inv.downgrade,
+            event,
+            range,
+            downgrade,
         };
         self.next_seq += 1;
-        let ring = self.history.entry(inv.pasid).or_default();
+        let ring = self.history.entry(pasid).or_default();
         if ring.len() >= HISTORY_PER_PASID {
             ring.pop_front();
         }
@@ -482,14 +489,14 @@ mod tests {
         assert_eq!((v.cpu, v.access, v.va), (None, Access::Read, Iova(0x3000)));
     }
 
-    fn inv(start: u64, len: u64, event: u32) -> Invalidation {
-        Invalidation {
-            pasid: Pasid(1),
-            range: IovaRange::pages(start, len).unwrap(),
+    /// Records a dropping invalidation of `[start, start + len)` in PASID 1.
+    fn inv(o: &mut Oracle, start: u64, len: u64, event: u32) {
+        o.record_invalidation(
+            Pasid(1),
             event,
-            downgrade: false,
-            whole_pasid: false,
-        }
+            IovaRange::pages(start, len).unwrap(),
+            false,
+        );
     }
 
     #[test]
@@ -498,9 +505,9 @@ mod tests {
         t.map(0x1000, 0x5000, 12, true);
         let mut o = Oracle::default();
         let mut c = GlobalCounters::default();
-        o.record_invalidation(&inv(0x1000, 0x1000, 1));
-        o.record_invalidation(&inv(0x10_0000, 0x1000, 0));
-        o.record_invalidation(&inv(0, 0x4000, 2));
+        inv(&mut o, 0x1000, 0x1000, 1);
+        inv(&mut o, 0x10_0000, 0x1000, 0);
+        inv(&mut o, 0, 0x4000, 2);
         let root = GuestAddress(ROOT);
         o.observe(
             &t.mem,
@@ -633,7 +640,7 @@ mod tests {
 
         // Writable where the CPU is read-only; another frame; no CPU mapping at all (even
         // read-only); and a stale ATC entry whose table leaf is already gone.
-        o.record_invalidation(&inv(0x2000, 0x1000, 2));
+        inv(&mut o, 0x2000, 0x1000, 2);
         device_map(&mut mmu, 0x2000, 0x6000, true, false, false);
         device_map(&mut mmu, 0x3000, 0x8000, false, false, false);
         device_map(&mut mmu, 0x4000, 0x9000, false, false, false);
@@ -729,7 +736,7 @@ mod tests {
     fn history_is_bounded_per_pasid() {
         let mut o = Oracle::default();
         for i in 0..(HISTORY_PER_PASID as u64 + 10) {
-            o.record_invalidation(&inv(i * 0x1000, 0x1000, 0));
+            inv(&mut o, i * 0x1000, 0x1000, 0);
         }
         assert_eq!(o.history[&Pasid(1)].len(), HISTORY_PER_PASID);
         assert_eq!(o.history[&Pasid(1)][0].seq, 11);

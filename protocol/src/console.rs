@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
+pub use crate::report::{ProgramResult, SelftestCapture};
 use crate::workload::WorkloadRecord;
 
 /// The prefix of every protocol line.
@@ -84,15 +85,6 @@ impl Tag {
     pub fn named(s: &str) -> Option<Tag> {
         Tag::ALL.into_iter().find(|t| t.as_str() == s)
     }
-}
-
-/// One guest program's result (`VGPU-RESULT`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProgramResult {
-    /// Program name (the `vgpu-` prefix dropped).
-    pub name: String,
-    /// Its exit status.
-    pub exit: i32,
 }
 
 /// The end of the guest's program list (`VGPU-DONE`).
@@ -258,23 +250,6 @@ fn one_line(s: &str) -> String {
 /// A JSON argument, compact and on one line (serde_json escapes newlines inside strings).
 fn to_line<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
-}
-
-/// The raw output of one kernel selftest suite, between the guest program's
-/// `VGPU-KSELFTEST-BEGIN <suite>` and `VGPU-KSELFTEST-END <suite> <exit>` lines. Everything
-/// the console said in between is kept, kernel messages included: the selftest judge sorts
-/// the harness's lines from the rest.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SelftestCapture {
-    /// The suite name of the BEGIN line.
-    pub suite: String,
-    /// The lines between the markers.
-    pub lines: Vec<String>,
-    /// The suite's exit status from the END line; `None` when the END line never came
-    /// (the guest crashed or the run timed out).
-    pub exit: Option<i32>,
-    /// More lines came than the console keeps; the rest were dropped.
-    pub truncated: bool,
 }
 
 #[cfg(test)]

@@ -76,56 +76,9 @@ impl std::fmt::Display for Event {
 }
 
 /// The event names, in counter order.
-pub const EVENT_NAMES: [&str; event::COUNT] = [
-    "UNMAP",
-    "CLEAR",
-    "PROTECTION_VMA",
-    "PROTECTION_PAGE",
-    "SOFT_DIRTY",
-    "RELEASE",
-    "MIGRATE",
-    "EXCLUSIVE",
-];
+pub const EVENT_NAMES: [&str; event::COUNT] = event::NAMES;
 
-/// Serde for a per-event table (`[T; event::COUNT]`, indexed by the wire value) as a JSON
-/// object keyed by event name. Reading accepts missing events (zero) and refuses unknown
-/// ones. Use with `#[serde(with = "protocol::counters::by_event")]`.
-pub mod by_event {
-    use std::collections::BTreeMap;
-
-    use serde::de::Error;
-    use serde::ser::SerializeMap;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::{Event, EVENT_NAMES};
-    use crate::wire::event;
-
-    /// Writes `table` as `{"UNMAP": ..., "CLEAR": ..., ...}`, in counter order.
-    pub fn serialize<S: Serializer, T: Serialize>(
-        table: &[T; event::COUNT],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(event::COUNT))?;
-        for (name, value) in EVENT_NAMES.iter().zip(table) {
-            map.serialize_entry(name, value)?;
-        }
-        map.end()
-    }
-
-    /// Reads a table written by [`serialize`].
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
-        d: D,
-    ) -> Result<[T; event::COUNT], D::Error> {
-        let map = BTreeMap::<String, T>::deserialize(d)?;
-        let mut table: [T; event::COUNT] = Default::default();
-        for (name, value) in map {
-            let e = Event::from_name(&name)
-                .ok_or_else(|| D::Error::custom(format!("unknown mmu-notifier event {name:?}")))?;
-            table[e as usize] = value;
-        }
-        Ok(table)
-    }
-}
+pub use crate::wire::by_event;
 
 impl Counters {
     /// Adds how every counter moved from `before` to `after` (a counter that went down, as

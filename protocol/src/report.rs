@@ -10,7 +10,6 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::console::{ProgramResult, SelftestCapture};
 use crate::counters::{Counters, Event};
 use crate::workload::WorkloadRecord;
 
@@ -316,6 +315,32 @@ pub struct SelftestSummary {
     pub ats_invalidations: u64,
     /// Translations the coherence oracle found stale.
     pub violations: u64,
+}
+
+/// One guest program's result (`VGPU-RESULT`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramResult {
+    /// Program name (the `vgpu-` prefix dropped).
+    pub name: String,
+    /// Its exit status.
+    pub exit: i32,
+}
+
+/// The raw output of one kernel selftest suite, between the guest program's
+/// `VGPU-KSELFTEST-BEGIN <suite>` and `VGPU-KSELFTEST-END <suite> <exit>` lines. Everything
+/// the console said in between is kept, kernel messages included: the selftest judge sorts
+/// the harness's lines from the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelftestCapture {
+    /// The suite name of the BEGIN line.
+    pub suite: String,
+    /// The lines between the markers.
+    pub lines: Vec<String>,
+    /// The suite's exit status from the END line; `None` when the END line never came
+    /// (the guest crashed or the run timed out).
+    pub exit: Option<i32>,
+    /// More lines came than the console keeps; the rest were dropped.
+    pub truncated: bool,
 }
 
 /// One run of a guest.

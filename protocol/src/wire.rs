@@ -87,6 +87,18 @@ pub mod event {
     pub const EXCLUSIVE: u32 = 7;
     /// Number of events.
     pub const COUNT: usize = 8;
+    /// The kernel's names without the `MMU_NOTIFY_` prefix, in counter order (the JSON keys
+    /// of per-event tables).
+    pub const NAMES: [&str; COUNT] = [
+        "UNMAP",
+        "CLEAR",
+        "PROTECTION_VMA",
+        "PROTECTION_PAGE",
+        "SOFT_DIRTY",
+        "RELEASE",
+        "MIGRATE",
+        "EXCLUSIVE",
+    ];
 }
 
 /// `vgpu_cmd.flags` of MAP: `arg0` is the fault id this MAP answers.
@@ -292,7 +304,7 @@ pub struct GlobalCounters {
 #[serde(default)]
 pub struct Counters {
     /// Indexed by [`event`]; in JSON an object keyed by event name.
-    #[serde(with = "crate::counters::by_event")]
+    #[serde(with = "by_event")]
     pub events: [EventCounters; event::COUNT],
     /// Counters of no event.
     pub global: GlobalCounters,
@@ -324,6 +336,48 @@ const _: () = assert!(std::mem::size_of::<Fault>() == 32);
 const _: () = assert!(std::mem::size_of::<EventCounters>() == 16 * 8);
 const _: () = assert!(std::mem::size_of::<GlobalCounters>() == 32 * 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 8 * 16 * 8 + 32 * 8);
+
+/// Serde for a per-event table (`[T; event::COUNT]`, indexed by the wire value) as a JSON
+/// object keyed by event name. Reading accepts missing events (zero) and refuses unknown
+/// ones. Use with `#[serde(with = "protocol::wire::by_event")]`.
+pub mod by_event {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::event;
+    use super::event::NAMES as EVENT_NAMES;
+
+    /// Writes `table` as `{"UNMAP": ..., "CLEAR": ..., ...}`, in counter order.
+    pub fn serialize<S: Serializer, T: Serialize>(
+        table: &[T; event::COUNT],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(event::COUNT))?;
+        for (name, value) in EVENT_NAMES.iter().zip(table) {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+
+    /// Reads a table written by [`serialize`].
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+        d: D,
+    ) -> Result<[T; event::COUNT], D::Error> {
+        let map = BTreeMap::<String, T>::deserialize(d)?;
+        let mut table: [T; event::COUNT] = Default::default();
+        for (name, value) in map {
+            let i = EVENT_NAMES
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| D::Error::custom(format!("unknown mmu-notifier event {name:?}")))?;
+            table[i] = value;
+        }
+        Ok(table)
+    }
+}
 
 /// The C name of a constant of this file, its Rust path and its value.
 macro_rules! c_name {

@@ -452,7 +452,12 @@ impl<M: GuestMemory> VgpuDevice<M> {
             &f.inv,
         ) {
             Ok(done) => {
-                self.oracle.record_invalidation(&f.inv);
+                self.oracle.record_invalidation(
+                    f.inv.pasid,
+                    f.inv.event,
+                    f.inv.range,
+                    f.inv.downgrade,
+                );
                 resp(status::OK, done.ats_requests, done.pages)
             }
             // Only an unbound PASID fails an invalidation.
